@@ -1,0 +1,96 @@
+"""Collectives over logical axis names, for use inside `jax.shard_map`.
+
+The model's math names logical axes ("heads", "head_dim", "mlp", ...); `Comm` turns them into mesh
+axes through the layout's rules. A collective over logical axes that the layout does not shard is
+the identity, so one forward pass serves every layout, the single device included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from helix_jax.layouts import Layout
+
+
+def varying_axes(x) -> frozenset[str]:
+    """The manual mesh axes over which `x` may differ between devices (shard_map's vma type)."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "manual_axis_type", None)  # jax 0.10
+    return frozenset(mat.varying) if mat is not None else frozenset(getattr(aval, "vma", ()))
+
+
+def vary_like(tree, *refs):
+    """Mark `tree` as varying over every manual axis that `refs` vary over.
+
+    shard_map's type check needs a loop carry typed like what the loop body makes of it.
+    """
+    axes = tuple(sorted(frozenset().union(*(varying_axes(r) for r in refs))))
+    if not axes:
+        return tree
+    return jax.tree.map(lambda t: jax.lax.pcast(t, axes, to="varying"), tree)
+
+
+@dataclass(frozen=True)
+class Comm:
+    """The layout as seen from inside the shard_map body."""
+
+    layout: Layout
+
+    def axes(self, *logical: str) -> tuple[str, ...]:
+        return self.layout.mesh_axes(*logical)
+
+    def size(self, *logical: str) -> int:
+        return self.layout.size(*logical)
+
+    def index(self, *logical: str) -> jax.Array:
+        """This device's shard index along the logical axes (0 when they are not sharded)."""
+        axes = self.axes(*logical)
+        return jax.lax.axis_index(axes) if axes else jnp.int32(0)
+
+    def option(self, name: str, default=None):
+        return self.layout.options.get(name, default)
+
+    def psum(self, x, *logical: str):
+        axes = self.axes(*logical)
+        return jax.lax.psum(x, axes) if axes else x
+
+    def all_gather(self, x, *logical: str, axis: int):
+        """Concatenate the shards of `x` along `axis` (tiled)."""
+        axes = self.axes(*logical)
+        return jax.lax.all_gather(x, axes, axis=axis, tiled=True) if axes else x
+
+    def all_to_all(self, x, *logical: str, split_axis: int, concat_axis: int):
+        axes = self.axes(*logical)
+        if not axes:
+            return x
+        return jax.lax.all_to_all(x, axes, split_axis, concat_axis, tiled=True)
+
+    def ppermute(self, x, *logical: str, shift: int = 1):
+        """Send each shard to the shard `shift` further along the logical axis (cyclically)."""
+        axes = self.axes(*logical)
+        if not axes:
+            return x
+        n = self.size(*logical)
+        return jax.lax.ppermute(x, axes, [(i, (i + shift) % n) for i in range(n)])
+
+    def reduce_out(self, partial, *logical: str):
+        """Sum a [B, S, D] partial result over the shards of `logical`.
+
+        Under sequence parallelism (logical `act_seq` sharded) this is a reduce-scatter along the
+        sequence onto the same axes; otherwise an all-reduce.
+        """
+        axes = self.axes(*logical)
+        seq_axes = self.axes("act_seq")
+        if not seq_axes:
+            return jax.lax.psum(partial, axes) if axes else partial
+        if seq_axes != axes:
+            raise ValueError(f"sequence parallelism over {seq_axes} needs the reduction over the "
+                             f"same axes, got {axes}")
+        return jax.lax.psum_scatter(partial, axes, scatter_dimension=1, tiled=True)
+
+    def gather_seq(self, x):
+        """Undo sequence parallelism before a layer that needs whole sequences."""
+        return self.all_gather(x, "act_seq", axis=1)

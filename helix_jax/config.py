@@ -1,0 +1,101 @@
+"""Model configurations and presets (paper-*, small-*, tiny-*).
+
+A config is a frozen dataclass: the model's shape plus the run shape (batch, seq, dtype) that the
+paper fixes alongside it. `resolve_model` turns a preset name and CLI overrides into a checked config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A dense (n_experts == 0) or MoE transformer taking embeddings [B, S, D] to hidden states."""
+
+    name: str
+    n_layers: int
+    n_heads: int
+    head_dim: int
+    d_model: int
+    d_ff: int
+    n_experts: int = 0
+    top_k: int = 1
+    normalize_top_k: bool = False
+    capacity_factor: float = 1.25
+    causal: bool = True
+    ln_eps: float = 1e-5
+    batch: int = 1
+    seq: int = 1
+    dtype: str = "float32"
+    # Attention block sizes for the blockwise (flash-style) cores; 0 means the whole sequence.
+    q_block: int = 0
+    kv_block: int = 0
+
+    def __post_init__(self) -> None:
+        positive = ("n_layers", "n_heads", "head_dim", "d_model", "d_ff", "batch", "seq", "top_k")
+        for field in positive:
+            if getattr(self, field) < 1:
+                raise ValueError(f"{self.name}: {field} must be >= 1, got {getattr(self, field)}")
+        if self.n_experts < 0:
+            raise ValueError(f"{self.name}: n_experts must be >= 0, got {self.n_experts}")
+        if self.is_moe and self.top_k > self.n_experts:
+            raise ValueError(
+                f"{self.name}: top_k={self.top_k} is more than n_experts={self.n_experts}; "
+                f"use --top-k between 1 and {self.n_experts}")
+        if self.capacity_factor <= 0:
+            raise ValueError(f"{self.name}: capacity_factor must be > 0, got {self.capacity_factor}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"{self.name}: dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        for field in ("q_block", "kv_block"):
+            block = getattr(self, field)
+            if block < 0 or (block and self.seq % block):
+                raise ValueError(
+                    f"{self.name}: {field}={block} must divide seq={self.seq} (or be 0 for no blocking)")
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_experts > 0
+
+    def replace(self, **changes) -> ModelConfig:
+        """A copy with `changes` applied (None values are ignored), re-validated."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_json(self) -> str:
+        """The npz contract's `config_json`: every field, so a file describes its own model."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_PAPER = dict(n_heads=16, head_dim=512, d_model=8192, d_ff=32768, batch=1024, seq=10000,
+              dtype="float16")
+_SMALL = dict(n_heads=16, head_dim=32, d_model=512, d_ff=2048, batch=16, seq=256)
+_TINY = dict(n_heads=16, head_dim=8, d_model=128, batch=16, seq=32)
+
+PRESETS: dict[str, ModelConfig] = {
+    c.name: c
+    for c in (
+        ModelConfig("paper-dense", n_layers=2, **_PAPER),
+        ModelConfig("paper-moe", n_layers=4, n_experts=16, **_PAPER),
+        ModelConfig("small-dense", n_layers=2, **_SMALL),
+        ModelConfig("small-moe", n_layers=4, n_experts=16, **_SMALL),
+        ModelConfig("tiny-dense", n_layers=2, d_ff=512, **_TINY),
+        ModelConfig("tiny-moe", n_layers=4, n_experts=16, d_ff=256, **_TINY),
+    )
+}
+
+
+def resolve_model(name: str, **overrides) -> ModelConfig:
+    """The preset `name` with the non-None `overrides` applied; a clear error for unknown names."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name].replace(**overrides)

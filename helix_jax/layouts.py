@@ -1,0 +1,301 @@
+"""Layouts: how one model is split over a device mesh, as data.
+
+A `Layout` is a mesh (shape + axis names), the rules that map the model's logical axis names
+(batch, heads, head_dim, mlp, expert, layers, ...) to mesh axes, layout options (attention core,
+microbatches, ...) and the placement of mesh positions on the cluster's nodes. This module is the one
+place where logical names meet mesh axes. Layouts are parsed from strings such as
+`helix:m=4,n=4,core=seq_a2a` (see `parse_layout`, `LAYOUTS`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from helix_jax.config import ModelConfig
+
+CORES = ("score_psum", "seq_a2a", "qk_gather")
+GPUS_PER_NODE = 4  # the paper's cluster: 4 nodes x 4 H100
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A mesh plus logical->mesh axis rules; `rules` maps a logical name to a tuple of mesh axes."""
+
+    kind: str
+    axis_names: tuple[str, ...]
+    mesh_shape: tuple[int, ...]
+    rules: dict[str, tuple[str, ...]]
+    options: dict[str, Any] = field(default_factory=dict)
+    # Axis order, slowest first, in which mesh positions are numbered onto GPUs (and so nodes).
+    placement: tuple[str, ...] = ()
+    gpus_per_node: int = GPUS_PER_NODE
+
+    @property
+    def devices(self) -> int:
+        return math.prod(self.mesh_shape)
+
+    @property
+    def axis_sizes(self) -> dict[str, int]:
+        return dict(zip(self.axis_names, self.mesh_shape))
+
+    @property
+    def spec(self) -> str:
+        """The canonical string that parses back to this layout."""
+        opts = ",".join(f"{k}={_fmt(v)}" for k, v in self.options.items())
+        return f"{self.kind}:{opts}" if opts else self.kind
+
+    def mesh_axes(self, *logical: str | None) -> tuple[str, ...]:
+        """The mesh axes that the logical names map to, in mesh order, without repeats."""
+        axes = [a for name in logical if name is not None for a in self.rules.get(name, ())]
+        return tuple(a for a in self.axis_names if a in axes)
+
+    def size(self, *logical: str | None) -> int:
+        """How many shards the logical names are split into."""
+        return math.prod(self.axis_sizes[a] for a in self.mesh_axes(*logical))
+
+    def pspec(self, logical: tuple[str | None, ...]):
+        """The PartitionSpec of an array whose dimensions carry these logical names."""
+        from jax.sharding import PartitionSpec as P
+
+        used: set[str] = set()
+        dims = []
+        for name in logical:
+            axes = tuple(a for a in self.mesh_axes(name) if a not in used)
+            used.update(axes)
+            dims.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+        return P(*dims)
+
+    def option(self, name: str) -> Any:
+        return self.options[name]
+
+    def make_mesh(self, devices=None):
+        """A jax Mesh (Auto axes) over the first `self.devices` devices, numbered by `placement`."""
+        import jax
+        import numpy as np
+
+        from helix_jax.devices import devices_for
+
+        available = devices_for(self.devices) if devices is None else list(devices)
+        if len(available) < self.devices:
+            raise ValueError(
+                f"layout {self.spec} needs {self.devices} devices but jax sees {len(available)}; "
+                f"run through the `helix` command (it sets up host devices) or set XLA_FLAGS="
+                f"--xla_force_host_platform_device_count={self.devices} before jax starts")
+        order = self._placement_order()
+        grid = np.array(available[: self.devices], dtype=object).reshape(
+            [self.axis_sizes[a] for a in order])
+        grid = grid.transpose([order.index(a) for a in self.axis_names])
+        axis_types = (jax.sharding.AxisType.Auto,) * len(self.axis_names)
+        return jax.sharding.Mesh(grid, self.axis_names, axis_types=axis_types)
+
+    def _placement_order(self) -> tuple[str, ...]:
+        return self.placement or self.axis_names
+
+    def node_of(self, position: int) -> int:
+        """The node holding mesh position `position` (row-major index in the mesh = HLO partition id)."""
+        coords = dict(zip(self.axis_names, _unravel(position, self.mesh_shape)))
+        order = self._placement_order()
+        gpu = 0
+        for a in order:
+            gpu = gpu * self.axis_sizes[a] + coords[a]
+        return gpu // self.gpus_per_node
+
+    def intra_node_axes(self) -> tuple[str, ...]:
+        """Mesh axes whose groups stay inside one node under this placement."""
+        inside = []
+        for axis in self.axis_names:
+            step = math.prod(self.mesh_shape[self.axis_names.index(axis) + 1:])
+            groups = [[p + i * step for i in range(self.axis_sizes[axis])]
+                      for p in range(self.devices) if (p // step) % self.axis_sizes[axis] == 0]
+            if all(len({self.node_of(q) for q in g}) == 1 for g in groups):
+                inside.append(axis)
+        return tuple(inside)
+
+    def validate(self, cfg: ModelConfig, devices: int | None = None) -> None:
+        """Raise a ValueError naming the numbers when `cfg` cannot run on this layout."""
+        if devices is not None and devices != self.devices:
+            raise ValueError(f"layout {self.spec} is a {self.devices}-device mesh "
+                             f"{self.axis_sizes} but {devices} devices were given")
+        checks = [
+            ("n_heads", cfg.n_heads, "heads"), ("head_dim", cfg.head_dim, "head_dim"),
+            ("batch", cfg.batch, "batch"), ("n_layers", cfg.n_layers, "layers"),
+            ("seq", cfg.seq, "seq"),
+        ]
+        checks.append(("n_experts", cfg.n_experts, "expert") if cfg.is_moe
+                      else ("d_ff", cfg.d_ff, "mlp"))
+        if cfg.is_moe:
+            checks.append(("d_ff", cfg.d_ff, "expert_mlp"))
+        for what, value, logical in checks:
+            parts = self.size(logical)
+            if value % parts:
+                raise ValueError(
+                    f"{cfg.name} on {self.spec}: {what}={value} is not divisible by the {parts} "
+                    f"shards of '{logical}' (mesh axes {self.mesh_axes(logical)}); "
+                    f"choose a {what} that is a multiple of {parts} or another layout")
+        for check in _EXTRA_CHECKS.get(self.kind, ()):
+            check(self, cfg)
+
+    def describe(self) -> str:
+        mesh = " x ".join(f"{a}={n}" for a, n in self.axis_sizes.items())
+        return f"{self.spec} [{mesh}]"
+
+
+def _fmt(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _unravel(index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    coords = []
+    for n in reversed(shape):
+        coords.append(index % n)
+        index //= n
+    return tuple(reversed(coords))
+
+
+# ----------------------------------------------------------------------------- registry
+
+@dataclass(frozen=True)
+class LayoutKind:
+    """A family of layouts: its options with defaults, and a builder from options to a Layout."""
+
+    name: str
+    summary: str
+    defaults: dict[str, Any]
+    build: Callable[..., Layout]
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def _with_data(dp: int, axes: tuple[str, ...], shape: tuple[int, ...]):
+    return (("data",) + axes, (dp,) + shape) if dp > 1 else (axes, shape)
+
+
+def _single(**opts) -> Layout:
+    return Layout("single", ("data",), (1,), {}, opts)
+
+
+def _helix(kind: str = "helix", **opts) -> Layout:
+    names, shape = _with_data(opts["dp"], ("head", "dim"), (opts["n"], opts["m"]))
+    rules = {"batch": ("data",), "heads": ("head",), "head_dim": ("dim",),
+             "mlp": ("head", "dim"), "expert": ("head", "dim")}
+    return Layout(kind, names, shape, rules, opts)
+
+
+def _helix_ep(**opts) -> Layout:
+    return _helix("helix-ep", **opts)
+
+
+def _tp_pp(**opts) -> Layout:
+    names, shape = _with_data(opts["dp"], ("stage", "tensor"), (opts["pp"], opts["tp"]))
+    rules = {"batch": ("data",), "layers": ("stage",), "heads": ("tensor",), "mlp": ("tensor",),
+             "expert_mlp": ("tensor",)}
+    if opts["sp"]:
+        rules["act_seq"] = ("tensor",)
+    placement = ()
+    if opts["place"] == "stage-inner":  # the two stages of a TP rank share a node
+        placement = tuple(a for a in names if a != "stage") + ("stage",)
+    return Layout("tp-pp", names, shape, rules, opts, placement=placement)
+
+
+def _ep(**opts) -> Layout:
+    names, shape = _with_data(opts["dp"], ("expert",), (opts["ep"],))
+    rules = {"batch": ("data", "expert"), "expert": ("expert",)}
+    return Layout("ep", names, shape, rules, opts)
+
+
+def _dp(**opts) -> Layout:
+    rules = {"batch": ("data",)}
+    if opts["fsdp"]:
+        rules["fsdp"] = ("data",)
+    return Layout("dp", ("data",), (opts["dp"],), rules, opts)
+
+
+LAYOUTS: dict[str, LayoutKind] = {k.name: k for k in (
+    LayoutKind("single", "one device, no sharding: the reference every layout is checked against",
+               {}, _single),
+    LayoutKind("helix", "two-level attention partitioning: heads split n ways x head dim m ways "
+               "(the paper's method); FFN 16-way tensor parallel",
+               {"m": 4, "n": 4, "core": "score_psum", "dp": 1}, _helix, {"core": CORES}),
+    LayoutKind("tp-pp", "Megatron tensor parallelism x GPipe pipeline (the paper's baseline)",
+               {"tp": 8, "pp": 2, "microbatches": 4, "sp": False, "dp": 1, "place": "tensor-inner"},
+               _tp_pp, {"place": ("tensor-inner", "stage-inner")}),
+    LayoutKind("ep", "expert parallelism: one expert per device, tokens moved by all-to-all; "
+               "attention data parallel", {"ep": 16, "chunks": 1, "dp": 1}, _ep),
+    LayoutKind("helix-ep", "helix attention with the experts spread one per device; tokens stay "
+               "replicated, so dispatch is a local selection and combine a reduction",
+               {"m": 4, "n": 4, "core": "score_psum", "dp": 1}, _helix_ep, {"core": CORES}),
+    LayoutKind("dp", "data parallelism: batch split over all devices, weights replicated "
+               "(fsdp=true shards them)", {"dp": 16, "fsdp": False}, _dp),
+)}
+
+
+def _check_seq_a2a(layout: Layout, cfg: ModelConfig) -> None:
+    m = layout.size("head_dim")
+    if layout.options.get("core") == "seq_a2a" and cfg.seq % m:
+        raise ValueError(f"{cfg.name} on {layout.spec}: core=seq_a2a splits the sequence {m} ways "
+                         f"but seq={cfg.seq} is not divisible by {m}")
+
+
+def _check_pipeline(layout: Layout, cfg: ModelConfig) -> None:
+    mb = layout.options["microbatches"]
+    per_replica = cfg.batch // layout.size("batch")
+    if mb < 1 or per_replica % mb:
+        raise ValueError(f"{cfg.name} on {layout.spec}: the batch per data replica ({per_replica}) "
+                         f"is not divisible by microbatches={mb}; choose microbatches dividing it")
+    if layout.options["sp"] and cfg.seq % layout.size("act_seq"):
+        raise ValueError(f"{cfg.name} on {layout.spec}: sequence parallelism splits seq={cfg.seq} "
+                         f"{layout.size('act_seq')} ways; it must divide evenly")
+
+
+def _check_moe(layout: Layout, cfg: ModelConfig) -> None:
+    if not cfg.is_moe:
+        raise ValueError(f"layout {layout.kind} places experts, but {cfg.name} is a dense model; "
+                         f"use a MoE model (e.g. tiny-moe) or the helix/dp layouts")
+
+
+_EXTRA_CHECKS: dict[str, tuple[Callable[[Layout, ModelConfig], None], ...]] = {
+    "helix": (_check_seq_a2a,),
+    "helix-ep": (_check_seq_a2a, _check_moe),
+    "tp-pp": (_check_pipeline,),
+    "ep": (_check_moe,),
+}
+
+
+def _convert(kind: LayoutKind, key: str, text: str) -> Any:
+    default = kind.defaults[key]
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(text)
+    except ValueError:
+        raise ValueError(f"layout {kind.name}: option {key}={text!r} must be "
+                         f"{type(default).__name__} (default {_fmt(default)})") from None
+    if key in kind.choices and text not in kind.choices[key]:
+        raise ValueError(f"layout {kind.name}: {key}={text!r} is not one of "
+                         f"{', '.join(kind.choices[key])}")
+    return text
+
+
+def parse_layout(spec: str) -> Layout:
+    """Parse `kind[:key=value,...]`, e.g. `helix:m=4,n=4,core=seq_a2a`, into a Layout."""
+    name, _, rest = spec.strip().partition(":")
+    if name not in LAYOUTS:
+        raise ValueError(f"unknown layout {name!r}; choose one of: {', '.join(LAYOUTS)} "
+                         f"(`helix layouts` lists them)")
+    kind = LAYOUTS[name]
+    opts = dict(kind.defaults)
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or key not in kind.defaults:
+            known = ", ".join(f"{k}={_fmt(v)}" for k, v in kind.defaults.items()) or "none"
+            raise ValueError(f"layout {name}: cannot read option {item!r}; options are {known}")
+        opts[key] = _convert(kind, key, value)
+    for key, value in opts.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise ValueError(f"layout {name}: {key}={value} must be >= 1")
+    return kind.build(**opts)

@@ -1,0 +1,140 @@
+"""Put a model on a layout: parameter shardings, sharded initialisation, the forward program.
+
+Parameters travel as a plain nested dict of float32 arrays (what optax, orbax and the npz files
+see); `logical_axes` gives the matching tree of logical axis names, and the layout maps those to
+PartitionSpecs. The forward pass is one `jax.shard_map` over the whole mesh, so every collective in
+the program is one the model asked for through `Comm`.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from helix_jax.comm import Comm
+from helix_jax.config import ModelConfig
+from helix_jax.layouts import Layout
+from helix_jax.nn.transformer import Transformer
+
+Params = dict[str, Any]
+STAT_KEYS_MOE = ("dropped", "routed", "aux_loss", "z_loss")
+
+
+def _is_var(v) -> bool:
+    return isinstance(v, nnx.Variable)
+
+
+@functools.lru_cache(maxsize=32)
+def _abstract(cfg: ModelConfig):
+    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    logical = jax.tree.map(lambda v: tuple(v.get_metadata()["out_sharding"]), state, is_leaf=_is_var)
+    shapes = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), state, is_leaf=_is_var)
+    return graphdef, nnx.to_pure_dict(shapes), nnx.to_pure_dict(logical)
+
+
+def graphdef(cfg: ModelConfig):
+    return _abstract(cfg)[0]
+
+
+def param_shapes(cfg: ModelConfig) -> Params:
+    """The parameter tree as ShapeDtypeStructs (float32 master weights)."""
+    return _abstract(cfg)[1]
+
+
+def logical_axes(cfg: ModelConfig) -> Params:
+    """The parameter tree's logical axis names, e.g. ('layers', 'embed', 'heads', 'head_dim')."""
+    return _abstract(cfg)[2]
+
+
+def _spec_tree(tree, fn):
+    return jax.tree.map(fn, tree, is_leaf=lambda t: isinstance(t, tuple))
+
+
+@dataclass(frozen=True)
+class Sharded:
+    """A model config on a layout and a concrete mesh."""
+
+    cfg: ModelConfig
+    layout: Layout
+    mesh: Mesh
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, layout: Layout, devices=None) -> Sharded:
+        layout.validate(cfg)
+        return cls(cfg, layout, layout.make_mesh(devices))
+
+    @property
+    def comm(self) -> Comm:
+        return Comm(self.layout)
+
+    @property
+    def param_specs(self) -> Params:
+        return _spec_tree(logical_axes(self.cfg), self.layout.pspec)
+
+    @property
+    def param_shardings(self) -> Params:
+        return jax.tree.map(lambda s: NamedSharding(self.mesh, s), self.param_specs)
+
+    @property
+    def x_spec(self) -> P:
+        return self.layout.pspec(("batch", "act_seq", None))
+
+    @property
+    def x_sharding(self) -> NamedSharding:
+        return NamedSharding(self.mesh, self.x_spec)
+
+    @property
+    def stats_specs(self) -> dict[str, P]:
+        keys = STAT_KEYS_MOE if self.cfg.is_moe else ()
+        return {k: self.layout.pspec(("layers",)) for k in keys}
+
+    def init(self, seed: int = 0) -> Params:
+        """Parameters initialised from `seed`, created directly in their shards.
+
+        The values do not depend on the layout (jax's random bits are sharding-invariant), so every
+        layout starts from the same model.
+        """
+        def create():
+            return nnx.to_pure_dict(nnx.state(Transformer(self.cfg, rngs=nnx.Rngs(seed))))
+        return jax.jit(create, out_shardings=self.param_shardings)()
+
+    def place(self, params: Params) -> Params:
+        """Move host or differently-sharded parameters into this layout's shards."""
+        return jax.device_put(params, self.param_shardings)
+
+    def local_forward(self, params: Params, x: jax.Array):
+        """The per-device program: this device's parameter shards and input shard."""
+        model = nnx.merge(graphdef(self.cfg), params)
+        return model(x, self.comm)
+
+    def forward_fn(self):
+        """(params, x) -> (y, stats), jit-compiled; y [B, S, D] in the compute dtype."""
+        body = jax.shard_map(self.local_forward, mesh=self.mesh,
+                             in_specs=(self.param_specs, self.x_spec),
+                             out_specs=(self.x_spec, self.stats_specs))
+        return jax.jit(body, in_shardings=(self.param_shardings, self.x_sharding),
+                       out_shardings=(self.x_sharding,
+                                      jax.tree.map(lambda s: NamedSharding(self.mesh, s),
+                                                   self.stats_specs)))
+
+    def abstract_inputs(self) -> tuple[Params, jax.ShapeDtypeStruct]:
+        """Parameters and input as ShapeDtypeStructs with shardings: compile without allocating."""
+        shapes = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                              param_shapes(self.cfg), self.param_shardings)
+        x = jax.ShapeDtypeStruct((self.cfg.batch, self.cfg.seq, self.cfg.d_model),
+                                 jnp.dtype(self.cfg.dtype), sharding=self.x_sharding)
+        return shapes, x
+
+
+def random_input(cfg: ModelConfig, seed: int) -> jax.Array:
+    """The input embeddings drawn from `seed`: [B, S, D] float32, N(0, 1)."""
+    key = jax.random.fold_in(jax.random.key(seed), 1)
+    return jax.random.normal(key, (cfg.batch, cfg.seq, cfg.d_model), jnp.float32)

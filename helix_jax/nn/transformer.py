@@ -1,0 +1,77 @@
+"""The pre-norm transformer: x + Attn(LN1(x)), x + FFN(LN2(x)), then a final LayerNorm.
+
+Layer parameters are stacked along a leading logical `layers` axis, so one scan runs them and a
+pipeline layout can shard that axis over its stages.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from helix_jax.comm import Comm
+from helix_jax.config import ModelConfig
+from helix_jax.nn.attention import Attention
+from helix_jax.nn.mlp import MLP
+from helix_jax.nn.norm import LayerNorm
+
+Stats = dict[str, jax.Array]
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.ln1 = LayerNorm(cfg.d_model, cfg.ln_eps)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.ln2 = LayerNorm(cfg.d_model, cfg.ln_eps)
+        if cfg.is_moe:
+            from helix_jax.nn.moe import MoE
+            self.moe = MoE(cfg, rngs=rngs)
+        else:
+            self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array, comm: Comm) -> tuple[jax.Array, Stats]:  # x: [B, S, D]
+        x = x + self.attn(comm.gather_seq(self.ln1(x)), comm)
+        h = comm.gather_seq(self.ln2(x))
+        if hasattr(self, "moe"):
+            y, stats = self.moe(h, comm)
+        else:
+            y, stats = self.mlp(h, comm), {}
+        return x + y, stats
+
+
+def stack_modules(modules: list[nnx.Module]) -> nnx.Module:
+    """One module whose parameters carry a leading `layers` axis over `modules`."""
+    graphdef = nnx.graphdef(modules[0])
+    states = [nnx.state(m) for m in modules]
+
+    def stack(*vs: nnx.Variable) -> nnx.Variable:
+        axes = ("layers",) + tuple(vs[0].get_metadata().get("out_sharding") or ())
+        return vs[0].replace(value=jnp.stack([v[...] for v in vs]), out_sharding=axes)
+
+    stacked = jax.tree.map(stack, *states, is_leaf=lambda v: isinstance(v, nnx.Variable))
+    return nnx.merge(graphdef, stacked)
+
+
+class Transformer(nnx.Module):
+    """Embeddings [B, S, D] -> final hidden states [B, S, D], plus per-layer stats (MoE)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        with nnx.use_eager_sharding(False):  # layouts place the parameters, not creation
+            self.layers = stack_modules([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+            self.final_ln = LayerNorm(cfg.d_model, cfg.ln_eps)
+        self.dtype = cfg.dtype
+
+    def __call__(self, x: jax.Array, comm: Comm) -> tuple[jax.Array, Stats]:
+        x = x.astype(self.dtype)
+        if comm.axes("layers"):
+            from helix_jax.parallel.pipeline import gpipe
+            x, stats = gpipe(self.run_layers, x, comm)
+        else:
+            x, stats = self.run_layers(x, comm)
+        return self.final_ln(x), stats
+
+    def run_layers(self, x: jax.Array, comm: Comm) -> tuple[jax.Array, Stats]:
+        """Apply this device's stacked layers in order; stats come back stacked per layer."""
+        graphdef, state = nnx.split(self.layers)
+        return jax.lax.scan(lambda h, s: nnx.merge(graphdef, s)(h, comm), x, state)

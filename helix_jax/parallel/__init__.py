@@ -1,0 +1,1 @@
+"""Schedules that span devices: the GPipe pipeline and expert dispatch."""

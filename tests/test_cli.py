@@ -1,0 +1,74 @@
+"""The `helix` command as a user runs it: outputs checked by the independent float64 oracle."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests import reference_np
+
+
+def helix(*args, check=True):
+    result = subprocess.run([sys.executable, "-m", "helix_jax.cli", *args],
+                            capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"helix {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.mark.parametrize("layout, extra", [
+    ("single", []), ("helix", []), ("helix:core=seq_a2a", ["--no-causal"]),
+    ("helix:core=qk_gather", []),
+])
+def test_forward_matches_float64_oracle(tmp_path, layout, extra):
+    out = tmp_path / "f.npz"
+    result = helix("forward", "--model", "tiny-dense", "--layout", layout, "--out", str(out),
+                   "--repeat", "0", *extra)
+    assert "mesh" in result.stdout and "time" in result.stdout
+    params, x, y, cfg = reference_np.load_npz(out)
+    assert cfg["causal"] is ("--no-causal" not in extra)
+    ref = reference_np.forward(params, x, cfg)
+    assert reference_np.relative_error(ref, y) <= 1e-4
+
+
+def test_params_round_trip_is_exact(tmp_path):
+    first, second = tmp_path / "a.npz", tmp_path / "b.npz"
+    helix("forward", "--model", "tiny-dense", "--layout", "helix", "--seed", "4", "--out",
+          str(first), "--repeat", "0")
+    helix("forward", "--model", "tiny-dense", "--layout", "helix:core=seq_a2a", "--seed", "4",
+          "--params", str(first), "--out", str(second), "--repeat", "0")
+    a, b = np.load(first), np.load(second)
+    assert set(a.files) == set(b.files)
+    assert np.array_equal(a["input"], b["input"])
+    for key in a.files:
+        if key not in ("output", "config_json"):
+            assert np.array_equal(a[key], b[key]), key
+    np.testing.assert_allclose(a["output"], b["output"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--layout", "helix:m=3"], "n_heads=16 is not divisible|head_dim=8 is not divisible"),
+    (["--layout", "nope"], "unknown layout 'nope'"),
+    (["--layout", "dp", "--batch", "6"], "batch=6 is not divisible by the 16 shards"),
+])
+def test_bad_input_gives_a_clear_error(args, words):
+    result = helix("forward", "--model", "tiny-dense", "--repeat", "0", *args, check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert __import__("re").search(words, result.stderr), result.stderr
+
+
+def test_params_that_do_not_fit(tmp_path):
+    out = tmp_path / "a.npz"
+    helix("forward", "--model", "tiny-dense", "--layout", "single", "--out", str(out), "--repeat", "0")
+    result = helix("forward", "--model", "small-dense", "--layout", "single", "--params", str(out),
+                   check=False)
+    assert result.returncode == 2
+    assert "does not fit the model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_layouts_lists_every_layout():
+    out = helix("layouts").stdout
+    for name in ("single", "helix", "tp-pp", "ep", "helix-ep", "dp"):
+        assert any(line.startswith(name + " ") for line in out.splitlines()), name
