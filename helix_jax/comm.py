@@ -27,10 +27,13 @@ def vary_like(tree, *refs):
 
     shard_map's type check needs a loop carry typed like what the loop body makes of it.
     """
-    axes = tuple(sorted(frozenset().union(*(varying_axes(r) for r in refs))))
-    if not axes:
-        return tree
-    return jax.tree.map(lambda t: jax.lax.pcast(t, axes, to="varying"), tree)
+    axes = frozenset().union(*(varying_axes(r) for r in refs))
+
+    def cast(t):
+        missing = tuple(sorted(axes - varying_axes(t)))
+        return jax.lax.pcast(t, missing, to="varying") if missing else t
+
+    return jax.tree.map(cast, tree)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,14 @@ class Comm:
             return x
         n = self.size(*logical)
         return jax.lax.ppermute(x, axes, [(i, (i + shift) % n) for i in range(n)])
+
+    def shift(self, x, *logical: str):
+        """Send each shard to the next one along the logical axis; the first receives zeros."""
+        axes = self.axes(*logical)
+        if not axes:
+            return x
+        n = self.size(*logical)
+        return jax.lax.ppermute(x, axes, [(i, i + 1) for i in range(n - 1)])
 
     def reduce_out(self, partial, *logical: str):
         """Sum a [B, S, D] partial result over the shards of `logical`.

@@ -19,7 +19,7 @@ def helix(*args, check=True):
 
 @pytest.mark.parametrize("layout, extra", [
     ("single", []), ("helix", []), ("helix:core=seq_a2a", ["--no-causal"]),
-    ("helix:core=qk_gather", []),
+    ("helix:core=qk_gather", []), ("tp-pp", []), ("tp-pp:sp=true", ["--no-causal"]),
 ])
 def test_forward_matches_float64_oracle(tmp_path, layout, extra):
     out = tmp_path / "f.npz"
