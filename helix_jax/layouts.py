@@ -207,8 +207,9 @@ def _ep(**opts) -> Layout:
 
 def _dp(**opts) -> Layout:
     rules = {"batch": ("data",)}
-    if opts["fsdp"]:
+    if opts["fsdp"]:  # parameters stored split along `embed`, gathered one layer at a time
         rules["fsdp"] = ("data",)
+        rules["embed"] = ("data",)
     return Layout("dp", ("data",), (opts["dp"],), rules, opts)
 
 

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from helix_jax import cli
 from tests import reference_np
 
 
@@ -17,15 +18,20 @@ def helix(*args, check=True):
     return result
 
 
-@pytest.mark.parametrize("layout, extra", [
-    ("single", []), ("helix", []), ("helix:core=seq_a2a", ["--no-causal"]),
-    ("helix:core=qk_gather", []), ("tp-pp", []), ("tp-pp:sp=true", ["--no-causal"]),
+@pytest.mark.parametrize("model, layout, extra", [
+    ("tiny-dense", "single", []), ("tiny-dense", "helix", []),
+    ("tiny-dense", "helix:core=seq_a2a", ["--no-causal"]), ("tiny-dense", "helix:core=qk_gather", []),
+    ("tiny-dense", "tp-pp", []), ("tiny-dense", "tp-pp:sp=true", ["--no-causal"]),
+    ("tiny-dense", "dp", []), ("tiny-dense", "helix:m=2,n=2,dp=4", []),
+    ("tiny-dense", "tp-pp:tp=4,pp=2,dp=2", []),
 ])
-def test_forward_matches_float64_oracle(tmp_path, layout, extra):
+def test_forward_matches_float64_oracle(tmp_path, capsys, model, layout, extra):
+    """In-process (the same code path as the console script, without a jax start-up each)."""
     out = tmp_path / "f.npz"
-    result = helix("forward", "--model", "tiny-dense", "--layout", layout, "--out", str(out),
-                   "--repeat", "0", *extra)
-    assert "mesh" in result.stdout and "time" in result.stdout
+    assert cli.main(["forward", "--model", model, "--layout", layout, "--out", str(out),
+                     "--repeat", "0", *extra]) == 0
+    stdout = capsys.readouterr().out
+    assert "mesh" in stdout and "time" in stdout
     params, x, y, cfg = reference_np.load_npz(out)
     assert cfg["causal"] is ("--no-causal" not in extra)
     ref = reference_np.forward(params, x, cfg)

@@ -53,6 +53,24 @@ def stack_modules(modules: list[nnx.Module]) -> nnx.Module:
     return nnx.merge(graphdef, stacked)
 
 
+def gather_fsdp(module: nnx.Module, comm: Comm) -> nnx.Module:
+    """Under FSDP, all-gather the parameter dimensions that are split only for storage."""
+    fsdp = set(comm.axes("fsdp"))
+    if not fsdp:
+        return module
+    graphdef, state = nnx.split(module)
+
+    def gather(v: nnx.Variable) -> nnx.Variable:
+        value = v[...]
+        names = tuple(v.get_metadata().get("out_sharding") or ())[-value.ndim:]
+        for dim, name in enumerate(names):
+            if name and comm.axes(name) and set(comm.axes(name)) <= fsdp:
+                value = comm.all_gather(value, name, axis=dim)
+        return v.replace(value=value)
+
+    return nnx.merge(graphdef, jax.tree.map(gather, state, is_leaf=lambda v: isinstance(v, nnx.Variable)))
+
+
 class Transformer(nnx.Module):
     """Embeddings [B, S, D] -> final hidden states [B, S, D], plus per-layer stats (MoE)."""
 
@@ -69,9 +87,13 @@ class Transformer(nnx.Module):
             x, stats = gpipe(self.run_layers, x, comm)
         else:
             x, stats = self.run_layers(x, comm)
-        return self.final_ln(x), stats
+        return gather_fsdp(self.final_ln, comm)(x), stats
 
     def run_layers(self, x: jax.Array, comm: Comm) -> tuple[jax.Array, Stats]:
         """Apply this device's stacked layers in order; stats come back stacked per layer."""
         graphdef, state = nnx.split(self.layers)
-        return jax.lax.scan(lambda h, s: nnx.merge(graphdef, s)(h, comm), x, state)
+
+        def layer(h, s):
+            return gather_fsdp(nnx.merge(graphdef, s), comm)(h, comm)
+
+        return jax.lax.scan(layer, x, state)
