@@ -56,6 +56,10 @@ class Layout:
         """How many shards the logical names are split into."""
         return math.prod(self.axis_sizes[a] for a in self.mesh_axes(*logical))
 
+    def size_of(self, axes) -> int:
+        """How many devices a set of mesh axes spans."""
+        return math.prod(self.axis_sizes[a] for a in axes)
+
     def pspec(self, logical: tuple[str | None, ...]):
         """The PartitionSpec of an array whose dimensions carry these logical names."""
         from jax.sharding import PartitionSpec as P

@@ -8,6 +8,7 @@ the program is one the model asked for through `Comm`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -58,22 +59,74 @@ def _spec_tree(tree, fn):
     return jax.tree.map(fn, tree, is_leaf=lambda t: isinstance(t, tuple))
 
 
+def combine_stats(stats: dict[str, jax.Array], weight: jax.Array | None = None) -> dict:
+    """Per-layer stats stacked over runs [N, layers] -> per layer: counts summed, losses averaged."""
+    out = {}
+    for key, value in stats.items():
+        n = value.shape[0] if weight is None else weight.sum()
+        if weight is not None:
+            value = jnp.where(weight[:, None], value, 0)
+        out[key] = value.sum(0) / (n if key.endswith("_loss") else 1)
+    return out
+
+
 @dataclass(frozen=True)
 class Sharded:
-    """A model config on a layout and a concrete mesh."""
+    """A model config on a layout and a concrete mesh.
+
+    With `chunks` K > 1 the input and output rest spread over every device (batch split over all
+    mesh axes that the sequence split does not use) and the program walks the batch in K chunks:
+    each chunk is all-gathered into the layout's working form, run, and each device keeps its own
+    rows of the output. That is how a layout whose activations are replicated (helix, tp-pp) fits
+    the paper's 1024 x 10000 batch in 80 GB; the gather is real traffic and is counted.
+    """
 
     cfg: ModelConfig
     layout: Layout
     mesh: Mesh
+    chunks: int = 1
 
     @classmethod
-    def build(cls, cfg: ModelConfig, layout: Layout, devices=None) -> Sharded:
+    def build(cls, cfg: ModelConfig, layout: Layout, devices=None, chunks: int = 1) -> Sharded:
         layout.validate(cfg)
-        return cls(cfg, layout, layout.make_mesh(devices))
+        sharded = cls(cfg, layout, layout.make_mesh(devices), chunks)
+        rows = cfg.batch // layout.size(*sharded.rest_axes) if sharded.rest_axes else cfg.batch
+        if chunks < 1 or rows % chunks:
+            shards = layout.size(*sharded.rest_axes) if sharded.rest_axes else 1
+            raise ValueError(f"{cfg.name} on {layout.spec}: the batch ({cfg.batch}) spread over "
+                             f"{shards} devices leaves {rows} rows each, not divisible into "
+                             f"chunks={chunks}")
+        if chunks > 1 and cfg.batch // layout.size("batch") % chunks:
+            raise ValueError(f"{cfg.name} on {layout.spec}: the batch per data replica "
+                             f"({cfg.batch // layout.size('batch')}) is not divisible into "
+                             f"chunks={chunks}")
+        return sharded
+
+    @property
+    def rest_axes(self) -> tuple[str, ...]:
+        """Mesh axes the input's batch is split over at rest (in mesh order)."""
+        working = self.layout.mesh_axes("batch")
+        if self.chunks == 1:
+            return working
+        seq_axes = set(self.layout.mesh_axes("act_seq"))
+        axes: list[str] = []
+        for a in self.layout.axis_names:
+            trial = axes + [a]
+            if a in working or (a not in seq_axes
+                                and self.cfg.batch % (self.layout.size_of(trial) * self.chunks) == 0):
+                axes = trial
+        return tuple(axes)
+
+    @property
+    def spread_axes(self) -> tuple[str, ...]:
+        """Axes the input is split over at rest but replicated over while the model runs."""
+        working = set(self.layout.mesh_axes("batch"))
+        return tuple(a for a in self.rest_axes if a not in working)
 
     @property
     def comm(self) -> Comm:
-        return Comm(self.layout)
+        rules = {**self.layout.rules, "spread": self.spread_axes}
+        return Comm(dataclasses.replace(self.layout, rules=rules))
 
     @property
     def param_specs(self) -> Params:
@@ -85,7 +138,10 @@ class Sharded:
 
     @property
     def x_spec(self) -> P:
-        return self.layout.pspec(("batch", "act_seq", None))
+        """The input's and output's sharding at rest."""
+        batch = self.rest_axes
+        return P(None if not batch else batch if len(batch) > 1 else batch[0],
+                 *self.layout.pspec(("act_seq", None)))
 
     @property
     def x_sharding(self) -> NamedSharding:
@@ -112,8 +168,18 @@ class Sharded:
 
     def local_forward(self, params: Params, x: jax.Array):
         """The per-device program: this device's parameter shards and input shard."""
-        model = nnx.merge(graphdef(self.cfg), params)
-        return model(x, self.comm)
+        model, comm = nnx.merge(graphdef(self.cfg), params), self.comm
+        if self.chunks == 1 and not self.spread_axes:
+            return model(x, comm)
+        rows = x.shape[0] // self.chunks
+
+        def chunk(_, xc):  # xc: this device's rows of one chunk
+            y, stats = model(comm.all_gather(xc, "spread", axis=0), comm)
+            mine = jax.lax.dynamic_slice_in_dim(y, comm.index("spread") * rows, rows, axis=0)
+            return None, (mine, stats)
+
+        _, (y, stats) = jax.lax.scan(chunk, None, x.reshape(self.chunks, rows, *x.shape[1:]))
+        return y.reshape(x.shape[0], *y.shape[2:]), combine_stats(stats)
 
     def forward_fn(self):
         """(params, x) -> (y, stats), jit-compiled; y [B, S, D] in the compute dtype."""

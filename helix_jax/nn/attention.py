@@ -25,6 +25,13 @@ from helix_jax.nn.mlp import normal
 Array = jax.Array
 
 
+def block_size(n: int, cap: int) -> int:
+    """The largest divisor of n that is <= cap (cap 0: n itself)."""
+    if cap <= 0 or cap >= n:
+        return n
+    return max(b for b in range(1, cap + 1) if n % b == 0)
+
+
 def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array = 0,
            reduce_scores: Callable[[Array], Array] = lambda s: s, q_block: int = 0,
            kv_block: int = 0) -> Array:
@@ -38,7 +45,7 @@ def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array 
     """
     B, Sq, h, _ = q.shape
     Sk, dv = k.shape[1], v.shape[-1]
-    qb, kb = min(q_block or Sq, Sq), min(kv_block or Sk, Sk)
+    qb, kb = block_size(Sq, q_block), block_size(Sk, kv_block)
     static = isinstance(q_offset, int)
 
     def visible(i: int, j: int) -> bool:  # does q block i see any key of block j?

@@ -43,7 +43,6 @@ def gpipe(run_stage: Callable[[jax.Array, Comm], tuple[jax.Array, Stats]], x: ja
     # The last stage finished microbatch i at step i + p − 1; send its outputs to every stage.
     y = outs[p - 1:].reshape(x.shape)
     y = comm.psum(jnp.where(stage == p - 1, y, jnp.zeros_like(y)), "layers")
-    real = (steps >= stage) & (steps < stage + M)
-    stats = {k: jnp.where(real[:, None], v, 0).sum(0) / (M if k.endswith("_loss") else 1)
-             for k, v in stats.items()}
-    return y, stats
+    from helix_jax.model import combine_stats
+
+    return y, combine_stats(stats, weight=(steps >= stage) & (steps < stage + M))
