@@ -141,6 +141,10 @@ class Layout:
                     f"choose a {what} that is a multiple of {parts} or another layout")
         for check in _EXTRA_CHECKS.get(self.kind, ()):
             check(self, cfg)
+        if cfg.is_moe:
+            from helix_jax.parallel.experts import check_moe
+
+            check_moe(cfg, self)
 
     def describe(self) -> str:
         mesh = " x ".join(f"{a}={n}" for a, n in self.axis_sizes.items())

@@ -24,6 +24,11 @@ def helix(*args, check=True):
     ("tiny-dense", "tp-pp", []), ("tiny-dense", "tp-pp:sp=true", ["--no-causal"]),
     ("tiny-dense", "dp", []), ("tiny-dense", "helix:m=2,n=2,dp=4", []),
     ("tiny-dense", "tp-pp:tp=4,pp=2,dp=2", []),
+    ("tiny-moe", "single", ["--capacity-factor", "16"]),
+    ("tiny-moe", "ep", ["--capacity-factor", "16", "--top-k", "2"]),
+    ("tiny-moe", "helix-ep", ["--capacity-factor", "16"]),
+    ("tiny-moe", "tp-pp", ["--capacity-factor", "16"]),
+    ("tiny-moe", "ep:ep=8,dp=2", ["--capacity-factor", "16"]),
 ])
 def test_forward_matches_float64_oracle(tmp_path, capsys, model, layout, extra):
     """In-process (the same code path as the console script, without a jax start-up each)."""
@@ -32,6 +37,8 @@ def test_forward_matches_float64_oracle(tmp_path, capsys, model, layout, extra):
                      "--repeat", "0", *extra]) == 0
     stdout = capsys.readouterr().out
     assert "mesh" in stdout and "time" in stdout
+    if model == "tiny-moe":
+        assert "dropped  [0, 0, 0, 0]" in stdout  # reported per layer; none at capacity factor 16
     params, x, y, cfg = reference_np.load_npz(out)
     assert cfg["causal"] is ("--no-causal" not in extra)
     ref = reference_np.forward(params, x, cfg)

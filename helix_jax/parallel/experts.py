@@ -1,0 +1,214 @@
+"""Expert dispatch and combine: capacity buffers, and how tokens reach experts on each layout.
+
+Tokens are routed to experts (helix_jax/nn/moe.py); this module moves them. Every expert has a
+buffer of C slots per source shard (C = ceil(capacity_factor · tokens · k / E)). A token takes the
+next free slot of its expert in priority order: all first choices before all second choices
+(Switch/GShard), then token order. Assignments past slot C are dropped: that expert contributes 0 to
+the token (the residual path carries it).
+
+How the buffers reach the experts is read from the layout through `Comm`, never from its name:
+
+  local        experts not sharded (single, dp, tp-pp): every device runs all its experts on its
+               own tokens. If the expert hidden dim is sharded (`expert_mlp`, tp-pp) the outputs
+               are partial sums, reduced after the combine.
+  all_to_all   experts sharded over mesh axes that also shard the tokens (ep): [E, C, D] send
+               buffer, all-to-all over the expert axes, E/n local experts on n·C slots each,
+               all-to-all back, combine. Option `chunks` splits the C slots into K pieces, each
+               with its own pair of all-to-alls, so that a piece's transfer can overlap another
+               piece's matmuls.
+  replicated   experts sharded over mesh axes that replicate the tokens (helix-ep, helix): each
+               device picks, locally, the tokens routed to its own experts, runs them, scatters
+               the weighted results into a [B, S, D] partial, and the partials are summed over
+               the expert axes. C is computed from all the tokens the device sees (the whole
+               data replica), so drops can differ from `ep`, whose C is per source shard.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+
+from helix_jax.config import ModelConfig
+
+if TYPE_CHECKING:  # layouts.py may import check_moe from here: no import cycle at run time
+    from helix_jax.comm import Comm
+    from helix_jax.layouts import Layout
+
+Array = jax.Array
+ExpertFn = Callable[[Array], Array]  # [E_loc, N, D] -> [E_loc, N, D], this device's experts
+
+MODES = ("local", "all_to_all", "replicated")
+
+
+def capacity(n_tokens: int, top_k: int, n_experts: int, factor: float) -> int:
+    """Slots per expert per source shard: ceil(factor · tokens · k / E), at least 1."""
+    return max(1, math.ceil(factor * n_tokens * top_k / n_experts))
+
+
+def dispatch_mode(expert_axes: tuple[str, ...], token_axes: tuple[str, ...]) -> str:
+    """Which of MODES moves tokens to experts, from the mesh axes of `expert` and of the tokens."""
+    if not expert_axes:
+        return "local"
+    if set(expert_axes) <= set(token_axes):
+        return "all_to_all"
+    if not set(expert_axes) & set(token_axes):
+        return "replicated"
+    raise ValueError(
+        f"experts are sharded over mesh axes {expert_axes} and tokens over {token_axes}: the "
+        f"expert axes must either all shard the tokens too (all-to-all dispatch) or none of them "
+        f"(local selection from replicated tokens)")
+
+
+def tokens_per_shard(cfg: ModelConfig, layout: Layout) -> int:
+    """Tokens one MoE call sees on one device: its batch shard (one microbatch under a pipeline)
+    times the whole sequence (sequence parallelism is undone before the MoE)."""
+    batch = cfg.batch // layout.size("batch")
+    if layout.mesh_axes("layers") and "microbatches" in layout.options:
+        batch //= layout.options["microbatches"]
+    return batch * cfg.seq
+
+
+def check_moe(cfg: ModelConfig, layout: Layout) -> None:
+    """Raise a ValueError naming the numbers when the MoE of `cfg` cannot run on `layout`."""
+    if not cfg.is_moe:
+        return
+    where = f"{cfg.name} on {layout.spec}"
+    shards = layout.size("expert")
+    if cfg.n_experts % shards:
+        raise ValueError(f"{where}: n_experts={cfg.n_experts} is not divisible by the {shards} "
+                         f"expert shards (mesh axes {layout.mesh_axes('expert')})")
+    if cfg.top_k > cfg.n_experts:
+        raise ValueError(f"{where}: top_k={cfg.top_k} is more than n_experts={cfg.n_experts}")
+    if cfg.batch < layout.size("batch"):
+        raise ValueError(f"{where}: batch={cfg.batch} leaves no tokens on some of the "
+                         f"{layout.size('batch')} token shards")
+    expert_axes, token_axes = layout.mesh_axes("expert"), layout.mesh_axes("batch")
+    try:
+        mode = dispatch_mode(expert_axes, token_axes)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    reduce_axes = layout.mesh_axes("expert", "expert_mlp") if mode == "replicated" \
+        else layout.mesh_axes("expert_mlp")
+    seq_axes = layout.mesh_axes("act_seq")
+    if seq_axes and seq_axes != reduce_axes:
+        raise ValueError(f"{where}: sequence parallelism over {seq_axes} needs the MoE output "
+                         f"reduced over the same mesh axes, but it is reduced over {reduce_axes}")
+    chunks = layout.options.get("chunks", 1)
+    if chunks > 1:
+        if mode != "all_to_all":
+            raise ValueError(f"{where}: chunks={chunks} overlaps all-to-alls, but experts here "
+                             f"are dispatched by {mode!r} (no all-to-all); use chunks=1")
+        cap = capacity(tokens_per_shard(cfg, layout), cfg.top_k, cfg.n_experts,
+                       cfg.capacity_factor)
+        if chunks > cap:
+            raise ValueError(f"{where}: chunks={chunks} is more than the capacity C={cap} slots "
+                             f"per expert; choose chunks <= {cap}")
+
+
+# ----------------------------------------------------------------------------- buffers
+
+def buffer_positions(expert_idx: Array, n_experts: int) -> Array:
+    """[T, k] chosen experts -> [T, k] slot of each assignment in its expert's buffer.
+
+    Priority: choice rank first (every token's first choice before any second choice), then token
+    order. Slots count from 0; an assignment is kept when its slot is below the capacity.
+    """
+    onehot = jax.nn.one_hot(expert_idx.T, n_experts, dtype=jnp.int32)  # [k, T, E], rank-major
+    k, T, E = onehot.shape
+    before = jnp.cumsum(onehot.reshape(k * T, E), axis=0).reshape(k, T, E) - onehot
+    return jnp.sum(before * onehot, axis=-1).T  # [T, k]
+
+
+@dataclass(frozen=True)
+class Slots:
+    """Where assignments sit in the buffers of experts [first, first + count).
+
+    token: [count, C] the token index in each slot (T when the slot is empty);
+    flat: [T, k] each assignment's flat slot index expert·C + slot (count·C when the assignment is
+    dropped or its expert is not among these).
+    """
+
+    token: Array
+    flat: Array
+
+
+def slot_table(expert_idx: Array, pos: Array, cap: int, buffer: int, first: Array | int,
+               count: int) -> Slots:
+    """Slots of the experts [first, first + count) for assignments kept under capacity `cap`.
+
+    `buffer` >= cap is the number of slots per expert in the buffers (padding stays empty).
+    """
+    T, _ = expert_idx.shape
+    local = expert_idx - first
+    mine = (pos < cap) & (local >= 0) & (local < count)
+    flat = jnp.where(mine, local * buffer + pos, count * buffer)
+    tokens = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[:, None], flat.shape)
+    table = jnp.full((count * buffer,), T, jnp.int32).at[flat.ravel()].set(
+        tokens.ravel(), mode="drop")
+    return Slots(table.reshape(count, buffer), flat)
+
+
+def gather_tokens(t: Array, token: Array) -> Array:
+    """t [T, D], slot table [n, C] -> buffers [n, C, D]; empty slots are zeros."""
+    return jnp.take(t, token, axis=0, mode="fill", fill_value=0)
+
+
+def combine(out: Array, slots: Slots, weights: Array) -> Array:
+    """Expert outputs [n, C, D] -> [T, D]: Σ over a token's kept assignments, weight · output."""
+    n, C, D = out.shape
+    picked = jnp.take(out.reshape(n * C, D), slots.flat, axis=0, mode="fill", fill_value=0)
+    return jnp.sum(picked * weights.astype(out.dtype)[..., None], axis=1)  # [T, k, D] -> [T, D]
+
+
+# ----------------------------------------------------------------------------- layouts
+
+def exchange(send: Array, experts: ExpertFn, comm: Comm, chunks: int) -> Array:
+    """Expert parallelism: send [E, C, D] -> this shard's experts -> back, [E, C, D].
+
+    The all-to-all splits the E buffers over the expert shards and stacks what arrives from the n
+    source shards along the slot axis, so each device runs its E/n experts on n·C slots. With
+    chunks K the slots go in K pieces (a static loop: K independent all-to-alls per direction).
+    """
+    outs = []
+    for piece in jnp.split(send, chunks, axis=1):
+        recv = comm.all_to_all(piece, "expert", split_axis=0, concat_axis=1)  # [E/n, n·C/K, D]
+        done = experts(recv)
+        outs.append(comm.all_to_all(done, "expert", split_axis=1, concat_axis=0))  # [E, C/K, D]
+    return jnp.concatenate(outs, axis=1) if chunks > 1 else outs[0]
+
+
+def apply_experts(h: Array, expert_idx: Array, weights: Array, experts: ExpertFn, comm: Comm, *,
+                  n_experts: int, capacity_factor: float) -> tuple[Array, Array]:
+    """Send the tokens of h [B, S, D] to their experts and back: (y, dropped).
+
+    expert_idx, weights: [T, k] routing of the T = B·S tokens. `experts` runs this device's
+    experts (its parameter shards) on [E_loc, N, D] buffers. y is [B, S, D] (the local sequence
+    slice under sequence parallelism), in h's dtype. dropped: [T] float32, how many of each
+    token's k assignments were over capacity.
+    """
+    B, S, D = h.shape
+    T, k = expert_idx.shape
+    t = h.reshape(T, D)
+    cap = capacity(T, k, n_experts, capacity_factor)
+    pos = buffer_positions(expert_idx, n_experts)
+    dropped = jnp.sum(pos >= cap, axis=1).astype(jnp.float32)
+    mode = dispatch_mode(comm.axes("expert"), comm.axes("batch"))
+
+    if mode == "all_to_all":
+        chunks = comm.option("chunks", 1)
+        buffer = -(-cap // chunks) * chunks  # pad C up to a multiple of K: extra slots stay empty
+        slots = slot_table(expert_idx, pos, cap, buffer, 0, n_experts)
+        out = exchange(gather_tokens(t, slots.token), experts, comm, chunks)
+        reduce_over = ("expert_mlp",)
+    else:  # local / replicated: this device's experts, picked from the tokens it holds
+        count = n_experts // comm.size("expert")
+        slots = slot_table(expert_idx, pos, cap, cap, comm.index("expert") * count, count)
+        out = experts(gather_tokens(t, slots.token))
+        reduce_over = ("expert", "expert_mlp")
+    y = combine(out, slots, weights).reshape(B, S, D)
+    return comm.reduce_out(y, *reduce_over), dropped
