@@ -7,12 +7,16 @@ the identity, so one forward pass serves every layout, the single device include
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 
 from helix_jax.layouts import Layout
+
+
+_GATHER_TAKES_TO = "to" in inspect.signature(jax.lax.all_gather).parameters
 
 
 def varying_axes(x) -> frozenset[str]:
@@ -60,10 +64,18 @@ class Comm:
         axes = self.axes(*logical)
         return jax.lax.psum(x, axes) if axes else x
 
-    def all_gather(self, x, *logical: str, axis: int):
-        """Concatenate the shards of `x` along `axis` (tiled)."""
+    def all_gather(self, x, *logical: str, axis: int, invariant: bool = False):
+        """Concatenate the shards of `x` along `axis` (tiled).
+
+        `invariant=True` types the result as identical on every device of those axes (it is),
+        for values that later leave the shard_map unsharded over them.
+        """
         axes = self.axes(*logical)
-        return jax.lax.all_gather(x, axes, axis=axis, tiled=True) if axes else x
+        if not axes:
+            return x
+        if invariant and _GATHER_TAKES_TO:
+            return jax.lax.all_gather(x, axes, axis=axis, tiled=True, to="invarying")
+        return jax.lax.all_gather(x, axes, axis=axis, tiled=True)
 
     def all_to_all(self, x, *logical: str, split_axis: int, concat_axis: int):
         axes = self.axes(*logical)

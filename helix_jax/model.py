@@ -74,8 +74,8 @@ def combine_stats(stats: dict[str, jax.Array], weight: jax.Array | None = None) 
 class Sharded:
     """A model config on a layout and a concrete mesh.
 
-    With `chunks` K > 1 the input and output rest spread over every device (batch split over all
-    mesh axes that the sequence split does not use) and the program walks the batch in K chunks:
+    With `batch_chunks` K > 1 the input and output rest spread over every device (batch split over
+    all mesh axes that the sequence split does not use) and the program walks the batch in K chunks:
     each chunk is all-gathered into the layout's working form, run, and each device keeps its own
     rows of the output. That is how a layout whose activations are replicated (helix, tp-pp) fits
     the paper's 1024 x 10000 batch in 80 GB; the gather is real traffic and is counted.
@@ -84,36 +84,42 @@ class Sharded:
     cfg: ModelConfig
     layout: Layout
     mesh: Mesh
-    chunks: int = 1
+    batch_chunks: int = 1
 
     @classmethod
-    def build(cls, cfg: ModelConfig, layout: Layout, devices=None, chunks: int = 1) -> Sharded:
+    def build(cls, cfg: ModelConfig, layout: Layout, devices=None,
+              batch_chunks: int = 1) -> Sharded:
         layout.validate(cfg)
-        sharded = cls(cfg, layout, layout.make_mesh(devices), chunks)
+        sharded = cls(cfg, layout, layout.make_mesh(devices), batch_chunks)
         rows = cfg.batch // layout.size(*sharded.rest_axes) if sharded.rest_axes else cfg.batch
-        if chunks < 1 or rows % chunks:
+        if batch_chunks < 1 or rows % batch_chunks:
             shards = layout.size(*sharded.rest_axes) if sharded.rest_axes else 1
             raise ValueError(f"{cfg.name} on {layout.spec}: the batch ({cfg.batch}) spread over "
                              f"{shards} devices leaves {rows} rows each, not divisible into "
-                             f"chunks={chunks}")
-        if chunks > 1 and cfg.batch // layout.size("batch") % chunks:
+                             f"batch_chunks={batch_chunks}")
+        if batch_chunks > 1 and cfg.batch // layout.size("batch") % batch_chunks:
             raise ValueError(f"{cfg.name} on {layout.spec}: the batch per data replica "
                              f"({cfg.batch // layout.size('batch')}) is not divisible into "
-                             f"chunks={chunks}")
+                             f"batch_chunks={batch_chunks}")
+        microbatches = layout.options.get("microbatches", 1) if layout.mesh_axes("layers") else 1
+        per_chunk = cfg.batch // layout.size("batch") // batch_chunks
+        if per_chunk % microbatches:
+            raise ValueError(f"{cfg.name} on {layout.spec}: a batch chunk of {per_chunk} sequences "
+                             f"cannot be split into microbatches={microbatches}")
         return sharded
 
     @property
     def rest_axes(self) -> tuple[str, ...]:
         """Mesh axes the input's batch is split over at rest (in mesh order)."""
         working = self.layout.mesh_axes("batch")
-        if self.chunks == 1:
+        if self.batch_chunks == 1:
             return working
         seq_axes = set(self.layout.mesh_axes("act_seq"))
         axes: list[str] = []
         for a in self.layout.axis_names:
             trial = axes + [a]
             if a in working or (a not in seq_axes
-                                and self.cfg.batch % (self.layout.size_of(trial) * self.chunks) == 0):
+                                and self.cfg.batch % (self.layout.size_of(trial) * self.batch_chunks) == 0):
                 axes = trial
         return tuple(axes)
 
@@ -169,16 +175,16 @@ class Sharded:
     def local_forward(self, params: Params, x: jax.Array):
         """The per-device program: this device's parameter shards and input shard."""
         model, comm = nnx.merge(graphdef(self.cfg), params), self.comm
-        if self.chunks == 1 and not self.spread_axes:
+        if self.batch_chunks == 1 and not self.spread_axes:
             return model(x, comm)
-        rows = x.shape[0] // self.chunks
+        rows = x.shape[0] // self.batch_chunks
 
         def chunk(_, xc):  # xc: this device's rows of one chunk
-            y, stats = model(comm.all_gather(xc, "spread", axis=0), comm)
+            y, stats = model(comm.all_gather(xc, "spread", axis=0, invariant=True), comm)
             mine = jax.lax.dynamic_slice_in_dim(y, comm.index("spread") * rows, rows, axis=0)
             return None, (mine, stats)
 
-        _, (y, stats) = jax.lax.scan(chunk, None, x.reshape(self.chunks, rows, *x.shape[1:]))
+        _, (y, stats) = jax.lax.scan(chunk, None, x.reshape(self.batch_chunks, rows, *x.shape[1:]))
         return y.reshape(x.shape[0], *y.shape[2:]), combine_stats(stats)
 
     def forward_fn(self):

@@ -286,7 +286,7 @@ def test_collective_time_picks_link_and_scales_by_trips():
 def test_hardware_profiles_and_loading(tmp_path):
     paper = load_hardware("h100-paper")
     assert (paper.gpus_per_node, paper.nvlink_bytes_per_s, paper.flops_per_s) == (4, 200e9, 800e12)
-    assert "bidirectional" in paper.notes and load_hardware("h100-sxm").gpus_per_node == 8
+    assert "bidirectional" in paper.notes and load_hardware("h100-sxm").gpus_per_node == 4
     with pytest.raises(ValueError, match="h100-paper"):
         load_hardware("a100-nonexistent")
     fields = {k: v for k, v in vars(paper).items() if k not in ("name", "notes")}

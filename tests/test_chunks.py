@@ -14,7 +14,7 @@ CFG = resolve_model("tiny-dense")
 
 
 def forward(spec, chunks):
-    sharded = Sharded.build(CFG, parse_layout(spec), chunks=chunks)
+    sharded = Sharded.build(CFG, parse_layout(spec), batch_chunks=chunks)
     x = jax.device_put(random_input(CFG, 0), sharded.x_sharding)
     y, _ = sharded.forward_fn()(sharded.place(random_params(CFG)), x)
     return sharded, np.asarray(y)
@@ -33,5 +33,5 @@ def test_chunked_forward_matches_unchunked(spec, chunks):
 
 
 def test_chunks_that_do_not_divide_the_batch():
-    with pytest.raises(ValueError, match="not divisible into chunks=3"):
-        Sharded.build(CFG, parse_layout("helix"), chunks=3)
+    with pytest.raises(ValueError, match="not divisible into batch_chunks=3"):
+        Sharded.build(CFG, parse_layout("helix"), batch_chunks=3)

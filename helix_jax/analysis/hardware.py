@@ -58,13 +58,13 @@ HARDWARE: dict[str, Hardware] = {
                + _LATENCY_NOTE)),
     "h100-sxm": Hardware(
         name="h100-sxm", flops_per_s=800e12, peak_flops_per_s=989e12, hbm_bytes_per_s=3.35e12,
-        nvlink_bytes_per_s=450e9, ib_bytes_per_s=50e9, gpus_per_node=8, hbm_capacity_bytes=80e9,
+        nvlink_bytes_per_s=450e9, ib_bytes_per_s=50e9, gpus_per_node=4, hbm_capacity_bytes=80e9,
         latency_nvlink_s=3e-6, latency_ib_s=10e-6,
-        notes=("H100 SXM datasheet in a DGX H100 (8 GPUs per node): 989 TFLOP/s peak dense "
-               "fp16/bf16, 800 achieved; HBM3 3.35 TB/s peak; NVLink 4 900 GB/s total = 450 GB/s "
-               "per direction; one 400 Gb/s InfiniBand NIC per GPU = 50 GB/s per direction. "
-               "With the paper's 4 GPUs per node, load this profile from a file with "
-               "gpus_per_node = 4. " + _LATENCY_NOTE)),
+        notes=("H100 SXM datasheet figures on the paper's cluster shape (4 nodes x 4 GPUs): "
+               "989 TFLOP/s peak dense fp16/bf16, 800 achieved; HBM3 3.35 TB/s peak; NVLink 4 "
+               "900 GB/s total = 450 GB/s per direction; one 400 Gb/s InfiniBand NIC per GPU = "
+               "50 GB/s per direction. A DGX H100 has 8 GPUs per node: load a file with "
+               "gpus_per_node = 8 for that. " + _LATENCY_NOTE)),
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Hardware)}

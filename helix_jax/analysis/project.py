@@ -1,0 +1,159 @@
+"""Project one layout at full scale: compile it on fake devices, read its cost off the program, and
+price that cost on a hardware profile.
+
+Nothing is allocated: parameters and input are ShapeDtypeStructs. Per device, the program gives
+matmul FLOPs (loop trip counts applied), memory (arguments + outputs + temp − aliased) and every
+collective with its group, payload and executions. Each collective's link (NVLink or InfiniBand)
+follows from its replica groups and the layout's placement of mesh positions on nodes.
+
+Timing model (stated in the README): compute = matmul FLOPs / the profile's achieved rate;
+collectives cost the ring formulas of `pricing`; they are exposed (not overlapped with compute)
+except the all-to-alls of `ep:chunks=K`, of which (K−1)/K can hide behind expert compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Callable
+
+from helix_jax.analysis.cost import read_memory
+from helix_jax.analysis.flops import matmul_flops
+from helix_jax.analysis.formulas import DTYPE_BYTES, expected_comm_bytes, forward_flops_per_token
+from helix_jax.analysis.hardware import Hardware
+from helix_jax.analysis.hlo import collectives
+from helix_jax.analysis.pricing import collective_time, crosses_nodes
+from helix_jax.config import ModelConfig
+from helix_jax.layouts import Layout
+
+_FOUR_BYTE = {"f32", "s32", "u32"}
+
+
+def _build(cfg: ModelConfig, layout: Layout, batch_chunks: int):
+    """The sharded model (ValueError when this chunking does not fit the batch)."""
+    from helix_jax.devices import devices_for
+    from helix_jax.model import Sharded
+
+    devices = devices_for(layout.devices)
+    if len(devices) < layout.devices:
+        raise RuntimeError(f"{layout.spec} needs {layout.devices} devices; jax has "
+                           f"{len(devices)}. Run through `helix project` (it sets up host devices).")
+    return Sharded.build(cfg, layout, devices=devices, batch_chunks=batch_chunks)
+
+
+def _compile(cfg: ModelConfig, layout: Layout, batch_chunks: int):
+    sharded = _build(cfg, layout, batch_chunks)
+    return sharded, sharded.forward_fn().lower(*sharded.abstract_inputs()).compile()
+
+
+def chunk_candidates(cfg: ModelConfig, layout: Layout) -> list[int]:
+    """Batch chunk counts worth trying, smallest first: powers of two dividing the batch."""
+    per_replica = cfg.batch // layout.size("batch")  # Sharded.build rejects the ones that don't fit
+    return [k for k in (2**i for i in range(per_replica.bit_length())) if per_replica % k == 0]
+
+
+def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
+        progress: Callable[[str], None] | None = None):
+    """The fewest batch chunks whose program fits `capacity_bytes` per device (or the leanest)."""
+    best = None
+    for k in chunk_candidates(cfg, layout):
+        try:
+            sharded = _build(cfg, layout, k)
+        except ValueError:
+            continue
+        compiled = sharded.forward_fn().lower(*sharded.abstract_inputs()).compile()
+        memory = read_memory(compiled)["total_bytes"]
+        if progress:
+            progress(f"{layout.spec}: batch_chunks={k} -> {memory / 1e9:.1f} GB per device")
+        if best is None or memory < best[2]:
+            best = (sharded, compiled, memory)
+        if memory <= capacity_bytes:
+            return sharded, compiled
+    if best is None:
+        raise ValueError(f"{cfg.name} does not compile on {layout.spec} with any batch chunking")
+    return best[0], best[1]
+
+
+def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | None = None,
+            progress: Callable[[str], None] | None = None) -> dict:
+    """The full read-out and projection of `cfg` on `layout` priced on `hw` (see module doc)."""
+    layout.validate(cfg)
+    # XLA:CPU widens bf16 collectives to f32; fp16 has the same bytes and FLOPs and is kept as is.
+    analysed = cfg.replace(dtype="float16") if cfg.dtype == "bfloat16" else cfg
+    placed = dataclasses.replace(layout, gpus_per_node=hw.gpus_per_node)
+    if batch_chunks is None:
+        sharded, compiled = fit(analysed, layout, hw.hbm_capacity_bytes, progress)
+    else:
+        sharded, compiled = _compile(analysed, layout, batch_chunks)
+    hlo = compiled.as_text()
+    flops = matmul_flops(hlo)
+    memory = read_memory(compiled)
+
+    rows: dict[tuple, dict] = {}
+    comm = {"nvlink": 0.0, "ib": 0.0}
+    comm_seconds = hidden = 0.0
+    for c in collectives(hlo):
+        if c.group_size <= 1:
+            continue
+        link = "ib" if crosses_nodes(c, placed.node_of) else "nvlink"
+        dtype = cfg.dtype if c.dtype not in _FOUR_BYTE or cfg.dtype == "float32" else c.dtype
+        dtype = {"float16": "f16", "bfloat16": "bf16", "float32": "f32"}.get(dtype, dtype)
+        seconds = collective_time(c, hw, placed.node_of)
+        comm[link] += c.payload_bytes * c.trip_count
+        comm_seconds += seconds
+        if c.op == "all-to-all" and layout.options.get("chunks", 1) > 1:
+            k = layout.options["chunks"]
+            hidden += seconds * (k - 1) / k
+        key = (c.op, dtype, c.group_size, link, c.payload_bytes)
+        row = rows.setdefault(key, {"op": c.op, "dtype": dtype, "group_size": c.group_size,
+                                    "count": 0, "payload_bytes_per_device": c.payload_bytes,
+                                    "link": link, "seconds": 0.0})
+        row["count"] += c.trip_count
+        row["seconds"] += seconds
+
+    tokens = cfg.batch * cfg.seq
+    compute_seconds = flops["flops"] / hw.flops_per_s
+    if hidden:  # overlap can hide at most the expert compute (its matmul share of the FLOPs)
+        expert = 4 * cfg.d_model * cfg.d_ff * cfg.top_k * cfg.n_layers * tokens / layout.devices
+        hidden = min(hidden, expert * cfg.capacity_factor / hw.flops_per_s)
+    exposed = comm_seconds - hidden
+    step = compute_seconds + exposed
+    model_flops = forward_flops_per_token(cfg)
+    by_op: dict[str, float] = defaultdict(float)
+    for r in rows.values():
+        by_op[r["op"]] += r["payload_bytes_per_device"] * r["count"]
+    return {
+        "model": cfg.name,
+        "layout": layout.spec,
+        "hardware": hw.name,
+        "devices": layout.devices,
+        "mesh": layout.axis_sizes,
+        "batch": cfg.batch,
+        "seq": cfg.seq,
+        "dtype": cfg.dtype,
+        "batch_chunks": sharded.batch_chunks,
+        "tokens_per_step": tokens,
+        "flops_per_device": flops["flops"],
+        "flops_note": ("upper bound: runtime-skipped causal blocks counted"
+                       if flops.get("conditionals") else "exact"),
+        "model_flops_per_token": model_flops,
+        "memory_bytes_per_device": memory["total_bytes"],
+        "memory": memory,
+        "fits": memory["total_bytes"] <= hw.hbm_capacity_bytes,
+        "collectives": sorted(rows.values(), key=lambda r: -r["seconds"]),
+        "comm_bytes_per_device": comm,
+        "comm_bytes_by_op": dict(by_op),
+        "expected_comm_bytes_by_op": expected_comm_bytes(
+            analysed, layout, sharded.batch_chunks, sharded.spread_axes),
+        "projected": {
+            "step_seconds": step,
+            "compute_seconds": compute_seconds,
+            "comm_seconds": comm_seconds,
+            "exposed_comm_seconds": exposed,
+            "tokens_per_s": tokens / step,
+            "mfu": model_flops * tokens / step / (layout.devices * hw.peak_flops_per_s),
+            "tpot_ms": step / cfg.seq * 1e3,
+        },
+        "intra_node_axes": placed.intra_node_axes(),
+        "bytes_per_element": DTYPE_BYTES[cfg.dtype],
+    }
