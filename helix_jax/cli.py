@@ -112,6 +112,70 @@ def cmd_forward(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB"
+
+
+def print_projection(r: dict) -> None:
+    """A readable table of one projection (what `helix project` prints)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 110)
+    mesh = " x ".join(f"{a}={n}" for a, n in r["mesh"].items())
+    console.print(f"[bold]{r['model']}[/] on [bold]{r['layout']}[/] [{mesh}], batch {r['batch']} x "
+                  f"seq {r['seq']} {r['dtype']}, priced on {r['hardware']}; "
+                  f"batch_chunks={r['batch_chunks']}; intra-node axes: "
+                  f"{', '.join(r['intra_node_axes']) or 'none'}")
+    table = Table(title="collectives per device per forward pass (read from the compiled HLO)")
+    for col in ("op", "dtype", "group", "count", "payload/exec", "total", "link", "time"):
+        table.add_column(col, justify="left" if col in ("op", "dtype", "link") else "right")
+    for c in r["collectives"]:
+        table.add_row(c["op"], c["dtype"], str(c["group_size"]), f"{c['count']:,}",
+                      f"{c['payload_bytes_per_device'] / 1e6:,.1f} MB",
+                      _gb(c["payload_bytes_per_device"] * c["count"]), c["link"],
+                      f"{c['seconds']:.3f} s")
+    console.print(table)
+    p, m, comm = r["projected"], r["memory"], r["comm_bytes_per_device"]
+    fits = "fits" if r["fits"] else "[red]does NOT fit[/]"
+    console.print(
+        f"FLOPs/device  {r['flops_per_device']:.3e} ({r['flops_note']}); model FLOPs/token "
+        f"{r['model_flops_per_token']:.3e}\n"
+        f"memory/device {_gb(r['memory_bytes_per_device'])} ({fits}: args {_gb(m['argument_bytes'])}"
+        f" + out {_gb(m['output_bytes'])} + temp {_gb(m['temp_bytes'])} - alias "
+        f"{_gb(m['alias_bytes'])})\n"
+        f"comm/device   NVLink {_gb(comm['nvlink'])}, InfiniBand {_gb(comm['ib'])}\n"
+        f"step          {p['step_seconds']:.3f} s = compute {p['compute_seconds']:.3f} s + exposed "
+        f"comm {p['exposed_comm_seconds']:.3f} s (all comm {p['comm_seconds']:.3f} s)\n"
+        f"projected     {p['tokens_per_s']:,.0f} tokens/s, MFU {p['mfu']:.1%}, "
+        f"TPOT {p['tpot_ms']:.3f} ms (step / seq)")
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    layout = parse_layout(args.layout)
+    layout.validate(cfg)
+    from helix_jax.analysis.hardware import load_hardware
+
+    hw = load_hardware(args.hardware)
+    from helix_jax.devices import ensure_host_devices
+
+    ensure_host_devices(layout.devices)
+    import json
+
+    from helix_jax.analysis.project import project
+
+    chunks = None if args.batch_chunks == "auto" else int(args.batch_chunks)
+    result = project(cfg, layout, hw, batch_chunks=chunks,
+                     progress=lambda msg: print(f"  fitting {msg}", file=sys.stderr))
+    print_projection(result)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="helix", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write params, input and output to this npz")
     p.add_argument("--repeat", type=int, default=3, help="timed runs after the first (default 3)")
     p.set_defaults(func=cmd_forward)
+
+    p = sub.add_parser("project", help="compile a model at full size on fake devices and read its "
+                       "FLOPs, memory and collectives off the program, priced on a hardware profile")
+    _model_args(p)
+    p.set_defaults(model="paper-dense")
+    p.add_argument("--layout", default="helix", help="layout spec (default: helix)")
+    p.add_argument("--hardware", default="h100-paper",
+                   help="hardware profile name (h100-paper, h100-sxm) or a JSON/TOML file")
+    p.add_argument("--batch-chunks", default="auto",
+                   help="walk the batch in this many chunks (default auto: fewest that fit memory)")
+    p.add_argument("--json", help="write the full read-out to this JSON file")
+    p.set_defaults(func=cmd_project)
 
     sub.add_parser("layouts", help="list the layouts").set_defaults(func=cmd_layouts)
     sub.add_parser("models", help="list the model presets").set_defaults(func=cmd_models)
