@@ -176,6 +176,40 @@ def cmd_project(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    layout = parse_layout(args.layout)
+    layout.validate(cfg)
+    from helix_jax.devices import ensure_host_devices
+
+    ensure_host_devices(layout.devices)
+    from pathlib import Path
+
+    from helix_jax.model import Sharded
+    from helix_jax.train import TrainConfig, train
+
+    log = args.log or (str(Path(args.checkpoint_dir) / "train_log.jsonl") if args.checkpoint_dir
+                       else "train_log.jsonl")
+    if args.checkpoint_dir:
+        Path(args.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    sharded = Sharded.build(cfg, layout)
+    print(f"training {cfg.name} on {layout.describe()} for {args.steps} steps "
+          f"(batch {cfg.batch} x seq {cfg.seq}); log: {log}")
+    result = train(sharded, TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed),
+                   checkpoint_dir=args.checkpoint_dir, save_every=args.save_every,
+                   resume=args.resume, log_path=log, progress=not args.no_progress,
+                   profile_dir=args.profile)
+    history = result["history"]
+    if history:
+        print(f"loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f} over steps "
+              f"{history[0]['step']}..{history[-1]['step']}")
+    else:
+        print(f"nothing to do: the checkpoint is already at step {result['start_step']}")
+    if args.profile:
+        print(f"profile trace in {args.profile} (open with TensorBoard or ui.perfetto.dev)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="helix", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -201,6 +235,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="walk the batch in this many chunks (default auto: fewest that fit memory)")
     p.add_argument("--json", help="write the full read-out to this JSON file")
     p.set_defaults(func=cmd_project)
+
+    p = sub.add_parser("train", help="train a model on a layout on the synthetic task, with "
+                       "checkpoints that resume exactly and across layouts")
+    _model_args(p)
+    p.set_defaults(model="tiny-dense")
+    p.add_argument("--layout", default="helix", help="layout spec (default: helix)")
+    p.add_argument("--steps", type=int, default=20, help="total steps to reach (default 20)")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed for parameters and data")
+    p.add_argument("--checkpoint-dir", help="save checkpoints here (orbax, async, last 3 kept)")
+    p.add_argument("--save-every", type=int, default=10,
+                   help="save every K steps, and always at the end (default 10)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete checkpoint in --checkpoint-dir")
+    p.add_argument("--log", help="JSON-lines log (default: CHECKPOINT_DIR/train_log.jsonl)")
+    p.add_argument("--profile", help="write a jax profiler trace of the steps to this directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
     sub.add_parser("layouts", help="list the layouts").set_defaults(func=cmd_layouts)
     sub.add_parser("models", help="list the model presets").set_defaults(func=cmd_models)
