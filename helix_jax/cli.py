@@ -10,6 +10,7 @@ import argparse
 import sys
 import time
 
+from helix_jax import distributed
 from helix_jax.config import DTYPES, PRESETS, resolve_model
 from helix_jax.layouts import LAYOUTS, parse_layout
 
@@ -58,9 +59,8 @@ def cmd_forward(args: argparse.Namespace) -> int:
     cfg = _config(args)
     layout = parse_layout(args.layout)
     layout.validate(cfg)
-    from helix_jax.devices import ensure_host_devices
-
-    ensure_host_devices(layout.devices)
+    if (rc := distributed.start(args, layout.devices)) is not None:
+        return rc  # this process launched --num-processes local processes, which did the work
 
     import jax
     import numpy as np
@@ -74,24 +74,35 @@ def cmd_forward(args: argparse.Namespace) -> int:
         params = sharded.place(npz.flat_to_params(arrays, M.param_shapes(cfg), args.params))
     else:
         params = sharded.init(args.seed)
-    x = M.random_input(cfg, args.seed)
+    x_host = M.random_input(cfg, args.seed)  # the same on every process
+    x = distributed.global_array(x_host, sharded.x_sharding)
     forward = sharded.forward_fn()
     start = time.perf_counter()
     y, stats = jax.block_until_ready(forward(params, x))
     first = time.perf_counter() - start
     times = []
-    for _ in range(args.repeat):
-        start = time.perf_counter()
-        jax.block_until_ready(forward(params, x))
-        times.append(time.perf_counter() - start)
-    y = np.asarray(y, dtype=np.float32)
+    import contextlib
+
+    tracing = (jax.profiler.trace(args.profile, create_perfetto_trace=True) if args.profile
+               else contextlib.nullcontext())
+    with tracing:  # the timed runs, after the compiling first call
+        for _ in range(max(args.repeat, 1 if args.profile else 0)):
+            start = time.perf_counter()
+            jax.block_until_ready(forward(params, x))
+            times.append(time.perf_counter() - start)
+    y, stats = distributed.to_host((y, stats))
+    y = y.astype(np.float32)
+    host_params = distributed.to_host(params) if args.out else None
+    if not distributed.is_main():
+        return 0  # process 0 prints and writes
 
     mesh = " x ".join(f"{a}={n}" for a, n in layout.axis_sizes.items())
     print(f"model    {cfg.name}: {cfg.n_layers} layers, {cfg.n_heads}x{cfg.head_dim} heads, "
           f"D {cfg.d_model}, F {cfg.d_ff}" + (f", {cfg.n_experts} experts top-{cfg.top_k}"
                                               if cfg.is_moe else "") + f", {cfg.dtype}")
     print(f"layout   {layout.spec}")
-    print(f"mesh     {mesh} on {layout.devices} {jax.devices()[0].platform} device(s)")
+    print(f"mesh     {mesh} on {layout.devices} {jax.devices()[0].platform} device(s)"
+          f"{distributed.describe()}")
     print(f"shapes   input {tuple(x.shape)} -> output {tuple(y.shape)}, causal={cfg.causal}")
     if cfg.is_moe:
         dropped = np.asarray(stats["dropped"]).astype(int).tolist()
@@ -107,8 +118,10 @@ def cmd_forward(args: argparse.Namespace) -> int:
     if not np.isfinite(y).all():
         print("warning  the output has non-finite values", file=sys.stderr)
     if args.out:
-        npz.save(args.out, cfg, jax.device_get(params), x, y)
+        npz.save(args.out, cfg, host_params, x_host, y)
         print(f"wrote    {args.out}")
+    if args.profile:
+        print(f"trace    {args.profile}")
     return 0
 
 
@@ -180,9 +193,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     layout = parse_layout(args.layout)
     layout.validate(cfg)
-    from helix_jax.devices import ensure_host_devices
-
-    ensure_host_devices(layout.devices)
+    if (rc := distributed.start(args, layout.devices)) is not None:
+        return rc  # this process launched --num-processes local processes, which did the work
     from pathlib import Path
 
     from helix_jax.model import Sharded
@@ -190,15 +202,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     log = args.log or (str(Path(args.checkpoint_dir) / "train_log.jsonl") if args.checkpoint_dir
                        else "train_log.jsonl")
-    if args.checkpoint_dir:
+    main = distributed.is_main()
+    if args.checkpoint_dir and main:
         Path(args.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     sharded = Sharded.build(cfg, layout)
-    print(f"training {cfg.name} on {layout.describe()} for {args.steps} steps "
-          f"(batch {cfg.batch} x seq {cfg.seq}); log: {log}")
+    echo = print if main else (lambda *_: None)
+    echo(f"training {cfg.name} on {layout.describe()}{distributed.describe()} for {args.steps} "
+         f"steps (batch {cfg.batch} x seq {cfg.seq}); log: {log}")
     result = train(sharded, TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed),
                    checkpoint_dir=args.checkpoint_dir, save_every=args.save_every,
-                   resume=args.resume, log_path=log, progress=not args.no_progress,
-                   profile_dir=args.profile)
+                   resume=args.resume, log_path=log if main else None,
+                   progress=main and not args.no_progress, echo=echo, profile_dir=args.profile)
+    if not main:
+        return 0
     history = result["history"]
     if history:
         print(f"loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f} over steps "
@@ -222,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", help="load parameters from this npz instead of initialising")
     p.add_argument("--out", help="write params, input and output to this npz")
     p.add_argument("--repeat", type=int, default=3, help="timed runs after the first (default 3)")
+    p.add_argument("--profile", help="write a jax profiler trace of the timed runs to this "
+                   "directory (TensorBoard, or perfetto_trace.json.gz for ui.perfetto.dev)")
+    distributed.add_args(p)
     p.set_defaults(func=cmd_forward)
 
     p = sub.add_parser("project", help="compile a model at full size on fake devices and read its "
@@ -252,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", help="JSON-lines log (default: CHECKPOINT_DIR/train_log.jsonl)")
     p.add_argument("--profile", help="write a jax profiler trace of the steps to this directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    distributed.add_args(p)
     p.set_defaults(func=cmd_train)
 
     sub.add_parser("layouts", help="list the layouts").set_defaults(func=cmd_layouts)
@@ -261,11 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the launcher re-runs this command
     try:
-        return args.func(args)
+        rc = args.func(args)
     except ValueError as e:
         print(f"helix: error: {e}", file=sys.stderr)
-        return 2
+        rc = 2
+    return distributed.finish(rc)
 
 
 if __name__ == "__main__":

@@ -85,3 +85,10 @@ def test_layouts_lists_every_layout():
     out = helix("layouts").stdout
     for name in ("single", "helix", "tp-pp", "ep", "helix-ep", "dp"):
         assert any(line.startswith(name + " ") for line in out.splitlines()), name
+
+
+def test_forward_writes_a_profiler_trace(tmp_path, capsys):
+    assert cli.main(["forward", "--model", "tiny-dense", "--layout", "single", "--repeat", "1",
+                     "--profile", str(tmp_path / "trace")]) == 0
+    files = [p.name for p in (tmp_path / "trace").rglob("*") if p.is_file()]
+    assert any(f.endswith(".xplane.pb") for f in files) and "perfetto_trace.json.gz" in files
