@@ -38,6 +38,13 @@ def _config(args: argparse.Namespace):
                          normalize_top_k=args.normalize_top_k)
 
 
+def _model_and_layout(args: argparse.Namespace):
+    """The config and layout the arguments name, checked against each other."""
+    cfg, layout = _config(args), parse_layout(args.layout)
+    layout.validate(cfg)
+    return cfg, layout
+
+
 def cmd_layouts(args: argparse.Namespace) -> int:
     width = max(map(len, LAYOUTS))
     for name, kind in LAYOUTS.items():
@@ -56,9 +63,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_forward(args: argparse.Namespace) -> int:
-    cfg = _config(args)
-    layout = parse_layout(args.layout)
-    layout.validate(cfg)
+    cfg, layout = _model_and_layout(args)
     if (rc := distributed.start(args, layout.devices)) is not None:
         return rc  # this process launched --num-processes local processes, which did the work
 
@@ -165,9 +170,7 @@ def print_projection(r: dict) -> None:
 
 
 def cmd_project(args: argparse.Namespace) -> int:
-    cfg = _config(args)
-    layout = parse_layout(args.layout)
-    layout.validate(cfg)
+    cfg, layout = _model_and_layout(args)
     from helix_jax.analysis.hardware import load_hardware
 
     hw = load_hardware(args.hardware)
@@ -190,9 +193,7 @@ def cmd_project(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = _config(args)
-    layout = parse_layout(args.layout)
-    layout.validate(cfg)
+    cfg, layout = _model_and_layout(args)
     if (rc := distributed.start(args, layout.devices)) is not None:
         return rc  # this process launched --num-processes local processes, which did the work
     from pathlib import Path

@@ -62,8 +62,9 @@ def flat_to_params(flat: dict[str, np.ndarray], shapes: dict, source: str = "par
                 continue
             value = np.stack(arrays) if name.startswith("layers.") else arrays[0]
             if value.shape != tuple(shape.shape):
-                wrong.append(f"{names[0]}: {value.shape[1:] if len(names) > 1 else value.shape} "
-                             f"but the model needs {tuple(shape.shape)[1:] if len(names) > 1 else tuple(shape.shape)}")
+                per_layer = slice(1 if len(names) > 1 else 0, None)  # one layer's shape
+                wrong.append(f"{names[0]}: {value.shape[per_layer]} but the model needs "
+                             f"{tuple(shape.shape)[per_layer]}")
             out[key] = value
         return out
 

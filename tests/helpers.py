@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections import Counter
 
 import jax
 import jax.numpy as jnp
@@ -62,3 +63,13 @@ def rel_err(ref, got) -> float:
                                            / max(np.abs(np.asarray(a, np.float64)).max(), 1e-30)),
                         ref, got)
     return max(jax.tree.leaves(errs))
+
+
+def compiled_collectives(cfg: ModelConfig, spec: str) -> Counter:
+    """(op, group size, executions, first operand shape) -> how many such collectives the compiled
+    forward pass of `cfg` on layout `spec` holds."""
+    from helix_jax.analysis import collectives
+
+    sharded = Sharded.build(cfg, parse_layout(spec))
+    hlo = sharded.forward_fn().lower(*sharded.abstract_inputs()).compile().as_text()
+    return Counter((c.op, c.group_size, c.trip_count, c.operand_shapes[0]) for c in collectives(hlo))

@@ -1,19 +1,15 @@
 """Megatron TP x GPipe PP against the plain sequential model, and its collectives."""
 
-from collections import Counter
-
 import jax
 import jax.numpy as jnp
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from helix_jax.analysis import collectives
 from helix_jax.comm import Comm
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
-from helix_jax.model import Sharded
 from helix_jax.parallel.pipeline import gpipe
-from tests.helpers import rel_err, run
+from tests.helpers import compiled_collectives, rel_err, run
 
 CFG = resolve_model("tiny-dense", n_layers=4, batch=16)
 TOL = 1e-5
@@ -46,8 +42,8 @@ def toy_pipeline(pp: int, microbatches: int, L: int = 8, B: int = 16, D: int = 8
 
     def sequential(w, x):
         means = []
-        for l in range(L):
-            x = jnp.tanh(x @ w[l])
+        for layer in range(L):
+            x = jnp.tanh(x @ w[layer])
             means.append(x.reshape(microbatches, -1).mean(1).sum())  # summed over microbatches
         return x, jnp.stack(means)
 
@@ -82,9 +78,7 @@ def test_sequence_parallel_matches_sequential(sequential):
 
 
 def hlo_collectives(spec):
-    sharded = Sharded.build(CFG, parse_layout(spec))
-    hlo = sharded.forward_fn().lower(*sharded.abstract_inputs()).compile().as_text()
-    return Counter((c.op, c.group_size, c.trip_count, c.operand_shapes[0]) for c in collectives(hlo))
+    return compiled_collectives(CFG, spec)
 
 
 B, S, D, L = CFG.batch, CFG.seq, CFG.d_model, CFG.n_layers

@@ -86,7 +86,7 @@ def expected_comm_bytes(cfg: ModelConfig, layout: Layout, batch_chunks: int = 1,
     elif kind == "ep":
         from helix_jax.parallel.experts import capacity
 
-        n, K = layout.size("expert"), layout.options["chunks"]
+        K = layout.options["chunks"]
         tokens = B // batch_chunks * S  # B is already per device: ep shards the batch
         slots = math.ceil(capacity(tokens, cfg.top_k, cfg.n_experts, cfg.capacity_factor) / K) * K
         add("all-to-all", 2 * L * batch_chunks * cfg.n_experts * slots * D * b)

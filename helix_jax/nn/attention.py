@@ -55,7 +55,7 @@ def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array 
                       dtype=jnp.int32)
 
     def update(carry, i, j):
-        m, l, acc = carry  # m, l: [B, h, Sq] float32; acc: [B, Sq, h, dv] float32
+        m, denom, acc = carry  # m, denom: [B, h, Sq] float32; acc: [B, Sq, h, dv] float32
         qi = jax.lax.dynamic_slice_in_dim(q, i * qb, qb, axis=1)
         kj = jax.lax.dynamic_slice_in_dim(k, j * kb, kb, axis=1)
         vj = jax.lax.dynamic_slice_in_dim(v, j * kb, kb, axis=1)
@@ -64,7 +64,7 @@ def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array 
             q_pos = q_offset + i * qb + jnp.arange(qb)
             s = jnp.where(q_pos[:, None] >= (j * kb + jnp.arange(kb))[None, :], s, -jnp.inf)
         m_old = jax.lax.dynamic_slice_in_dim(m, i * qb, qb, axis=2)
-        l_old = jax.lax.dynamic_slice_in_dim(l, i * qb, qb, axis=2)
+        d_old = jax.lax.dynamic_slice_in_dim(denom, i * qb, qb, axis=2)
         a_old = jax.lax.dynamic_slice_in_dim(acc, i * qb, qb, axis=1)
         m_new = jax.lax.stop_gradient(jnp.maximum(m_old, s.max(-1)))
         m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
@@ -74,7 +74,7 @@ def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array 
                         preferred_element_type=jnp.float32)
         a_new = a_old * jnp.moveaxis(corr, 1, 2)[..., None] + pv
         return (jax.lax.dynamic_update_slice_in_dim(m, m_new, i * qb, axis=2),
-                jax.lax.dynamic_update_slice_in_dim(l, l_old * corr + p.sum(-1), i * qb, axis=2),
+                jax.lax.dynamic_update_slice_in_dim(denom, d_old * corr + p.sum(-1), i * qb, axis=2),
                 jax.lax.dynamic_update_slice_in_dim(acc, a_new, i * qb, axis=1))
 
     def step(carry, ij):
@@ -87,8 +87,8 @@ def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array 
     init = (jnp.full((B, h, Sq), -jnp.inf, jnp.float32), jnp.zeros((B, h, Sq), jnp.float32),
             jnp.zeros((B, Sq, h, dv), jnp.float32))
     init = vary_like(init, q, k, v)
-    _, l, acc = jax.lax.scan(step, init, pairs)[0]
-    return (acc / jnp.moveaxis(l, 1, 2)[..., None]).astype(v.dtype)
+    _, denom, acc = jax.lax.scan(step, init, pairs)[0]
+    return (acc / jnp.moveaxis(denom, 1, 2)[..., None]).astype(v.dtype)
 
 
 def attention_core(q: Array, k: Array, v: Array, comm: Comm, *, core: str, causal: bool,
