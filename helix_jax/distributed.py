@@ -269,6 +269,22 @@ def describe() -> str:
 # arrays across processes
 
 
+def barrier(name: str, timeout_s: int = 900) -> None:
+    """Wait until every process gets here, through jax's coordination service.
+
+    Called between compiling and running: a CPU collective (gloo) gives up after about 30 s, and
+    on a loaded machine one process may finish compiling much later than another. The
+    coordination service's barrier has its own, long timeout. No-op in a single process.
+    """
+    if not is_distributed():
+        return
+    from jax._src import distributed as _dist
+
+    client = getattr(_dist.global_state, "client", None)
+    if client is not None and hasattr(client, "wait_at_barrier"):
+        client.wait_at_barrier(f"helix:{name}", timeout_s * 1000)
+
+
 def global_array(host, sharding):
     """A jax.Array with `sharding` from a host array that every process holds in full.
 

@@ -111,6 +111,13 @@ class Trainer:
     def step(self, params, opt_state, position: int):
         return self._step(params, opt_state, self._batch(position))
 
+    def compile(self, params, opt_state) -> None:
+        """Compile the step ahead of running it, then wait for every process to have done so."""
+        from helix_jax import distributed
+
+        self._step = self._step.lower(params, opt_state, self._batch(0)).compile()
+        distributed.barrier("train step compiled")
+
     def state_target(self):
         """ShapeDtypeStructs with this layout's shardings: the restore target."""
         def sds(shape, sharding):
@@ -158,6 +165,8 @@ def train(sharded: Sharded, tc: TrainConfig, checkpoint_dir: str | None = None,
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not progress,
                desc=f"train {sharded.cfg.name} on {sharded.layout.kind}", unit="step")
     profiling = False
+    if start < tc.steps:
+        trainer.compile(params, opt_state)
     try:
         for step in bar:
             if profile_dir and step == start + 1:  # after the compiling first step
