@@ -81,8 +81,9 @@ def cmd_forward(args: argparse.Namespace) -> int:
         params = sharded.init(args.seed)
     x_host = M.random_input(cfg, args.seed)  # the same on every process
     x = distributed.global_array(x_host, sharded.x_sharding)
-    forward = sharded.forward_fn()
     start = time.perf_counter()
+    forward = sharded.forward_fn().lower(params, x).compile()
+    distributed.barrier("forward compiled")  # run the first collective only once all compiled
     y, stats = jax.block_until_ready(forward(params, x))
     first = time.perf_counter() - start
     times = []
@@ -227,6 +228,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from helix_jax.devices import ensure_host_devices
+
+    ensure_host_devices(16)  # the paper's layouts are 16-device meshes
+    from helix_jax import reproduce
+
+    return reproduce.cmd_reproduce(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="helix", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -274,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     distributed.add_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("reproduce", help="the paper's two tables: its claims, our projections "
+                       "at full size and small-model runs; writes results/reproduce.{md,json,png}")
+    from helix_jax.reproduce import add_reproduce_args
+
+    add_reproduce_args(p)
+    p.set_defaults(func=cmd_reproduce)
 
     sub.add_parser("layouts", help="list the layouts").set_defaults(func=cmd_layouts)
     sub.add_parser("models", help="list the model presets").set_defaults(func=cmd_models)
