@@ -574,6 +574,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         for r in t["rows"]:
             p, c = r.get("projection"), r["claim"]
             got = f"{p['tokens_per_s']:>12,.0f} tokens/s projected" if p else "   projection failed"
+            if p and not p["fits"]:
+                got += f" (needs {p['memory_gb']:.0f} GB per GPU: does not fit)"
             said = f"  (paper: {c['tokens_per_s']:,.0f})" if c else ""
             print(f"  {r['row']:<22}{got}{said}")
     for line in headline(report)[-1:]:
