@@ -15,9 +15,11 @@ from helix_jax.config import DTYPES, PRESETS, resolve_model
 from helix_jax.layouts import LAYOUTS, parse_layout
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="small-dense", choices=sorted(PRESETS),
-                   help="model preset (default: small-dense)")
+def _model_args(p: argparse.ArgumentParser, default_model: str) -> None:
+    """The model, its run shape and the layout: what every command that builds a model takes."""
+    p.add_argument("--model", default=default_model, choices=sorted(PRESETS),
+                   help=f"model preset (default: {default_model})")
+    _layout_arg(p)
     p.add_argument("--batch", type=int, help="batch size (default: the preset's)")
     p.add_argument("--seq", type=int, help="sequence length (default: the preset's)")
     p.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the preset's)")
@@ -29,6 +31,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--capacity-factor", type=float, help="MoE: expert capacity factor (default 1.25)")
     p.add_argument("--normalize-top-k", action="store_true", default=None,
                    help="MoE: renormalise the chosen experts' probabilities")
+
+
+def _layout_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layout", default="helix", help="layout spec, e.g. helix:m=4,n=4,core=seq_a2a "
+                   "(default: helix; `helix layouts` lists them)")
 
 
 def _config(args: argparse.Namespace):
@@ -242,9 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("forward", help="run one forward pass of a model on a layout")
-    _model_args(p)
-    p.add_argument("--layout", default="helix", help="layout spec, e.g. helix:m=4,n=4,core=seq_a2a "
-                   "(default: helix; `helix layouts` lists them)")
+    _model_args(p, "small-dense")
     p.add_argument("--seed", type=int, default=0, help="seed for parameters and input (default 0)")
     p.add_argument("--params", help="load parameters from this npz instead of initialising")
     p.add_argument("--out", help="write params, input and output to this npz")
@@ -256,9 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("project", help="compile a model at full size on fake devices and read its "
                        "FLOPs, memory and collectives off the program, priced on a hardware profile")
-    _model_args(p)
-    p.set_defaults(model="paper-dense")
-    p.add_argument("--layout", default="helix", help="layout spec (default: helix)")
+    _model_args(p, "paper-dense")
     p.add_argument("--hardware", default="h100-paper",
                    help="hardware profile name (h100-paper, h100-sxm) or a JSON/TOML file")
     p.add_argument("--batch-chunks", default="auto",
@@ -268,9 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on a layout on the synthetic task, with "
                        "checkpoints that resume exactly and across layouts")
-    _model_args(p)
-    p.set_defaults(model="tiny-dense")
-    p.add_argument("--layout", default="helix", help="layout spec (default: helix)")
+    _model_args(p, "tiny-dense")
     p.add_argument("--steps", type=int, default=20, help="total steps to reach (default 20)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed for parameters and data")

@@ -57,6 +57,12 @@ def run(cfg: ModelConfig, spec: str, params=None, seed: int = 0, grads: bool = T
             "grads": jax.device_get({"params": gp, "x": gx})}
 
 
+def assert_same_model(ref: dict, got: dict, tol: float = 1e-5) -> None:
+    """Two `run` results agree: outputs, and gradients w.r.t. parameters and input."""
+    assert rel_err(ref["y"], got["y"]) < tol
+    assert rel_err(ref["grads"], got["grads"]) < tol
+
+
 def rel_err(ref, got) -> float:
     """max |ref - got| / max |ref|, the worst over the leaves of two trees."""
     errs = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a, np.float64) - b).max()

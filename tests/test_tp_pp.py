@@ -9,7 +9,7 @@ from helix_jax.comm import Comm
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.parallel.pipeline import gpipe
-from tests.helpers import compiled_collectives, rel_err, run
+from tests.helpers import assert_same_model, compiled_collectives, rel_err, run
 
 CFG = resolve_model("tiny-dense", n_layers=4, batch=16)
 TOL = 1e-5
@@ -67,14 +67,12 @@ def test_gpipe_matches_a_plain_loop(pp, microbatches):
                                   "tp-pp:tp=8,pp=2,microbatches=1"])
 def test_tp_pp_model_matches_sequential(sequential, spec):
     got = run(CFG, spec)
-    assert rel_err(sequential["y"], got["y"]) < TOL
-    assert rel_err(sequential["grads"], got["grads"]) < TOL
+    assert_same_model(sequential, got, TOL)
 
 
 def test_sequence_parallel_matches_sequential(sequential):
     got = run(CFG, "tp-pp:sp=true")
-    assert rel_err(sequential["y"], got["y"]) < TOL
-    assert rel_err(sequential["grads"], got["grads"]) < TOL
+    assert_same_model(sequential, got, TOL)
 
 
 def hlo_collectives(spec):
