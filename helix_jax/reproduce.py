@@ -69,17 +69,6 @@ TABLES: dict[str, TableSpec] = {
         )),
 }
 
-# Batch chunk counts that the full search of `analysis.project.fit` finds for the rows (the fewest
-# that fit 80 GB). `project_row` starts from the hint and checks that half of it does not fit, so
-# the result is the search's own, at two compilations instead of up to six; a wrong hint falls back
-# to the full search.
-CHUNK_HINTS: dict[tuple[str, str], int] = {
-    ("paper-dense", "tp-pp"): 16, ("paper-dense", "helix"): 32,
-    ("paper-dense", "helix:core=seq_a2a"): 32, ("paper-dense", "helix:core=qk_gather"): 32,
-    ("paper-dense", "dp"): 4, ("paper-moe", "tp-pp"): 16, ("paper-moe", "ep"): 8,
-    ("paper-moe", "ep:chunks=4"): 4, ("paper-moe", "helix-ep"): 32,
-}
-
 CPU_CAVEAT = ("CPU timings rank nothing about GPUs: the 16 \"devices\" are fake CPU devices "
               "sharing this machine's {cores} core(s), so collectives are memory copies and every "
               "layout competes for the same cores. They show that each layout's program compiles, "
@@ -121,34 +110,6 @@ def summarize_projection(p: dict) -> dict:
     }
 
 
-def project_row(cfg, layout, hw, hint: int | None = None) -> dict:
-    """`analysis.project.project` with the fewest batch chunks that fit, found from `hint` if given.
-
-    With a hint k: project at k; if it fits and k/2 (when k > 1) does not, k is what the search
-    from 1 upwards would find. Otherwise run the full search.
-    """
-    from helix_jax.analysis.cost import read_memory
-    from helix_jax.analysis.project import project
-    from helix_jax.model import Sharded
-
-    if hint:
-        try:
-            result = project(cfg, layout, hw, batch_chunks=hint)
-            smaller_fits = False
-            if result["fits"] and hint > 1:
-                sharded = Sharded.build(cfg, layout, batch_chunks=hint // 2)
-                compiled = sharded.forward_fn().lower(*sharded.abstract_inputs()).compile()
-                smaller_fits = read_memory(compiled)["total_bytes"] <= hw.hbm_capacity_bytes
-            if result["fits"] and not smaller_fits:
-                result["chunk_search"] = f"hint {hint} checked: fits, {hint // 2} does not"
-                return result
-        except ValueError:
-            pass
-    result = project(cfg, layout, hw)
-    result["chunk_search"] = "full search"
-    return result
-
-
 def run_row(table: TableSpec, row: RowSpec, hw, *, measure: bool, warmup: int, repeat: int,
             trim: float, max_host_gb: float, project_overrides: dict | None = None,
             measure_overrides: dict | None = None, stage=lambda s: None,
@@ -156,6 +117,7 @@ def run_row(table: TableSpec, row: RowSpec, hw, *, measure: bool, warmup: int, r
     """Projection and measurement of one row; errors are recorded, not raised."""
     from helix_jax import bench, paper
     from helix_jax.config import resolve_model
+    from helix_jax.analysis.project import project
     from helix_jax.layouts import parse_layout
 
     layout = parse_layout(row.layout)
@@ -170,8 +132,7 @@ def run_row(table: TableSpec, row: RowSpec, hw, *, measure: bool, warmup: int, r
     cfg = resolve_model(table.model, **(project_overrides or {}))
     try:
         start = time.perf_counter()
-        hint = None if project_overrides else CHUNK_HINTS.get((table.model, row.layout))
-        full = project_row(cfg, layout, hw, hint)
+        full = project(cfg, layout, hw)  # with the fewest batch chunks that fit
         full["analysis_seconds"] = time.perf_counter() - start
         out["projection"] = summarize_projection(full)
         out["projection_detail"] = full

@@ -47,31 +47,51 @@ def _compile(cfg: ModelConfig, layout: Layout, batch_chunks: int):
 
 
 def chunk_candidates(cfg: ModelConfig, layout: Layout) -> list[int]:
-    """Batch chunk counts worth trying, smallest first: powers of two dividing the batch."""
-    per_replica = cfg.batch // layout.size("batch")  # Sharded.build rejects the ones that don't fit
-    return [k for k in (2**i for i in range(per_replica.bit_length())) if per_replica % k == 0]
+    """Batch chunk counts worth trying, smallest first: powers of two that keep the input spread
+    over every device (more chunks than rows per device would stop the spread and so cost memory,
+    which keeps memory falling with the chunk count: `fit` relies on that)."""
+    spreadable = [a for a in layout.axis_names if a not in layout.mesh_axes("act_seq")]
+    shards = layout.size_of(spreadable)
+    rows = cfg.batch // shards if cfg.batch % shards == 0 else cfg.batch // layout.size("batch")
+    return [k for k in (2**i for i in range(rows.bit_length())) if rows % k == 0]
 
 
 def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
         progress: Callable[[str], None] | None = None):
-    """The fewest batch chunks whose program fits `capacity_bytes` per device (or the leanest)."""
-    best = None
+    """The fewest batch chunks whose program fits `capacity_bytes` per device; when none fits,
+    the most chunked one (its memory is reported, and `fits` is false).
+
+    Memory falls as the chunk count grows, so this bisects: about log2(candidates) + 1 compiles.
+    """
+    valid = []
     for k in chunk_candidates(cfg, layout):
         try:
-            sharded = _build(cfg, layout, k)
-        except ValueError:
+            valid.append(_build(cfg, layout, k))
+        except ValueError:  # this chunking does not divide the batch or its microbatches
             continue
-        compiled = sharded.forward_fn().lower(*sharded.abstract_inputs()).compile()
-        memory = read_memory(compiled)["total_bytes"]
-        if progress:
-            progress(f"{layout.spec}: batch_chunks={k} -> {memory / 1e9:.1f} GB per device")
-        if best is None or memory < best[2]:
-            best = (sharded, compiled, memory)
-        if memory <= capacity_bytes:
-            return sharded, compiled
-    if best is None:
+    if not valid:
         raise ValueError(f"{cfg.name} does not compile on {layout.spec} with any batch chunking")
-    return best[0], best[1]
+    compiled: dict[int, tuple] = {}
+
+    def memory(i: int) -> float:
+        if i not in compiled:
+            program = valid[i].forward_fn().lower(*valid[i].abstract_inputs()).compile()
+            compiled[i] = (program, read_memory(program)["total_bytes"])
+            if progress:
+                progress(f"{layout.spec}: batch_chunks={valid[i].batch_chunks} -> "
+                         f"{compiled[i][1] / 1e9:.1f} GB per device")
+        return compiled[i][1]
+
+    lo, hi = 0, len(valid) - 1
+    if memory(hi) <= capacity_bytes:
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if memory(mid) <= capacity_bytes:
+                hi = mid
+            else:
+                lo = mid + 1
+    memory(hi)
+    return valid[hi], compiled[hi][0]
 
 
 def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | None = None,
