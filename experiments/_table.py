@@ -9,7 +9,7 @@ from helix_jax.devices import ensure_host_devices
 
 ensure_host_devices(16)  # before jax starts: the tables run on 16 (fake) devices
 
-from helix_jax.reproduce import TABLES, run_reproduce
+from helix_jax.report.reproduce import TABLES, run_reproduce
 
 
 def main(table: str, doc: str, argv: list[str] | None = None) -> int:
@@ -25,7 +25,9 @@ def main(table: str, doc: str, argv: list[str] | None = None) -> int:
     name = f"{table}_table"
     report = run_reproduce(args.out, quick=args.quick, hardware=args.hardware,
                            progress=args.progress, tables=(table,), measure=args.measure,
-                           name=name)
+                           name=name, command=f"python experiments/{name}.py"
+                           + (" --quick" if args.quick else "")
+                           + ("" if args.measure else " --no-measure"))
     spec = TABLES[table]
     print(f"{spec.title}: {spec.model} projected on {args.hardware}, {spec.measured_model} "
           f"measured on this machine")

@@ -2,7 +2,7 @@
 
 Every point is the full-size model compiled for a layout on fake devices (nothing allocated), its
 FLOPs, memory and collectives read off the program, priced on a hardware profile (default
-h100-paper: 4 GPUs per node, 80 GB each); see `helix_jax.analysis.project`. Four sweeps, and one
+h100-paper: 4 GPUs per node); see `helix_jax.analysis.project`. Four sweeps, and one
 analytic comparison:
 
   mxn     paper-dense on helix m x n = 1x16, 2x8, 4x4, 8x2, 16x1 (m: head-dim split, n: head
@@ -41,8 +41,11 @@ from helix_jax.analysis.pricing import collective_seconds
 from helix_jax.analysis.project import project
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
-from helix_jax.plots import COLORS, LinePanel, line_chart
-from helix_jax.reproduce import summarize_projection
+from helix_jax.report.fmt import gb, human, num
+from helix_jax.report.plots import COLORS, LinePanel, line_chart
+from helix_jax.report.provenance import generated_by, markdown_header
+from helix_jax.report.ranking import fastest_that_fits
+from helix_jax.report.reproduce import summarize_projection
 
 CORES = ("score_psum", "seq_a2a", "qk_gather")
 SHAPES = ((1, 16), (2, 8), (4, 4), (8, 2), (16, 1))
@@ -119,7 +122,7 @@ def decode_analytic(hw, seqs=(1000, 2500, 10000, 40000, 100000), batch: int = 10
                     m: int = 4, n: int = 4) -> list[dict]:
     """One decode step (one new token for each of `batch` sequences) of paper-dense on helix m x n.
 
-    Per device and layer, from the formulas of DESIGN.md §2 (no program: there is no decode path):
+    Per device and layer, from the formulas of docs/layouts.md (no program: there is no decode path):
       KV read      this device's K and V cache slice [B, S, H/n, d/m] x 2 from HBM
       score_psum   all-reduce of the partial scores [B, H/n, 1, S] over the m head-dim shards
       qk_gather    all-gather of the K cache to the full head dim [B, S, H/n, d] over the m shards
@@ -159,26 +162,14 @@ def _fits(p: dict) -> bool:
     return bool(p.get("projection") and p["projection"]["fits"])
 
 
-def _best(points: list[dict]) -> dict | None:
-    ok = [p for p in points if _fits(p)]
-    return max(ok, key=_tps) if ok else None
-
-
-def _f(x: float) -> str:
-    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
-
-
-def conclusions(points: list[dict], decode: list[dict]) -> dict[str, list[str]]:
-    """Computed statements: who wins where, by how much, and why (bytes)."""
-    out: dict[str, list[str]] = {}
-    by = lambda study: [p for p in points if p["study"] == study]
-
-    mxn = by("mxn")
+def _conclude_mxn(points: list[dict]) -> list[str]:
+    """helix m x n: the winning core per shape, and the communication behind it."""
+    mxn = [p for p in points if p["study"] == "mxn"]
     refs = {p["series"]: p for p in mxn if p["x"] == "ref"}
     lines = []
     for x in dict.fromkeys(p["x"] for p in mxn if p["x"] != "ref"):
         group = [p for p in mxn if p["x"] == x]
-        best = _best(group)
+        best = fastest_that_fits(group)
         if best is None:
             lines.append(f"m x n = {x}: no core fits in memory.")
             continue
@@ -186,21 +177,25 @@ def conclusions(points: list[dict], decode: list[dict]) -> dict[str, list[str]]:
         comm = {p["series"]: (p["projection"]["nvlink_bytes"] + p["projection"]["ib_bytes"]) / 1e9
                 for p in group if p.get("projection")}
         lines.append(
-            f"m x n = {x}: {best['series']} wins at {_f(_tps(best))} tokens/s"
-            + (f", {_tps(best) / _tps(worst):.2f}x {worst['series']} ({_f(_tps(worst))})"
+            f"m x n = {x}: {best['series']} wins at {num(_tps(best))} tokens/s"
+            + (f", {_tps(best) / _tps(worst):.2f}x {worst['series']} ({num(_tps(worst))})"
                if worst is not best else "")
             + "; communication per device: " + ", ".join(f"{k} {v:,.0f} GB" for k, v in comm.items())
             + ".")
     helix = [p for p in mxn if p["x"] != "ref" and _fits(p)]
     if helix:
         top = max(helix, key=_tps)
-        lines.append(f"Best helix point: {top['layout']} at {_f(_tps(top))} tokens/s. "
-                     + "; ".join(f"{k}: {_f(_tps(v))} tokens/s"
+        lines.append(f"Best helix point: {top['layout']} at {num(_tps(top))} tokens/s. "
+                     + "; ".join(f"{k}: {num(_tps(v))} tokens/s"
                                  + ("" if _fits(v) else " (does not fit)")
                                  for k, v in refs.items() if _tps(v)) + ".")
-    out["mxn"] = lines
+    return lines
 
-    ep = by("ep")
+
+
+def _conclude_ep(points: list[dict], capacity: str) -> list[str]:
+    """The EP degree sweep: throughput, memory and all-to-all bytes per degree."""
+    ep = [p for p in points if p["study"] == "ep"]
     lines = []
     sweep = [p for p in ep if p["x"] != "ref"]
     for p in sweep:
@@ -208,42 +203,46 @@ def conclusions(points: list[dict], decode: list[dict]) -> dict[str, list[str]]:
         if pr is None:
             lines.append(f"EP={p['x']}: {p.get('error')}")
             continue
-        lines.append(f"EP={p['x']} ({p['layout']}): {_f(pr['tokens_per_s'])} tokens/s, "
+        lines.append(f"EP={p['x']} ({p['layout']}): {num(pr['tokens_per_s'])} tokens/s, "
                      f"{pr['memory_gb']:.0f} GB per device ({'fits' if pr['fits'] else 'does not fit'} "
-                     f"in 80 GB), all-to-all {pr['comm_bytes_by_op'].get('all-to-all', 0) / 1e9:,.0f}"
+                     f"in {capacity}), all-to-all {pr['comm_bytes_by_op'].get('all-to-all', 0) / 1e9:,.0f}"
                      f" GB per device ({pr['nvlink_bytes'] / 1e9:,.0f} GB NVLink, "
                      f"{pr['ib_bytes'] / 1e9:,.0f} GB InfiniBand), exposed communication "
                      f"{pr['exposed_comm_seconds']:.3g} s of a {pr['step_seconds']:.3g} s step.")
     fit = [p for p in sweep if _fits(p)]
     if len(fit) >= 2:
         lo, hi = min(fit, key=lambda p: p["x"]), max(fit, key=lambda p: p["x"])
-        best = _best(sweep)
+        best = fastest_that_fits(sweep)
         lines.append(
-            f"Among the EP degrees that fit, throughput goes from {_f(_tps(lo))} (EP={lo['x']}) to "
-            f"{_f(_tps(hi))} tokens/s (EP={hi['x']}): {_tps(hi) / _tps(lo):.2f}x for "
+            f"Among the EP degrees that fit, throughput goes from {num(_tps(lo))} (EP={lo['x']}) to "
+            f"{num(_tps(hi))} tokens/s (EP={hi['x']}): {_tps(hi) / _tps(lo):.2f}x for "
             f"{hi['x'] // lo['x']}x the EP degree, not proportional (the paper's 'TPS ∝ EP'): the "
             f"expert FLOPs per token do not change with E, only where they run. Best: EP="
             f"{best['x']}. The EP degree's real effect is memory: each device holds 16/E experts.")
     tp = next((p for p in ep if p["x"] == "ref"), None)
-    best = _best(sweep)
+    best = fastest_that_fits(sweep)
     if tp and _tps(tp) and best:
-        lines.append(f"tp-pp for scale: {_f(_tps(tp))} tokens/s; the best EP point is "
+        lines.append(f"tp-pp for scale: {num(_tps(tp))} tokens/s; the best EP point is "
                      f"{_tps(best) / _tps(tp):.2f}x that.")
-    out["ep"] = lines
+    return lines
 
-    seq = by("seq")
+
+
+def _conclude_seq(points: list[dict], capacity: str) -> list[str]:
+    """The sequence-length sweep: who wins per S, and what score_psum pays."""
+    seq = [p for p in points if p["study"] == "seq"]
     lines = []
     for x in dict.fromkeys(p["x"] for p in seq):
         group = [p for p in seq if p["x"] == x]
-        best = _best(group)
+        best = fastest_that_fits(group)
         cores = {p["series"]: p for p in group if p["series"].startswith("helix") and _tps(p)}
         core_best = max(cores.values(), key=_tps) if cores else None
         text = f"S = {x:,} (B = {group[0]['batch']}): "
-        text += (f"{best['series']} wins overall at {_f(_tps(best))} tokens/s" if best
+        text += (f"{best['series']} wins overall at {num(_tps(best))} tokens/s" if best
                  else "nothing fits")
         if core_best is not None:
             sp = cores.get("helix score_psum")
-            text += f"; best helix core {core_best['series'].split()[1]} ({_f(_tps(core_best))})"
+            text += f"; best helix core {core_best['series'].split()[1]} ({num(_tps(core_best))})"
             if sp is not None and sp is not core_best:
                 a, b = sp["projection"], core_best["projection"]
                 text += (f", {_tps(core_best) / _tps(sp):.2f}x score_psum; score_psum moves "
@@ -255,10 +254,10 @@ def conclusions(points: list[dict], decode: list[dict]) -> dict[str, list[str]]:
                 text += ", the paper's core is the best one here"
         tp = next((p for p in group if p["series"] == "tp-pp"), None)
         if tp is not None and _tps(tp) and core_best is not None:
-            text += f"; tp-pp {_f(_tps(tp))} ({_tps(core_best) / _tps(tp):.2f}x for the best core)"
+            text += f"; tp-pp {num(_tps(tp))} ({_tps(core_best) / _tps(tp):.2f}x for the best core)"
         over = [p for p in group if p.get("projection") and not p["projection"]["fits"]]
         if over:
-            text += ("; does not fit in 80 GB at any batch chunking this batch allows: "
+            text += (f"; does not fit in {capacity} at any batch chunking this batch allows: "
                      + ", ".join(f"{p['series']} ({p['projection']['memory_gb']:.0f} GB)"
                                  for p in over))
         lines.append(text + ".")
@@ -268,16 +267,20 @@ def conclusions(points: list[dict], decode: list[dict]) -> dict[str, list[str]]:
                      "the whole batch at rest, so at long sequences they need fewer tokens per "
                      "step (a smaller batch), not a different core. Their throughput is shown as "
                      "computed for the leanest program, flagged here.")
-    out["seq"] = lines
+    return lines
 
-    dpp = by("dp")
+
+
+def _conclude_dp(points: list[dict]) -> list[str]:
+    """The data-axis sweep: scaling efficiency per layout and the winner per device count."""
+    dpp = [p for p in points if p["study"] == "dp"]
     lines = []
     for series in dict.fromkeys(p["series"] for p in dpp):
         pts = sorted((p for p in dpp if p["series"] == series and _tps(p)), key=lambda p: p["x"])
         if not pts:
             continue
         base = pts[0]
-        eff = ", ".join(f"{p['x']} devices {_f(_tps(p))} tokens/s (efficiency "
+        eff = ", ".join(f"{p['x']} devices {num(_tps(p))} tokens/s (efficiency "
                         f"{_tps(p) / (_tps(base) * p['x'] / base['x']):.0%}, batch chunks "
                         f"{p['projection']['batch_chunks']}"
                         f"{'' if _fits(p) else ', does not fit'})" for p in pts)
@@ -288,20 +291,24 @@ def conclusions(points: list[dict], decode: list[dict]) -> dict[str, list[str]]:
                      "per data replica the activations fit in fewer batch chunks, so less of the "
                      "batch is gathered chunk by chunk.")
     for x in dict.fromkeys(p["x"] for p in dpp):
-        best = _best([p for p in dpp if p["x"] == x])
+        best = fastest_that_fits([p for p in dpp if p["x"] == x])
         if best:
             lines.append(f"At {x} devices {best['series']} ({best['layout']}) wins with "
-                         f"{_f(_tps(best))} tokens/s, {_f(_tps(best) / x)} per device.")
-    out["dp"] = lines
+                         f"{num(_tps(best))} tokens/s, {num(_tps(best) / x)} per device.")
+    return lines
 
+
+
+def _conclude_decode(decode: list[dict]) -> list[str]:
+    """Decode (analytic): bytes each core moves per step against the KV-cache read."""
     lines = []
     for r in decode:
         lines.append(
             f"S = {r['seq']:,}: score_psum moves {r['score_psum_bytes'] / 1e6:,.1f} MB per device "
-            f"per decode step ({_f(r['score_psum_s'] * 1e3)} ms), qk_gather "
-            f"{r['qk_gather_bytes'] / 1e9:,.2f} GB ({_f(r['qk_gather_s'] * 1e3)} ms), seq_a2a "
-            f"(K and V gathered) {r['seq_a2a_bytes'] / 1e9:,.2f} GB ({_f(r['seq_a2a_s'] * 1e3)} "
-            f"ms); reading the KV cache slice takes {_f(r['kv_read_s'] * 1e3)} ms. score_psum "
+            f"per decode step ({num(r['score_psum_s'] * 1e3)} ms), qk_gather "
+            f"{r['qk_gather_bytes'] / 1e9:,.2f} GB ({num(r['qk_gather_s'] * 1e3)} ms), seq_a2a "
+            f"(K and V gathered) {r['seq_a2a_bytes'] / 1e9:,.2f} GB ({num(r['seq_a2a_s'] * 1e3)} "
+            f"ms); reading the KV cache slice takes {num(r['kv_read_s'] * 1e3)} ms. score_psum "
             f"moves {r['qk_gather_bytes'] / r['score_psum_bytes']:.0f}x fewer bytes than "
             f"qk_gather.")
     if decode:
@@ -312,8 +319,14 @@ def conclusions(points: list[dict], decode: list[dict]) -> dict[str, list[str]]:
             f"gathering K costs {r['qk_gather_s'] / r['kv_read_s']:.1f}x the KV read), the reverse "
             f"of the prefill/forward ranking in the seq sweep. Analytic: no decode program exists "
             f"in this project.")
-    out["decode"] = lines
-    return out
+    return lines
+
+
+def conclusions(points: list[dict], decode: list[dict], capacity: str) -> dict[str, list[str]]:
+    """Computed statements: who wins where, by how much, and why (bytes), per study."""
+    return {"mxn": _conclude_mxn(points), "ep": _conclude_ep(points, capacity),
+            "seq": _conclude_seq(points, capacity), "dp": _conclude_dp(points),
+            "decode": _conclude_decode(decode)}
 
 
 def _core(p: dict) -> str | None:
@@ -321,7 +334,7 @@ def _core(p: dict) -> str | None:
     return name if name in CORES else None
 
 
-def summary(points: list[dict], decode: list[dict]) -> list[str]:
+def summary(points: list[dict], decode: list[dict], capacity: str) -> list[str]:
     """The study's answer in a few computed sentences."""
     groups = []
     for study in ("mxn", "seq", "dp"):
@@ -333,10 +346,10 @@ def summary(points: list[dict], decode: list[dict]) -> list[str]:
     parallel: dict[str, int] = {}
     ratios, psum_wins, core_groups = [], 0, 0
     for g in groups:
-        best = _best(g)
+        best = fastest_that_fits(g)
         if best:
             overall[best["series"]] = overall.get(best["series"], 0) + 1
-        best = _best([p for p in g if p["series"] != "dp"])
+        best = fastest_that_fits([p for p in g if p["series"] != "dp"])
         if best:
             parallel[best["series"]] = parallel.get(best["series"], 0) + 1
         cores = [p for p in g if _core(p) and _fits(p)]
@@ -350,14 +363,14 @@ def summary(points: list[dict], decode: list[dict]) -> list[str]:
     out = []
     if groups:
         out.append(f"Forward pass, {len(groups)} compiled comparisons (m x n, sequence length, data "
-                   f"axis): the winner that fits in 80 GB is "
+                   f"axis): the winner that fits in {capacity} is "
                    + ", ".join(f"{k} {v} times" for k, v in overall.items())
                    + ". A 2-layer model's forward pass under dp has no communication at all, so "
                    "wherever its replicated weights and activations fit, nothing beats it.")
-        none = [g for g in groups if _best([p for p in g if p["series"] != "dp"]) is None]
+        none = [g for g in groups if fastest_that_fits([p for p in g if p["series"] != "dp"]) is None]
         out.append("Among the model-parallel layouts (dp left out): "
                    + ", ".join(f"{k} wins {v} times" for k, v in parallel.items())
-                   + (f"; at {len(none)} point(s) none of them fits in 80 GB ("
+                   + (f"; at {len(none)} point(s) none of them fits in {capacity} ("
                       + ", ".join(f"{g[0]['study']} {g[0]['x']}" for g in none) + ")"
                       if none else "") + ".")
     if core_groups:
@@ -370,9 +383,9 @@ def summary(points: list[dict], decode: list[dict]) -> list[str]:
     if ep:
         fit = [p for p in ep if _fits(p)]
         out.append(f"Expert parallelism on 16 devices: throughput stays within "
-                   f"{_f(min(map(_tps, ep)))} to {_f(max(map(_tps, ep)))} tokens/s for E = "
+                   f"{num(min(map(_tps, ep)))} to {num(max(map(_tps, ep)))} tokens/s for E = "
                    f"{', '.join(str(p['x']) for p in ep)}; the EP degree decides memory: "
-                   + (f"E >= {min(p['x'] for p in fit)} fits in 80 GB." if fit else "none fits."))
+                   + (f"E >= {min(p['x'] for p in fit)} fits in {capacity}." if fit else "none fits."))
     if decode:
         r = decode[-1]
         out.append(f"Decode (analytic): score_psum moves "
@@ -385,10 +398,8 @@ def summary(points: list[dict], decode: list[dict]) -> list[str]:
 
 # ----------------------------------------------------------------------------- output
 
-def _no_fit_note(points: list[dict]) -> str:
-    """'\nover 80 GB: helix seq_a2a at 40k, 100k; ...' for the points that do not fit."""
-    from helix_jax.plots import human
-
+def _no_fit_note(points: list[dict], capacity: str) -> str:
+    """'\ndoes not fit in 80 GB: helix seq_a2a at 40k, 100k; ...' for the points that do not fit."""
     over: dict[str, list] = {}
     for p in points:
         if p.get("projection") and not p["projection"]["fits"]:
@@ -396,11 +407,12 @@ def _no_fit_note(points: list[dict]) -> str:
     by_x: dict[str, list[str]] = {}  # series sharing the same points on one line
     for name, xs in over.items():
         by_x.setdefault(", ".join(xs), []).append(name.removeprefix("helix "))
-    return ("\ndoes not fit in 80 GB:" + "".join(f"\n  {', '.join(v)} at S = {k}"
+    return (f"\ndoes not fit in {capacity}:" + "".join(f"\n  {', '.join(v)} at S = {k}"
                                                   for k, v in by_x.items()) if over else "")
 
 
-def charts(points: list[dict], decode: list[dict], out: Path, hw_name: str) -> list[Path]:
+def charts(points: list[dict], decode: list[dict], out: Path, hw) -> list[Path]:
+    hw_name, capacity = hw.name, gb(hw.hbm_capacity_bytes, 0)
     files = []
     by = lambda study: [p for p in points if p["study"] == study]
 
@@ -454,7 +466,8 @@ def charts(points: list[dict], decode: list[dict], out: Path, hw_name: str) -> l
     if tp and _tps(tp):
         tps["tp-pp (reference)"] = [_tps(tp)] * len(xs)
     mem = {"memory per device": [p["projection"]["memory_gb"] if p.get("projection") else None
-                                 for p in pts], "80 GB capacity": [80.0] * len(xs)}
+                                 for p in pts],
+           f"{capacity} capacity": [hw.hbm_capacity_bytes / 1e9] * len(xs)}
     link = {"NVLink": [p["projection"]["nvlink_bytes"] / 1e9 if p.get("projection") else None
                        for p in pts],
             "InfiniBand": [p["projection"]["ib_bytes"] / 1e9 if p.get("projection") else None
@@ -475,7 +488,7 @@ def charts(points: list[dict], decode: list[dict], out: Path, hw_name: str) -> l
     files.append(line_chart(out / "scaling_seq.png", [
         LinePanel("paper-dense, ~10 M tokens per step: projected throughput", xs, tps,
                   "sequence length S (log)", "tokens/s (forward, log)", logx=True, logy=True,
-                  note="B x S = 10.24 M (12.8 M at S = 100k)" + _no_fit_note(seq),
+                  note="B x S = 10.24 M (12.8 M at S = 100k)" + _no_fit_note(seq, capacity),
                   colors=SERIES_COLORS),
         LinePanel("communication per device per step", xs, total, "sequence length S (log)",
                   "GB per device (log)", logx=True, logy=True, colors=SERIES_COLORS)],
@@ -510,10 +523,11 @@ def markdown(report: dict) -> str:
     pts = report["points"]
     lines = [
         "# Scaling study: where each attention core and each layout wins", "",
+        markdown_header(report["generated_by"]), "",
         (f"Written by `{meta['command']}` on {meta['created_utc']} in {meta['elapsed_s']:.0f} s. "
         f"Every number except the decode section is a projection: the full-size model compiled "
         f"for the layout on fake devices, FLOPs, memory and collectives read off the program and "
-        f"priced on **{meta['hardware']}** (4 GPUs per node, 80 GB, NVLink and InfiniBand per the "
+        f"priced on **{meta['hardware']}** (NVLink, InfiniBand, GPUs per node and memory per the "
         f"paper's cluster; `helix_jax.analysis.project`). Forward pass only."), "",
         "## Summary (computed)", "", *[f"- {line}" for line in report["summary"]], ""]
     studies = {
@@ -539,7 +553,7 @@ def markdown(report: dict) -> str:
                              f"{p.get('error', '')} | | | | | | |")
                 continue
             lines.append(
-                f"| {p['x']} | `{p['layout']}` | {p['devices']} | {_f(pr['tokens_per_s'])} | "
+                f"| {p['x']} | `{p['layout']}` | {p['devices']} | {num(pr['tokens_per_s'])} | "
                 f"{pr['step_seconds']:.3g} = {pr['compute_seconds']:.3g} + "
                 f"{pr['exposed_comm_seconds']:.3g} | {pr['mfu']:.1%} | {pr['memory_gb']:.1f} "
                 f"({'yes' if pr['fits'] else 'no'}) | {pr['nvlink_bytes'] / 1e9:,.0f} | "
@@ -574,13 +588,15 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    hw = load_hardware(args.hardware)
     out = Path(args.out)
     if args.replot:
         old = json.loads((out / "scaling.json").read_text())
         points, meta = old["points"], old["meta"]
+        hw = load_hardware(meta["hardware"])
         meta["replotted_utc"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        command = "python experiments/scaling.py --replot"
     else:
+        hw = load_hardware(args.hardware)
         points = []
         bar = tqdm(plan(args.quick), desc="scaling", unit="point", disable=not args.progress,
                    dynamic_ncols=True)
@@ -588,19 +604,22 @@ def main(argv: list[str] | None = None) -> int:
             bar.set_postfix_str(f"{pt['study']} {pt['layout']} {pt.get('overrides', '')}")
             points.append(run_point(pt, hw))
         bar.close()
-        meta = {"command": "python experiments/scaling.py" + (" --quick" if args.quick else ""),
+        command = "python experiments/scaling.py" + (" --quick" if args.quick else "")
+        meta = {"command": command,
                 "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "hardware": hw.name, "quick": args.quick,
                 "elapsed_s": time.perf_counter() - start}
     decode = decode_analytic(hw)
+    capacity = gb(hw.hbm_capacity_bytes, 0)
     out.mkdir(parents=True, exist_ok=True)
-    files = charts(points, decode, out, meta["hardware"])
+    files = charts(points, decode, out, hw)
     report = {
+        "generated_by": generated_by(command),
         "meta": meta,
-        "summary": summary(points, decode),
+        "summary": summary(points, decode, capacity),
         "points": points,
         "decode_analytic": decode,
-        "conclusions": conclusions(points, decode),
+        "conclusions": conclusions(points, decode, capacity),
         "files": ["scaling.json", "scaling.md"] + [f.name for f in files],
     }
     (out / "scaling.json").write_text(json.dumps(report, indent=1, default=str) + "\n")

@@ -27,9 +27,6 @@ class Checkpoints:
         """The newest complete checkpoint (an interrupted save is never listed)."""
         return self._manager.latest_step()
 
-    def all_steps(self) -> list[int]:
-        return list(self._manager.all_steps())
-
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Start an asynchronous save; training goes on while it is written."""
         self._manager.save(step, args=ocp.args.Composite(
@@ -44,9 +41,6 @@ class Checkpoints:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
         return restored.state, restored.meta
-
-    def wait(self) -> None:
-        self._manager.wait_until_finished()
 
     def close(self) -> None:
         self._manager.wait_until_finished()

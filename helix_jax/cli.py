@@ -138,14 +138,12 @@ def cmd_forward(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gb(n: float) -> str:
-    return f"{n / 1e9:,.1f} GB"
-
-
 def print_projection(r: dict) -> None:
     """A readable table of one projection (what `helix project` prints)."""
     from rich.console import Console
     from rich.table import Table
+
+    from helix_jax.report.fmt import gb
 
     console = Console(width=None if sys.stdout.isatty() else 110)
     mesh = " x ".join(f"{a}={n}" for a, n in r["mesh"].items())
@@ -159,7 +157,7 @@ def print_projection(r: dict) -> None:
     for c in r["collectives"]:
         table.add_row(c["op"], c["dtype"], str(c["group_size"]), f"{c['count']:,}",
                       f"{c['payload_bytes_per_device'] / 1e6:,.1f} MB",
-                      _gb(c["payload_bytes_per_device"] * c["count"]), c["link"],
+                      gb(c["payload_bytes_per_device"] * c["count"]), c["link"],
                       f"{c['seconds']:.3f} s")
     console.print(table)
     p, m, comm = r["projected"], r["memory"], r["comm_bytes_per_device"]
@@ -167,10 +165,10 @@ def print_projection(r: dict) -> None:
     console.print(
         f"FLOPs/device  {r['flops_per_device']:.3e} ({r['flops_note']}); model FLOPs/token "
         f"{r['model_flops_per_token']:.3e}\n"
-        f"memory/device {_gb(r['memory_bytes_per_device'])} ({fits}: args {_gb(m['argument_bytes'])}"
-        f" + out {_gb(m['output_bytes'])} + temp {_gb(m['temp_bytes'])} - alias "
-        f"{_gb(m['alias_bytes'])})\n"
-        f"comm/device   NVLink {_gb(comm['nvlink'])}, InfiniBand {_gb(comm['ib'])}\n"
+        f"memory/device {gb(r['memory_bytes_per_device'])} ({fits}: args {gb(m['argument_bytes'])}"
+        f" + out {gb(m['output_bytes'])} + temp {gb(m['temp_bytes'])} - alias "
+        f"{gb(m['alias_bytes'])})\n"
+        f"comm/device   NVLink {gb(comm['nvlink'])}, InfiniBand {gb(comm['ib'])}\n"
         f"step          {p['step_seconds']:.3f} s = compute {p['compute_seconds']:.3f} s + exposed "
         f"comm {p['exposed_comm_seconds']:.3f} s (all comm {p['comm_seconds']:.3f} s)\n"
         f"projected     {p['tokens_per_s']:,.0f} tokens/s, MFU {p['mfu']:.1%}, "
@@ -239,7 +237,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from helix_jax.devices import ensure_host_devices
 
     ensure_host_devices(16)  # the paper's layouts are 16-device meshes
-    from helix_jax import reproduce
+    from helix_jax.report import reproduce
 
     return reproduce.cmd_reproduce(args)
 
@@ -288,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help="the paper's two tables: its claims, our projections "
                        "at full size and small-model runs; writes results/reproduce.{md,json,png}")
-    from helix_jax.reproduce import add_reproduce_args
+    from helix_jax.report.reproduce import add_reproduce_args
 
     add_reproduce_args(p)
     p.set_defaults(func=cmd_reproduce)

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 
 from helix_jax.layouts import Layout
 
-
 _GATHER_TAKES_TO = "to" in inspect.signature(jax.lax.all_gather).parameters
 
 

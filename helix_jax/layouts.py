@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from helix_jax.config import ModelConfig
+from helix_jax.routing import check_moe
 
 CORES = ("score_psum", "seq_a2a", "qk_gather")
 GPUS_PER_NODE = 4  # the paper's cluster: 4 nodes x 4 H100
@@ -72,9 +73,6 @@ class Layout:
             dims.append(None if not axes else axes[0] if len(axes) == 1 else axes)
         return P(*dims)
 
-    def option(self, name: str) -> Any:
-        return self.options[name]
-
     def make_mesh(self, devices=None):
         """A jax Mesh (Auto axes) over the first `self.devices` devices, numbered by `placement`."""
         import jax
@@ -86,8 +84,8 @@ class Layout:
         if len(available) < self.devices:
             raise ValueError(
                 f"layout {self.spec} needs {self.devices} devices but jax sees {len(available)}; "
-                f"run through the `helix` command (it sets up host devices) or set XLA_FLAGS="
-                f"--xla_force_host_platform_device_count={self.devices} before jax starts")
+                f"run through the `helix` command (it sets up host devices) or call "
+                f"helix_jax.devices.ensure_host_devices({self.devices}) before jax starts")
         order = self._placement_order()
         grid = np.array(available[: self.devices], dtype=object).reshape(
             [self.axis_sizes[a] for a in order])
@@ -142,8 +140,6 @@ class Layout:
         for check in _EXTRA_CHECKS.get(self.kind, ()):
             check(self, cfg)
         if cfg.is_moe:
-            from helix_jax.parallel.experts import check_moe
-
             check_moe(cfg, self)
 
     def describe(self) -> str:

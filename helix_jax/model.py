@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 from helix_jax.comm import Comm
 from helix_jax.config import ModelConfig
 from helix_jax.layouts import Layout
+from helix_jax.nn.stats import combine_stats
 from helix_jax.nn.transformer import Transformer
 
 Params = dict[str, Any]
@@ -57,17 +58,6 @@ def logical_axes(cfg: ModelConfig) -> Params:
 
 def _spec_tree(tree, fn):
     return jax.tree.map(fn, tree, is_leaf=lambda t: isinstance(t, tuple))
-
-
-def combine_stats(stats: dict[str, jax.Array], weight: jax.Array | None = None) -> dict:
-    """Per-layer stats stacked over runs [N, layers] -> per layer: counts summed, losses averaged."""
-    out = {}
-    for key, value in stats.items():
-        n = value.shape[0] if weight is None else weight.sum()
-        if weight is not None:
-            value = jnp.where(weight[:, None], value, 0)
-        out[key] = value.sum(0) / (n if key.endswith("_loss") else 1)
-    return out
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from helix_jax.config import resolve_model
 from helix_jax.layouts import Layout, parse_layout
 from helix_jax.model import STAT_KEYS_MOE, Sharded
 from helix_jax.nn.moe import MoE, aux_loss, route
-from helix_jax.parallel.experts import buffer_positions, capacity, check_moe
+from helix_jax.parallel.experts import buffer_positions
+from helix_jax.routing import capacity, check_moe
 from tests.helpers import rel_err, run
 
 TOL = 1e-5

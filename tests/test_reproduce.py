@@ -10,10 +10,10 @@ import re
 
 import pytest
 
-from helix_jax import paper
 from helix_jax.analysis import load_hardware
-from helix_jax.bench import trimmed_mean
 from helix_jax.config import resolve_model
+from helix_jax.report import paper
+from helix_jax.report.bench import trimmed_mean
 
 HW = load_hardware("h100-paper")
 TINY = {"d_model": 128, "head_dim": 8, "d_ff": 512, "batch": 16, "seq": 32}
@@ -22,7 +22,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from helix_jax.reproduce import run_reproduce
+    from helix_jax.report.reproduce import run_reproduce
 
     out = tmp_path_factory.mktemp("reproduce")
     rep = run_reproduce(out, quick=True, progress=False, tables=("dense",), rows=("tp-pp", "helix"),
@@ -101,7 +101,7 @@ def test_projection_statements_carry_numbers(report):
 
 
 def test_cli_hooks(report, monkeypatch, capsys):
-    from helix_jax import reproduce
+    from helix_jax.report import reproduce
 
     parser = argparse.ArgumentParser()
     reproduce.add_reproduce_args(parser)
@@ -122,7 +122,7 @@ def test_cli_hooks(report, monkeypatch, capsys):
 
 
 def test_reproduce_rejects_unknown_rows(tmp_path):
-    from helix_jax.reproduce import run_reproduce
+    from helix_jax.report.reproduce import run_reproduce
 
     with pytest.raises(ValueError, match="no rows left"):
         run_reproduce(tmp_path, progress=False, tables=("dense",), rows=("nope",))
@@ -131,7 +131,7 @@ def test_reproduce_rejects_unknown_rows(tmp_path):
 
 
 def test_plots_write_pngs(tmp_path):
-    from helix_jax.plots import BarPanel, LinePanel, bar_chart, human, line_chart
+    from helix_jax.report.plots import BarPanel, LinePanel, bar_chart, human, line_chart
 
     bars = bar_chart(tmp_path / "bars.png", [
         BarPanel("grouped, log", ["a", "b:core=x"], {"s1": [1e6, None], "s2": [2e5, 3e6]},

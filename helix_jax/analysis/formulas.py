@@ -1,8 +1,8 @@
 """The analytic cross-check: model FLOPs per token and each layout's expected collective bytes.
 
-These are the formulas of DESIGN.md §2 and §4, written per layout. `helix project` reads the real
-numbers off the compiled program; tests compare the two, so a collective that XLA adds, drops or
-resizes shows up as a disagreement.
+These are the formulas of docs/layouts.md and docs/cost-model.md, written per layout. `helix
+project` reads the real numbers off the compiled program; tests compare the two, so a collective
+that XLA adds, drops or resizes shows up as a disagreement.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import math
 from helix_jax.config import ModelConfig
 from helix_jax.layouts import Layout
 from helix_jax.nn.attention import block_size
+from helix_jax.routing import capacity
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -20,7 +21,7 @@ def forward_flops_per_token(cfg: ModelConfig) -> float:
     """Model FLOPs of one token's forward pass; causal attention sees S/2 keys on average.
 
     Per layer: 2·(4·D·H·d) projections, 4·S·H·d attention (scores and P·V; halved when causal),
-    4·D·F FFN (times top_k and plus 2·D·E routing for MoE). DESIGN.md §4.
+    4·D·F FFN (times top_k and plus 2·D·E routing for MoE); docs/cost-model.md.
     """
     D, hd, F, S = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.d_ff, cfg.seq
     attention = 4 * S * hd * (0.5 if cfg.causal else 1.0)
@@ -84,8 +85,6 @@ def expected_comm_bytes(cfg: ModelConfig, layout: Layout, batch_chunks: int = 1,
             add("collective-permute", runs * x / sp)
             add("all-reduce", x / sp)  # the last stage's output to every stage
     elif kind == "ep":
-        from helix_jax.parallel.experts import capacity
-
         K = layout.options["chunks"]
         tokens = B // batch_chunks * S  # B is already per device: ep shards the batch
         slots = math.ceil(capacity(tokens, cfg.top_k, cfg.n_experts, cfg.capacity_factor) / K) * K

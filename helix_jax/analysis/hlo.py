@@ -5,7 +5,7 @@ replica-group ids are logical partition ids (mesh positions), not `Device.id`s. 
 reported with its operand and result shapes, groups, and how often it runs per program run (the
 product of the trip counts of the `while` loops around it), so that communication bytes can be
 counted from the real program rather than guessed. CPU caveat: XLA:CPU promotes bf16 collectives
-to f32, so on CPU their bytes come out 2x (see notes/jax-api.md).
+to f32, so on CPU their bytes come out 2x (see docs/jax-notes.md).
 """
 
 from __future__ import annotations
@@ -72,11 +72,6 @@ class Collective:
         """The buffer V that the cost formulas take, per device and per execution: the full
         (un-scattered / gathered) buffer. all-gather: result; every other op: operands."""
         return self.result_bytes if self.op == "all-gather" else self.operand_bytes
-
-    @property
-    def payload_bytes_per_run(self) -> int:
-        """payload_bytes times the number of executions per program run."""
-        return self.payload_bytes * self.trip_count
 
 
 def parse_replica_groups(value: str, num_devices: int | None = None) -> tuple[tuple[int, ...], ...]:

@@ -1,4 +1,4 @@
-"""Time of a collective under the ring (bandwidth + per-step latency) model of DESIGN.md section 2.
+"""Time of a collective under the ring (bandwidth + per-step latency) model of docs/cost-model.md.
 
 V is the full buffer per device (`Collective.payload_bytes`: the gathered result for all-gather,
 the un-scattered operand for reduce-scatter), n the group size, W the per-device one-way link rate:

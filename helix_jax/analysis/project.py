@@ -94,24 +94,16 @@ def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
     return valid[hi], compiled[hi][0]
 
 
-def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | None = None,
-            progress: Callable[[str], None] | None = None) -> dict:
-    """The full read-out and projection of `cfg` on `layout` priced on `hw` (see module doc)."""
-    layout.validate(cfg)
-    # XLA:CPU widens bf16 collectives to f32; fp16 has the same bytes and FLOPs and is kept as is.
-    analysed = cfg.replace(dtype="float16") if cfg.dtype == "bfloat16" else cfg
-    placed = dataclasses.replace(layout, gpus_per_node=hw.gpus_per_node)
-    if batch_chunks is None:
-        sharded, compiled = fit(analysed, layout, hw.hbm_capacity_bytes, progress)
-    else:
-        sharded, compiled = _compile(analysed, layout, batch_chunks)
-    hlo = compiled.as_text()
-    flops = matmul_flops(hlo)
-    memory = read_memory(compiled)
+def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) -> dict:
+    """Every collective of the compiled program `hlo`, grouped and priced on `hw`.
 
+    Returns {"rows": [...], "comm": {"nvlink", "ib"} bytes, "seconds": all collectives,
+    "hidden": seconds that `ep:chunks=K` may overlap (before the cap by expert compute)}.
+    """
+    placed = dataclasses.replace(layout, gpus_per_node=hw.gpus_per_node)
     rows: dict[tuple, dict] = {}
     comm = {"nvlink": 0.0, "ib": 0.0}
-    comm_seconds = hidden = 0.0
+    total = hidden = 0.0
     for c in collectives(hlo):
         if c.group_size <= 1:
             continue
@@ -120,7 +112,7 @@ def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | 
         dtype = {"float16": "f16", "bfloat16": "bf16", "float32": "f32"}.get(dtype, dtype)
         seconds = collective_time(c, hw, placed.node_of)
         comm[link] += c.payload_bytes * c.trip_count
-        comm_seconds += seconds
+        total += seconds
         if c.op == "all-to-all" and layout.options.get("chunks", 1) > 1:
             k = layout.options["chunks"]
             hidden += seconds * (k - 1) / k
@@ -130,17 +122,47 @@ def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | 
                                     "link": link, "seconds": 0.0})
         row["count"] += c.trip_count
         row["seconds"] += seconds
+    return {"rows": sorted(rows.values(), key=lambda r: -r["seconds"]), "comm": comm,
+            "seconds": total, "hidden": hidden, "intra_node_axes": placed.intra_node_axes()}
 
+
+def _timing(cfg: ModelConfig, layout: Layout, hw: Hardware, flops: float, priced: dict) -> dict:
+    """Step time = compute + exposed communication, and what follows from it."""
     tokens = cfg.batch * cfg.seq
-    compute_seconds = flops["flops"] / hw.flops_per_s
+    compute_seconds = flops / hw.flops_per_s
+    hidden = priced["hidden"]
     if hidden:  # overlap can hide at most the expert compute (its matmul share of the FLOPs)
         expert = 4 * cfg.d_model * cfg.d_ff * cfg.top_k * cfg.n_layers * tokens / layout.devices
         hidden = min(hidden, expert * cfg.capacity_factor / hw.flops_per_s)
-    exposed = comm_seconds - hidden
+    exposed = priced["seconds"] - hidden
     step = compute_seconds + exposed
-    model_flops = forward_flops_per_token(cfg)
+    return {
+        "step_seconds": step,
+        "compute_seconds": compute_seconds,
+        "comm_seconds": priced["seconds"],
+        "exposed_comm_seconds": exposed,
+        "tokens_per_s": tokens / step,
+        "mfu": forward_flops_per_token(cfg) * tokens / step / (layout.devices * hw.peak_flops_per_s),
+        "tpot_ms": step / cfg.seq * 1e3,
+    }
+
+
+def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | None = None,
+            progress: Callable[[str], None] | None = None) -> dict:
+    """The full read-out and projection of `cfg` on `layout` priced on `hw` (see module doc)."""
+    layout.validate(cfg)
+    # XLA:CPU widens bf16 collectives to f32; fp16 has the same bytes and FLOPs and is kept as is.
+    analysed = cfg.replace(dtype="float16") if cfg.dtype == "bfloat16" else cfg
+    if batch_chunks is None:
+        sharded, compiled = fit(analysed, layout, hw.hbm_capacity_bytes, progress)
+    else:
+        sharded, compiled = _compile(analysed, layout, batch_chunks)
+    hlo = compiled.as_text()
+    flops = matmul_flops(hlo)
+    memory = read_memory(compiled)
+    priced = price_collectives(hlo, cfg, layout, hw)
     by_op: dict[str, float] = defaultdict(float)
-    for r in rows.values():
+    for r in priced["rows"]:
         by_op[r["op"]] += r["payload_bytes_per_device"] * r["count"]
     return {
         "model": cfg.name,
@@ -152,28 +174,20 @@ def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | 
         "seq": cfg.seq,
         "dtype": cfg.dtype,
         "batch_chunks": sharded.batch_chunks,
-        "tokens_per_step": tokens,
+        "tokens_per_step": cfg.batch * cfg.seq,
         "flops_per_device": flops["flops"],
         "flops_note": ("upper bound: runtime-skipped causal blocks counted"
                        if flops.get("conditionals") else "exact"),
-        "model_flops_per_token": model_flops,
+        "model_flops_per_token": forward_flops_per_token(cfg),
         "memory_bytes_per_device": memory["total_bytes"],
         "memory": memory,
         "fits": memory["total_bytes"] <= hw.hbm_capacity_bytes,
-        "collectives": sorted(rows.values(), key=lambda r: -r["seconds"]),
-        "comm_bytes_per_device": comm,
+        "collectives": priced["rows"],
+        "comm_bytes_per_device": priced["comm"],
         "comm_bytes_by_op": dict(by_op),
         "expected_comm_bytes_by_op": expected_comm_bytes(
             analysed, layout, sharded.batch_chunks, sharded.spread_axes),
-        "projected": {
-            "step_seconds": step,
-            "compute_seconds": compute_seconds,
-            "comm_seconds": comm_seconds,
-            "exposed_comm_seconds": exposed,
-            "tokens_per_s": tokens / step,
-            "mfu": model_flops * tokens / step / (layout.devices * hw.peak_flops_per_s),
-            "tpot_ms": step / cfg.seq * 1e3,
-        },
-        "intra_node_axes": placed.intra_node_axes(),
+        "projected": _timing(cfg, layout, hw, flops["flops"], priced),
+        "intra_node_axes": priced["intra_node_axes"],
         "bytes_per_element": DTYPE_BYTES[cfg.dtype],
     }

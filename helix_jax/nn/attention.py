@@ -2,7 +2,7 @@
 
 The weights are sharded (head group, head-dim slice): W_q/W_k/W_v [D, H, d] over ("heads",
 "head_dim"), W_o [H, d, D]. Projections need no communication; what differs between the cores is how
-the head-dim split is undone around the softmax (DESIGN.md §2):
+the head-dim split is undone around the softmax (docs/layouts.md):
   score_psum  partial scores q_ij·k_ijᵀ summed over the head-dim shards (the paper's method)
   seq_a2a     all-to-all q to a query-sequence split, all-gather k and v to full d, local attention,
               all-to-all the output back

@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from helix_jax.comm import Comm, vary_like
-
-Stats = dict[str, jax.Array]
+from helix_jax.nn.stats import Stats, combine_stats
 
 
 def gpipe(run_stage: Callable[[jax.Array, Comm], tuple[jax.Array, Stats]], x: jax.Array,
@@ -43,6 +42,4 @@ def gpipe(run_stage: Callable[[jax.Array, Comm], tuple[jax.Array, Stats]], x: ja
     # The last stage finished microbatch i at step i + p − 1; send its outputs to every stage.
     y = outs[p - 1:].reshape(x.shape)
     y = comm.psum(jnp.where(stage == p - 1, y, jnp.zeros_like(y)), "layers")
-    from helix_jax.model import combine_stats
-
     return y, combine_stats(stats, weight=(steps >= stage) & (steps < stage + M))
