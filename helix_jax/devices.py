@@ -1,30 +1,73 @@
-"""Host-device set-up: give the CPU backend as many devices as a layout needs, before jax starts."""
+"""Host devices: give jax's CPU backend as many devices as a layout needs, before jax starts.
+
+One place for it. jax's own `jax_num_cpu_devices` configuration does the work (it must be set
+before the backend initialises); only a jax without that option falls back to XLA's
+`--xla_force_host_platform_device_count` flag. Child processes get the same through their
+environment (`host_device_env`).
+"""
 
 from __future__ import annotations
 
 import os
-import sys
 
-FLAG = "--xla_force_host_platform_device_count"
+_FLAG = "--xla_force_host_platform_device_count"
+_ENV = "JAX_NUM_CPU_DEVICES"  # jax reads every config option from its upper-case env variable
 
 
-def ensure_host_devices(n: int) -> None:
-    """Ask XLA's CPU backend for at least `n` devices; must run before jax initialises."""
-    flags = os.environ.get("XLA_FLAGS", "").split()
-    current = [int(f.split("=", 1)[1]) for f in flags if f.startswith(FLAG + "=")]
-    if current and current[-1] >= n:
+def _has_config() -> bool:
+    import jax
+
+    return hasattr(jax.config, "jax_num_cpu_devices")
+
+
+def _flag_count() -> int:
+    counts = [int(f.split("=", 1)[1]) for f in os.environ.get("XLA_FLAGS", "").split()
+              if f.startswith(_FLAG + "=")]
+    return counts[-1] if counts else -1
+
+
+def requested_host_devices() -> int:
+    """How many CPU devices jax will start with (or has), as configured; -1 when not set."""
+    import jax
+
+    configured = jax.config.jax_num_cpu_devices if _has_config() else -1
+    return configured if configured > 0 else _flag_count()
+
+
+def ensure_host_devices(n: int, exact: bool = False) -> None:
+    """Make jax's CPU backend start with at least `n` devices (exactly `n` with `exact`).
+
+    Raises RuntimeError with the way out when jax has already started with too few.
+    """
+    import jax
+
+    current = requested_host_devices()
+    if current == n or (not exact and current >= n):
         return
-    if "jax" in sys.modules:
-        import jax
+    try:
+        if _has_config():
+            jax.config.update("jax_num_cpu_devices", n)
+        else:  # an old jax: the XLA flag, read when the backend starts (make_mesh checks the count)
+            flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(_FLAG)]
+            os.environ["XLA_FLAGS"] = " ".join(flags + [f"{_FLAG}={n}"])
+        return
+    except RuntimeError:
+        have = len(jax.devices("cpu"))
+        if have == n or (not exact and have >= n):
+            return
+        raise RuntimeError(
+            f"jax already started with {have} CPU devices and {n} are needed; set them before "
+            f"the first jax operation: helix_jax.devices.ensure_host_devices({n}) or "
+            f"{_ENV}={n} in the environment") from None
 
-        backends = getattr(jax._src.xla_bridge, "_backends", {})  # noqa: SLF001
-        if backends:
-            if len(jax.devices("cpu")) >= n:
-                return
-            raise RuntimeError(f"jax already started with {len(jax.devices('cpu'))} CPU devices; "
-                               f"{n} are needed. Set XLA_FLAGS={FLAG}={n} before importing jax.")
-    flags = [f for f in flags if not f.startswith(FLAG + "=")] + [f"{FLAG}={n}"]
-    os.environ["XLA_FLAGS"] = " ".join(flags)
+
+def host_device_env(env: dict[str, str], n: int) -> dict[str, str]:
+    """`env` for a child process whose jax starts with exactly `n` CPU devices."""
+    env = dict(env)
+    env[_ENV] = str(n)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(_FLAG + "=")]
+    env["XLA_FLAGS"] = " ".join(flags + [f"{_FLAG}={n}"])  # for a jax without the option
+    return env
 
 
 def devices_for(n: int):

@@ -38,7 +38,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-FLAG = "--xla_force_host_platform_device_count"
+from helix_jax.devices import ensure_host_devices, host_device_env
+
 INIT_TIMEOUT_S = 120          # every process must join jax.distributed within this
 HEARTBEAT_TIMEOUT_S = 10      # a process silent this long is declared dead by the coordinator
 ENV_LAUNCHER = "HELIX_LAUNCHER_PID"       # set in the launcher's children: exit if it goes away
@@ -130,8 +131,6 @@ def start(args: argparse.Namespace, devices_needed: int,
     """
     role = role_of(args)
     if role.kind == "single":
-        from helix_jax.devices import ensure_host_devices
-
         ensure_host_devices(devices_needed)
         return None
     if role.kind == "launcher":
@@ -148,23 +147,6 @@ def start(args: argparse.Namespace, devices_needed: int,
 # member: jax.distributed
 
 
-def set_host_devices(n: int) -> None:
-    """Exactly `n` CPU devices in this process (before jax's backend starts)."""
-    if "jax" in sys.modules:
-        from jax._src import xla_bridge
-
-        if getattr(xla_bridge, "_backends", {}):
-            import jax
-
-            have = len(jax.local_devices(backend="cpu"))
-            if have != n:
-                raise RuntimeError(f"jax already started with {have} CPU devices in this process; "
-                                   f"{n} are needed. Start the command in a fresh process.")
-            return
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(FLAG + "=")]
-    os.environ["XLA_FLAGS"] = " ".join(flags + [f"{FLAG}={n}"])
-
-
 def _kwargs_supported(fn, **kwargs) -> dict:
     params = inspect.signature(fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -176,7 +158,7 @@ def initialize(role: Role, devices_needed: int, heartbeat_timeout: int | None = 
     """Join jax.distributed as one process of `role`, with its share of the host devices."""
     n = role.num_processes or cluster_env_size()
     if n is not None:
-        set_host_devices(local_device_count(devices_needed, n))
+        ensure_host_devices(local_device_count(devices_needed, n), exact=True)
     import jax
 
     kwargs = _kwargs_supported(
@@ -298,13 +280,6 @@ def global_array(host, sharding):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def global_tree(tree, shardings):
-    """`global_array` over a tree of host arrays and a matching tree of shardings."""
-    import jax
-
-    return jax.tree.map(global_array, tree, shardings)
-
-
 def to_host(tree):
     """Every leaf as a full numpy array on every process (a collective: call it on all processes).
 
@@ -337,9 +312,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def child_env(local_devices: int, port: int) -> dict[str, str]:
-    env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(FLAG + "=")]
-    env["XLA_FLAGS"] = " ".join(flags + [f"{FLAG}={local_devices}"])
+    env = host_device_env(dict(os.environ), local_devices)
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
     env["JAX_COORDINATOR_BIND_ADDRESS"] = f"127.0.0.1:{port}"

@@ -58,7 +58,7 @@ def optimizer(tc: TrainConfig) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(0.0, tc.lr, tc.warmup,
                                                   max(tc.decay_steps, tc.warmup + 1),
                                                   end_value=tc.lr / 10)
-    decay_mask = lambda p: jax.tree.map(lambda a: a.ndim >= 2, p)  # noqa: E731  no decay on norms/biases
+    decay_mask = lambda p: jax.tree.map(lambda a: a.ndim >= 2, p)
     return optax.chain(optax.clip_by_global_norm(tc.clip),
                        optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=tc.weight_decay,
                                    mask=decay_mask))
@@ -75,7 +75,7 @@ class Trainer:
         replicated = NamedSharding(mesh, P())
         abstract = jax.eval_shape(self.tx.init, param_shapes(self.cfg))
         # Optimizer state follows the parameters' shardings; its counters are replicated. (jit of
-        # tx.init would otherwise put the moments on one device: see notes/jax-api.md §7.)
+        # tx.init would otherwise put the moments on one device: see docs/jax-notes.md.)
         self.opt_sh = optax.tree_utils.tree_map_params(
             self.tx, lambda _, s: s, abstract, self.param_sh,
             transform_non_params=lambda _: replicated)
@@ -159,7 +159,7 @@ def train(sharded: Sharded, tc: TrainConfig, checkpoint_dir: str | None = None,
             echo("no complete checkpoint found: starting from scratch")
         params, opt_state = trainer.init()
 
-    log_file = open(log_path, "a") if log_path else None  # noqa: SIM115
+    log_file = open(log_path, "a") if log_path else None
     history = []
     tokens = sharded.cfg.batch * sharded.cfg.seq
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not progress,

@@ -2,11 +2,8 @@
 
 import os
 
-_FLAG = "--xla_force_host_platform_device_count"
-os.environ["XLA_FLAGS"] = " ".join(
-    [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(_FLAG)]
-    + [f"{_FLAG}=16"])
 os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["JAX_NUM_CPU_DEVICES"] = "16"  # jax's own option; CLI subprocesses inherit it
 # One compilation cache for the whole run, shared by pytest-xdist workers and by the CLI
 # subprocesses: the suite compiles the same programs (the single-device reference, each layout's
 # init) in many tests. Keys include the jax version and the program, so stale entries never hit.
@@ -17,6 +14,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+from helix_jax.devices import ensure_host_devices  # noqa: E402
+
+ensure_host_devices(16)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,24 +1,16 @@
 """helix_jax.analysis: collectives read from real CPU compiles, iota groups, pricing, hardware."""
 
-import os
-import sys
+import json
+import logging
+from collections import Counter
 
-if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os.environ.get(
-        "XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_force_host_platform_device_count=16").strip()
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-import json  # noqa: E402
-import logging  # noqa: E402
-from collections import Counter  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import pytest  # noqa: E402
-from jax.sharding import AxisType, NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
-
-from helix_jax.analysis import (  # noqa: E402
+from helix_jax.analysis import (
     HARDWARE,
     Collective,
     collective_seconds,
@@ -41,7 +33,7 @@ HEAD_GROUPS = ((0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15))
 def mesh():
     cpus = jax.devices("cpu")
     if len(cpus) < 16:
-        pytest.fail("needs 16 CPU devices: set --xla_force_host_platform_device_count=16")
+        pytest.fail("needs 16 CPU devices: helix_jax.devices.ensure_host_devices(16) before jax starts")
     return jax.make_mesh((4, 4), ("head", "dim"), axis_types=(AxisType.Explicit,) * 2,
                          devices=cpus[:16])
 
@@ -238,7 +230,7 @@ def test_iota_and_literal_replica_groups():
 
 
 def test_groups_cross_nodes():
-    node = lambda d: d // 4  # noqa: E731
+    node = lambda d: d // 4
     assert not device_groups_cross_nodes(DIM_GROUPS, node)
     assert device_groups_cross_nodes(HEAD_GROUPS, node)
     assert not device_groups_cross_nodes(((0, 1), (2, 3)), node)
@@ -246,7 +238,7 @@ def test_groups_cross_nodes():
 
 
 def test_payload_and_bytes_by_op():
-    mk = lambda op, res, opnd: Collective(op, "f16", res, opnd, (tuple(range(4)),))  # noqa: E731
+    mk = lambda op, res, opnd: Collective(op, "f16", res, opnd, (tuple(range(4)),))
     assert mk("all-gather", ((16, 8),), ((4, 8),)).payload_bytes == 16 * 8 * 2
     assert mk("reduce-scatter", ((4, 8),), ((16, 8),)).payload_bytes == 16 * 8 * 2
     assert mk("all-reduce", ((16, 8),), ((16, 8),)).payload_bytes == 16 * 8 * 2

@@ -16,6 +16,7 @@ import pytest
 from helix_jax import cli
 from helix_jax import distributed as D
 
+
 def ns(**kw):
     base = dict(num_processes=None, process_id=None, coordinator=None, heartbeat_timeout=None)
     return argparse.Namespace(**{**base, **kw})
@@ -55,14 +56,16 @@ def test_device_split_and_messages():
     assert D.local_device_count(16, 4) == 4
     with pytest.raises(ValueError, match="cannot be split evenly over 3 processes"):
         D.local_device_count(16, 3)
-    describe, noise = D._describe_exit, D._noise  # noqa: SLF001
+    describe, noise = D._describe_exit, D._noise
     assert describe(-9) == "was killed by SIGKILL" and describe(3) == "exited with status 3"
     assert noise("[Gloo] Rank 3 is connected to 15 peer ranks. Expected number of connected peer "
                  "ranks is : 15\n")
     assert not noise("model    tiny-dense\n")
     env = D.child_env(4, 1234)  # the test process has 16 devices: the children get exactly 4
-    flags = env["XLA_FLAGS"].split()
-    assert f"{D.FLAG}=4" in flags and f"{D.FLAG}=16" not in flags
+    assert env["JAX_NUM_CPU_DEVICES"] == "4"
+    flags = env["XLA_FLAGS"].split()  # also for a jax without jax_num_cpu_devices
+    assert "--xla_force_host_platform_device_count=4" in flags
+    assert "--xla_force_host_platform_device_count=16" not in flags
     assert env["JAX_PLATFORMS"] == "cpu" and env[D.ENV_LAUNCHER] == str(os.getpid())
 
 
