@@ -19,7 +19,7 @@ def git_commit(where: Path | None = None) -> str | None:
                               text=True, timeout=10, check=True).stdout.strip()
         # Results and the README's numbers are what a run writes; only code makes a run "dirty".
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                ".", ":(exclude)results", ":(exclude)README.md"],
+                                ":(top)", ":(top,exclude)results", ":(top,exclude)README.md"],
                                cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
