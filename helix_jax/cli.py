@@ -19,6 +19,10 @@ def _model_args(p: argparse.ArgumentParser, default_model: str) -> None:
     """The model, its run shape and the layout: what every command that builds a model takes."""
     p.add_argument("--model", default=default_model, choices=sorted(PRESETS),
                    help=f"model preset (default: {default_model})")
+    p.add_argument("--model-file", metavar="FILE.toml",
+                   help="a GPT-style model from a TOML file (keys: name, n_layers, d_model, "
+                   "n_heads, head_dim, d_ff, vocab; optional n_experts, top_k, capacity_factor, "
+                   "causal, ln_eps); overrides --model")
     _layout_arg(p)
     p.add_argument("--batch", type=int, help="batch size (default: the preset's)")
     p.add_argument("--seq", type=int, help="sequence length (default: the preset's)")
@@ -39,6 +43,14 @@ def _layout_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace):
+    if args.model_file:
+        from helix_jax.config import load_model_file
+
+        base = load_model_file(args.model_file)
+        return base.replace(batch=args.batch, seq=args.seq, dtype=args.dtype, causal=args.causal,
+                            q_block=args.q_block, kv_block=args.kv_block, top_k=args.top_k,
+                            capacity_factor=args.capacity_factor,
+                            normalize_top_k=args.normalize_top_k)
     return resolve_model(args.model, batch=args.batch, seq=args.seq, dtype=args.dtype,
                          causal=args.causal, q_block=args.q_block, kv_block=args.kv_block,
                          top_k=args.top_k, capacity_factor=args.capacity_factor,
@@ -87,7 +99,7 @@ def cmd_forward(args: argparse.Namespace) -> int:
     else:
         params = sharded.init(args.seed)
     x_host = M.random_input(cfg, args.seed)  # the same on every process
-    x = distributed.global_array(x_host, sharded.x_sharding)
+    x = distributed.global_array(x_host, sharded.input_sharding)
     start = time.perf_counter()
     forward = sharded.forward_fn().lower(params, x).compile()
     distributed.barrier("forward compiled")  # run the first collective only once all compiled
@@ -151,7 +163,12 @@ def print_projection(r: dict) -> None:
                   f"seq {r['seq']} {r['dtype']}, priced on {r['hardware']}; "
                   f"batch_chunks={r['batch_chunks']}; intra-node axes: "
                   f"{', '.join(r['intra_node_axes']) or 'none'}")
-    table = Table(title="collectives per device per forward pass (read from the compiled HLO)")
+    mode = r.get("mode", "forward")
+    console.print(f"compiled: {r.get('compiled', 'the whole program')}")
+    for item in r.get("extended_by_formula", []):
+        console.print(f"  extended by formula: {item}")
+    what = "one stage's microbatch" if r.get("extended_by_formula") else f"{mode} step"
+    table = Table(title=f"collectives per device per {what} (read from the compiled HLO)")
     for col in ("op", "dtype", "group", "count", "payload/exec", "total", "link", "time"):
         table.add_column(col, justify="left" if col in ("op", "dtype", "link") else "right")
     for c in r["collectives"]:
@@ -173,6 +190,14 @@ def print_projection(r: dict) -> None:
         f"comm {p['exposed_comm_seconds']:.3f} s (all comm {p['comm_seconds']:.3f} s)\n"
         f"projected     {p['tokens_per_s']:,.0f} tokens/s, MFU {p['mfu']:.1%}, "
         f"TPOT {p['tpot_ms']:.3f} ms (step / seq)")
+    parts = {k: p[k] for k in ("pipeline_seconds", "bubble_seconds", "tensor_comm_seconds",
+                               "pipeline_send_seconds", "data_parallel_exposed_seconds",
+                               "optimizer_seconds") if k in p}
+    if parts:
+        console.print("breakdown     " + ", ".join(f"{k.removesuffix('_seconds')} {v:.3f} s"
+                                                   for k, v in parts.items()))
+    if not r["fits"] and r.get("fits_why"):
+        console.print(f"[red]does not fit[/]: {r['fits_why']}")
 
 
 def cmd_project(args: argparse.Namespace) -> int:
@@ -180,16 +205,19 @@ def cmd_project(args: argparse.Namespace) -> int:
     from helix_jax.analysis.hardware import load_hardware
 
     hw = load_hardware(args.hardware)
+    _check_output(args.json)
+    if args.mode != "train" and args.remat != "none":
+        raise ValueError(f"--remat {args.remat} applies to --mode train only")
     from helix_jax.devices import ensure_host_devices
 
-    ensure_host_devices(layout.devices)
+    ensure_host_devices(min(layout.devices, 64) if args.mode == "train" else layout.devices)
     import json
 
     from helix_jax.analysis.project import project
 
     chunks = None if args.batch_chunks == "auto" else int(args.batch_chunks)
-    result = project(cfg, layout, hw, batch_chunks=chunks,
-                     progress=lambda msg: print(f"  fitting {msg}", file=sys.stderr))
+    result = project(cfg, layout, hw, batch_chunks=chunks, mode=args.mode, remat=args.remat,
+                     progress=lambda msg: print(f"  {msg}", file=sys.stderr))
     print_projection(result)
     if args.json:
         with open(args.json, "w") as f:
@@ -198,8 +226,20 @@ def cmd_project(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output(path: str | None) -> None:
+    """An output file's folder must exist before any work starts."""
+    from pathlib import Path
+
+    if path and not Path(path).expanduser().resolve().parent.is_dir():
+        raise ValueError(f"cannot write {path}: folder {Path(path).parent} does not exist; "
+                         f"create it or choose another path")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     cfg, layout = _model_and_layout(args)
+    if layout.options.get("schedule", "gpipe") != "gpipe" or layout.options.get("virtual", 1) > 1:
+        raise ValueError(f"{layout.spec}: helix train runs the GPipe schedule; schedule=1f1b and "
+                         f"virtual=V are priced by `helix project --mode train` only")
     if (rc := distributed.start(args, layout.devices)) is not None:
         return rc  # this process launched --num-processes local processes, which did the work
     from pathlib import Path
@@ -261,7 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "FLOPs, memory and collectives off the program, priced on a hardware profile")
     _model_args(p, "paper-dense")
     p.add_argument("--hardware", default="h100-paper",
-                   help="hardware profile name (h100-paper, h100-sxm) or a JSON/TOML file")
+                   help="hardware profile name (h100-paper, h100-sxm, dgx-h100, dgx-a100) or a "
+                   "JSON/TOML file (e.g. written by `helix calibrate`)")
+    p.add_argument("--mode", default="forward", choices=("forward", "train"),
+                   help="forward pass (default) or a whole training step (forward, backward, "
+                   "gradient reduction, AdamW)")
+    p.add_argument("--remat", default="none", choices=("none", "selective", "full"),
+                   help="training: recompute nothing, the attention core (selective) or each "
+                   "layer's forward (full) in the backward pass")
     p.add_argument("--batch-chunks", default="auto",
                    help="walk the batch in this many chunks (default auto: fewest that fit memory)")
     p.add_argument("--json", help="write the full read-out to this JSON file")

@@ -44,6 +44,9 @@ class Comm:
     """The layout as seen from inside the shard_map body."""
 
     layout: Layout
+    # Activation recompute in the backward pass: "none", "selective" (the attention core) or
+    # "full" (each layer's forward); read by the modules through this view of the run.
+    remat: str = "none"
 
     def axes(self, *logical: str) -> tuple[str, ...]:
         return self.layout.mesh_axes(*logical)
@@ -62,6 +65,10 @@ class Comm:
     def psum(self, x, *logical: str):
         axes = self.axes(*logical)
         return jax.lax.psum(x, axes) if axes else x
+
+    def pmax(self, x, *logical: str):
+        axes = self.axes(*logical)
+        return jax.lax.pmax(x, axes) if axes else x
 
     def all_gather(self, x, *logical: str, axis: int, invariant: bool = False):
         """Concatenate the shards of `x` along `axis` (tiled).

@@ -23,6 +23,9 @@ class ModelConfig:
     head_dim: int
     d_model: int
     d_ff: int
+    # 0: the model takes embeddings [B, S, D] (the paper's models). > 0: a token embedding
+    # [vocab, D] in front and an untied LM head [D, vocab] with softmax cross-entropy at the end.
+    vocab: int = 0
     n_experts: int = 0
     top_k: int = 1
     normalize_top_k: bool = False
@@ -42,6 +45,9 @@ class ModelConfig:
         for field in positive:
             if getattr(self, field) < 1:
                 raise ValueError(f"{self.name}: {field} must be >= 1, got {getattr(self, field)}")
+        if self.vocab < 0:
+            raise ValueError(f"{self.name}: vocab must be >= 0 (0: the model takes embeddings), "
+                             f"got {self.vocab}")
         if self.n_experts < 0:
             raise ValueError(f"{self.name}: n_experts must be >= 0, got {self.n_experts}")
         if self.is_moe and self.top_k > self.n_experts:
@@ -94,7 +100,65 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def resolve_model(name: str, **overrides) -> ModelConfig:
-    """The preset `name` with the non-None `overrides` applied; a clear error for unknown names."""
+    """The preset `name` (or a model file, see `load_model_file`, when `name` ends in .toml) with
+    the non-None `overrides` applied; a clear error for unknown names."""
+    if name.endswith(".toml"):
+        return load_model_file(name).replace(**overrides)
     if name not in PRESETS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(PRESETS)} "
+                         f"(or a model file: --model-file FILE.toml)")
     return PRESETS[name].replace(**overrides)
+
+
+# ----------------------------------------------------------------------------- model files
+
+MODEL_FILE_KEYS = {"name": str, "n_layers": int, "d_model": int, "n_heads": int, "head_dim": int,
+                   "d_ff": int, "vocab": int}
+MODEL_FILE_OPTIONAL = {"n_experts": int, "top_k": int, "capacity_factor": float, "causal": bool,
+                       "ln_eps": float}
+# The run shape a model file gets until --batch/--seq/--dtype say otherwise.
+MODEL_FILE_RUN = dict(batch=8, seq=1024, dtype="bfloat16", q_block=1024, kv_block=1024)
+
+
+def load_model_file(path) -> ModelConfig:
+    """A GPT-style model from a TOML file with exactly the keys of MODEL_FILE_KEYS (and optionally
+    MODEL_FILE_OPTIONAL); every problem is a ValueError naming the file and the key."""
+    import tomllib
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"model file {path}: no such file")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"model file {path}: not valid TOML ({e})") from None
+    allowed = {**MODEL_FILE_KEYS, **MODEL_FILE_OPTIONAL}
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ValueError(f"model file {path}: unknown key(s) {unknown}; allowed: "
+                         f"{', '.join(allowed)}")
+    missing = [k for k in MODEL_FILE_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"model file {path}: missing key(s) {missing}")
+    for key, value in data.items():
+        want = allowed[key]
+        ok = (isinstance(value, want) and not (want is int and isinstance(value, bool))) or (
+            want is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise ValueError(f"model file {path}: {key} must be {want.__name__}, got "
+                             f"{type(value).__name__} {value!r}")
+    try:
+        return ModelConfig(**{**MODEL_FILE_RUN, **data})
+    except ValueError as e:
+        raise ValueError(f"model file {path}: {e}") from None
+
+
+def dump_model_file(cfg: ModelConfig) -> str:
+    """The TOML text of `cfg`'s model keys: `load_model_file` reads it back to the same model."""
+    def toml(v) -> str:
+        return ("true" if v else "false") if isinstance(v, bool) else (
+            f'"{v}"' if isinstance(v, str) else repr(v))
+    keys = list(MODEL_FILE_KEYS) + [k for k in MODEL_FILE_OPTIONAL
+                                    if cfg.is_moe or k in ("causal", "ln_eps")]
+    return "".join(f"{k} = {toml(getattr(cfg, k))}\n" for k in keys)

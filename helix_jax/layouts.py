@@ -18,6 +18,7 @@ from helix_jax.config import ModelConfig
 from helix_jax.routing import check_moe
 
 CORES = ("score_psum", "seq_a2a", "qk_gather")
+SCHEDULES = ("gpipe", "1f1b")  # pipeline schedules; 1f1b with virtual=V > 1 is interleaved
 GPUS_PER_NODE = 4  # the paper's cluster: 4 nodes x 4 H100
 
 
@@ -128,6 +129,8 @@ class Layout:
         ]
         checks.append(("n_experts", cfg.n_experts, "expert") if cfg.is_moe
                       else ("d_ff", cfg.d_ff, "mlp"))
+        if cfg.vocab:
+            checks.append(("vocab", cfg.vocab, "vocab"))
         if cfg.is_moe:
             checks.append(("d_ff", cfg.d_ff, "expert_mlp"))
         for what, value, logical in checks:
@@ -183,7 +186,7 @@ def _single(**opts) -> Layout:
 def _helix(kind: str = "helix", **opts) -> Layout:
     names, shape = _with_data(opts["dp"], ("head", "dim"), (opts["n"], opts["m"]))
     rules = {"batch": ("data",), "heads": ("head",), "head_dim": ("dim",),
-             "mlp": ("head", "dim"), "expert": ("head", "dim")}
+             "mlp": ("head", "dim"), "expert": ("head", "dim"), "vocab": ("head", "dim")}
     return Layout(kind, names, shape, rules, opts)
 
 
@@ -194,7 +197,7 @@ def _helix_ep(**opts) -> Layout:
 def _tp_pp(**opts) -> Layout:
     names, shape = _with_data(opts["dp"], ("stage", "tensor"), (opts["pp"], opts["tp"]))
     rules = {"batch": ("data",), "layers": ("stage",), "heads": ("tensor",), "mlp": ("tensor",),
-             "expert_mlp": ("tensor",)}
+             "expert_mlp": ("tensor",), "vocab": ("tensor",)}
     if opts["sp"]:
         rules["act_seq"] = ("tensor",)
     placement = ()
@@ -224,8 +227,9 @@ LAYOUTS: dict[str, LayoutKind] = {k.name: k for k in (
                "(the paper's method); FFN 16-way tensor parallel",
                {"m": 4, "n": 4, "core": "score_psum", "dp": 1}, _helix, {"core": CORES}),
     LayoutKind("tp-pp", "Megatron tensor parallelism x GPipe pipeline (the paper's baseline)",
-               {"tp": 8, "pp": 2, "microbatches": 4, "sp": False, "dp": 1, "place": "tensor-inner"},
-               _tp_pp, {"place": ("tensor-inner", "stage-inner")}),
+               {"tp": 8, "pp": 2, "microbatches": 4, "sp": False, "dp": 1, "place": "tensor-inner",
+                "schedule": "gpipe", "virtual": 1, "tp_overlap": False},
+               _tp_pp, {"place": ("tensor-inner", "stage-inner"), "schedule": SCHEDULES}),
     LayoutKind("ep", "expert parallelism: one expert per device, tokens moved by all-to-all; "
                "attention data parallel", {"ep": 16, "chunks": 1, "dp": 1}, _ep),
     LayoutKind("helix-ep", "helix attention with the experts spread one per device; tokens stay "
@@ -249,6 +253,13 @@ def _check_pipeline(layout: Layout, cfg: ModelConfig) -> None:
     if mb < 1 or per_replica % mb:
         raise ValueError(f"{cfg.name} on {layout.spec}: the batch per data replica ({per_replica}) "
                          f"is not divisible by microbatches={mb}; choose microbatches dividing it")
+    pp, virtual = layout.size("layers"), layout.options["virtual"]
+    if virtual > 1 and layout.options["schedule"] != "1f1b":
+        raise ValueError(f"{cfg.name} on {layout.spec}: virtual={virtual} (interleaved stages) "
+                         f"needs schedule=1f1b")
+    if cfg.n_layers % (pp * virtual):
+        raise ValueError(f"{cfg.name} on {layout.spec}: n_layers={cfg.n_layers} is not divisible "
+                         f"into pp x virtual = {pp * virtual} model chunks")
     if layout.options["sp"] and cfg.seq % layout.size("act_seq"):
         raise ValueError(f"{cfg.name} on {layout.spec}: sequence parallelism splits seq={cfg.seq} "
                          f"{layout.size('act_seq')} ways; it must divide evenly")

@@ -27,6 +27,7 @@ from helix_jax.nn.transformer import Transformer
 
 Params = dict[str, Any]
 STAT_KEYS_MOE = ("dropped", "routed", "aux_loss", "z_loss")
+REMAT = ("none", "selective", "full")
 
 
 def _is_var(v) -> bool:
@@ -75,12 +76,15 @@ class Sharded:
     layout: Layout
     mesh: Mesh
     batch_chunks: int = 1
+    remat: str = "none"  # activation recompute in training: none | selective | full
 
     @classmethod
     def build(cls, cfg: ModelConfig, layout: Layout, devices=None,
-              batch_chunks: int = 1) -> Sharded:
+              batch_chunks: int = 1, remat: str = "none") -> Sharded:
         layout.validate(cfg)
-        sharded = cls(cfg, layout, layout.make_mesh(devices), batch_chunks)
+        if remat not in REMAT:
+            raise ValueError(f"remat={remat!r} is not one of {', '.join(REMAT)}")
+        sharded = cls(cfg, layout, layout.make_mesh(devices), batch_chunks, remat)
         rows = cfg.batch // layout.size(*sharded.rest_axes) if sharded.rest_axes else cfg.batch
         if batch_chunks < 1 or rows % batch_chunks:
             shards = layout.size(*sharded.rest_axes) if sharded.rest_axes else 1
@@ -122,7 +126,7 @@ class Sharded:
     @property
     def comm(self) -> Comm:
         rules = {**self.layout.rules, "spread": self.spread_axes}
-        return Comm(dataclasses.replace(self.layout, rules=rules))
+        return Comm(dataclasses.replace(self.layout, rules=rules), remat=self.remat)
 
     @property
     def param_specs(self) -> Params:
@@ -142,6 +146,16 @@ class Sharded:
     @property
     def x_sharding(self) -> NamedSharding:
         return NamedSharding(self.mesh, self.x_spec)
+
+    @property
+    def input_spec(self) -> P:
+        """The model input's sharding: embeddings like `x_spec`; tokens [B, S] by batch only (the
+        embedding needs whole sequences; under sequence parallelism it scatters them)."""
+        return P(self.x_spec[0], None) if self.cfg.vocab else self.x_spec
+
+    @property
+    def input_sharding(self) -> NamedSharding:
+        return NamedSharding(self.mesh, self.input_spec)
 
     @property
     def stats_specs(self) -> dict[str, P]:
@@ -180,23 +194,51 @@ class Sharded:
     def forward_fn(self):
         """(params, x) -> (y, stats), jit-compiled; y [B, S, D] in the compute dtype."""
         body = jax.shard_map(self.local_forward, mesh=self.mesh,
-                             in_specs=(self.param_specs, self.x_spec),
+                             in_specs=(self.param_specs, self.input_spec),
                              out_specs=(self.x_spec, self.stats_specs))
-        return jax.jit(body, in_shardings=(self.param_shardings, self.x_sharding),
+        return jax.jit(body, in_shardings=(self.param_shardings, self.input_sharding),
                        out_shardings=(self.x_sharding,
                                       jax.tree.map(lambda s: NamedSharding(self.mesh, s),
                                                    self.stats_specs)))
 
+    def local_token_loss(self, params: Params, tokens: jax.Array, labels: jax.Array):
+        """Per device: tokens and labels [b, S] -> cross-entropy per token [b, S], and stats."""
+        model, comm = nnx.merge(graphdef(self.cfg), params), self.comm
+        h, stats = model(tokens, comm)
+        return model.loss(h, labels, comm), stats
+
+    def token_loss_fn(self):
+        """(params, tokens, labels) -> (cross-entropy per token [B, S] float32, stats); models with
+        a vocabulary only, one batch chunk."""
+        if not self.cfg.vocab:
+            raise ValueError(f"{self.cfg.name} has no vocabulary (vocab = 0): it has no token loss")
+        spec = self.input_spec
+        return jax.shard_map(self.local_token_loss, mesh=self.mesh,
+                             in_specs=(self.param_specs, spec, spec),
+                             out_specs=(spec, self.stats_specs))
+
+    def abstract_params(self) -> Params:
+        """Parameters as ShapeDtypeStructs with this layout's shardings."""
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            param_shapes(self.cfg), self.param_shardings)
+
+    def abstract_input(self, batch: int | None = None) -> jax.ShapeDtypeStruct:
+        """The model input as a ShapeDtypeStruct: tokens [B, S] int32 or embeddings [B, S, D]."""
+        shape = (batch or self.cfg.batch, self.cfg.seq)
+        if self.cfg.vocab:
+            return jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.input_sharding)
+        return jax.ShapeDtypeStruct(shape + (self.cfg.d_model,), jnp.dtype(self.cfg.dtype),
+                                    sharding=self.input_sharding)
+
     def abstract_inputs(self) -> tuple[Params, jax.ShapeDtypeStruct]:
         """Parameters and input as ShapeDtypeStructs with shardings: compile without allocating."""
-        shapes = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                              param_shapes(self.cfg), self.param_shardings)
-        x = jax.ShapeDtypeStruct((self.cfg.batch, self.cfg.seq, self.cfg.d_model),
-                                 jnp.dtype(self.cfg.dtype), sharding=self.x_sharding)
-        return shapes, x
+        return self.abstract_params(), self.abstract_input()
 
 
 def random_input(cfg: ModelConfig, seed: int) -> jax.Array:
-    """The input embeddings drawn from `seed`: [B, S, D] float32, N(0, 1)."""
+    """The input drawn from `seed`: embeddings [B, S, D] float32 N(0, 1), or with a vocabulary
+    tokens [B, S] int32 uniform over it."""
     key = jax.random.fold_in(jax.random.key(seed), 1)
+    if cfg.vocab:
+        return jax.random.randint(key, (cfg.batch, cfg.seq), 0, cfg.vocab, jnp.int32)
     return jax.random.normal(key, (cfg.batch, cfg.seq, cfg.d_model), jnp.float32)

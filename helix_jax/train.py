@@ -64,26 +64,160 @@ def optimizer(tc: TrainConfig) -> optax.GradientTransformation:
                                    mask=decay_mask))
 
 
+def _loss(sharded: Sharded, params, inputs, targets):
+    """The training loss of one batch and its metrics: cross-entropy against `targets` (labels)
+    for a model with a vocabulary, else the mean squared error against `targets` [B, S, D]; plus
+    the Switch load-balancing loss for MoE models."""
+    cfg = sharded.cfg
+    if cfg.vocab:
+        per_token, stats = sharded.token_loss_fn()(params, inputs, targets)
+        main = jnp.mean(per_token)
+    else:
+        y, stats = sharded.forward_fn()(params, inputs)
+        main = jnp.mean(jnp.square(y.astype(jnp.float32) - targets.astype(jnp.float32)))
+    aux = jnp.mean(stats["aux_loss"]) if cfg.is_moe else jnp.float32(0)
+    metrics = {"ce" if cfg.vocab else "mse": main, "aux_loss": aux,
+               **{k: jnp.sum(v) for k, v in stats.items() if k in ("dropped", "routed")}}
+    return main + AUX_LOSS_WEIGHT * aux, metrics
+
+
+def accumulation_steps(sharded: Sharded) -> int:
+    """Gradient accumulation per step: the batch chunks, times the microbatches of a layout
+    whose `microbatches` option no pipeline uses (tp-pp with pp = 1)."""
+    mb = sharded.layout.options.get("microbatches", 1) if not sharded.layout.mesh_axes("layers") else 1
+    return sharded.batch_chunks * mb
+
+
+def train_step_fn(sharded: Sharded, tx: optax.GradientTransformation):
+    """(params, opt_state, inputs, targets) -> (params, opt_state, metrics), jit-compiled with
+    donated parameters and optimizer state: forward, backward (with the sharded model's remat),
+    gradient reduction over data replicas (the shard_map transpose emits it), accumulation over
+    `accumulation_steps` chunks of the batch, global-norm clipping and the optimizer update.
+    The same program runs in `helix train` and is compiled abstractly by `helix project --mode
+    train`."""
+    k = accumulation_steps(sharded)
+    cfg = sharded.cfg
+    if cfg.batch % k:
+        raise ValueError(f"{cfg.name} on {sharded.layout.spec}: batch {cfg.batch} is not "
+                         f"divisible into {k} accumulation steps")
+    inner = dataclasses.replace(sharded, cfg=cfg.replace(batch=cfg.batch // k), batch_chunks=1)
+    data_spec = sharded.input_spec
+    mesh = sharded.mesh
+
+    def chunked(a):  # [B, ...] -> [k, B/k, ...] with each device keeping its own rows
+        a = a.reshape(a.shape[0] // k, k, *a.shape[1:]).swapaxes(0, 1)
+        spec = P(None, data_spec[0], *([None] * (a.ndim - 2)))
+        return jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec))
+
+    def step(params, opt_state, inputs, targets):
+        grad_fn = jax.value_and_grad(lambda p, x, t: _loss(inner, p, x, t), has_aux=True)
+        if k == 1:
+            (loss, metrics), grads = grad_fn(params, inputs, targets)
+        else:
+            def acc(total, batch):
+                (loss, metrics), g = grad_fn(params, *batch)
+                return jax.tree.map(jnp.add, total, g), (loss, metrics)
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            grads, (loss, metrics) = jax.lax.scan(acc, zeros, (chunked(inputs), chunked(targets)))
+            grads = jax.tree.map(lambda g: g / k, grads)
+            loss = loss.mean()
+            metrics = {n: v.sum() if n in ("dropped", "routed") else v.mean()
+                       for n, v in metrics.items()}
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
+
+    return step
+
+
+def optimizer_shardings(sharded: Sharded, tx: optax.GradientTransformation):
+    """Optimizer state follows the parameters' shardings; its counters are replicated. (jit of
+    tx.init would otherwise put the moments on one device: see docs/jax-notes.md.)"""
+    abstract = jax.eval_shape(tx.init, param_shapes(sharded.cfg))
+    return optax.tree_utils.tree_map_params(
+        tx, lambda _, s: s, abstract, sharded.param_shardings,
+        transform_non_params=lambda _: NamedSharding(sharded.mesh, P()))
+
+
+def target_struct(sharded: Sharded, batch: int | None = None) -> jax.ShapeDtypeStruct:
+    """What the loss compares the model with: labels [B, S] int32 (vocabulary) or [B, S, D]."""
+    return sharded.abstract_input(batch) if sharded.cfg.vocab else jax.ShapeDtypeStruct(
+        (batch or sharded.cfg.batch, sharded.cfg.seq, sharded.cfg.d_model), jnp.float32,
+        sharding=sharded.input_sharding)
+
+
+def compile_train_step(sharded: Sharded, tc: TrainConfig | None = None):
+    """The train step compiled for abstract arguments (nothing allocated): for projections."""
+    tx = optimizer(tc or TrainConfig(steps=1))
+    opt_sh = optimizer_shardings(sharded, tx)
+    params = sharded.abstract_params()
+    opt = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                       jax.eval_shape(tx.init, param_shapes(sharded.cfg)), opt_sh)
+    replicated = NamedSharding(sharded.mesh, P())
+    jitted = jax.jit(train_step_fn(sharded, tx), donate_argnums=(0, 1),
+                     out_shardings=(sharded.param_shardings, opt_sh, replicated))
+    return jitted.lower(params, opt, sharded.abstract_input(), target_struct(sharded)).compile()
+
+
+def compile_grad_step(sharded: Sharded, params_in_compute_dtype: bool = False):
+    """Forward and backward of one batch (no accumulation, no update), compiled abstractly: what
+    one pipeline stage runs for one microbatch, for composed projections.
+
+    `params_in_compute_dtype`: take the parameters in the model's dtype (the 16-bit copy that
+    mixed-precision trainers such as Megatron keep beside the f32 masters), so the program holds
+    no per-use conversion of the masters; its gradients come out in that dtype."""
+    params = sharded.abstract_params()
+    if params_in_compute_dtype:
+        dt = jnp.dtype(sharded.cfg.dtype)
+        params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dt, sharding=s.sharding),
+                              params)
+
+    def grads(params, inputs, targets):
+        return jax.value_and_grad(lambda p: _loss(sharded, p, inputs, targets)[0])(params)
+
+    return jax.jit(grads, out_shardings=(NamedSharding(sharded.mesh, P()),
+                                         sharded.param_shardings)).lower(
+        params, sharded.abstract_input(), target_struct(sharded)).compile()
+
+
+def compile_update(sharded: Sharded, tc: TrainConfig | None = None):
+    """The optimizer update alone (clip + AdamW on this layout's shards), compiled abstractly."""
+    tx = optimizer(tc or TrainConfig(steps=1))
+    opt_sh = optimizer_shardings(sharded, tx)
+    params = sharded.abstract_params()
+    opt = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                       jax.eval_shape(tx.init, param_shapes(sharded.cfg)), opt_sh)
+
+    def update(params, opt_state, grads):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return jax.jit(update, donate_argnums=(0, 1),
+                   out_shardings=(sharded.param_shardings, opt_sh)).lower(
+        params, opt, params).compile()
+
+
+def copy_task_labels(tokens: jax.Array) -> jax.Array:
+    """Labels of the synthetic token task: each position predicts the previous token (0 first)."""
+    return jnp.concatenate([jnp.zeros_like(tokens[:, :1]), tokens[:, :-1]], axis=1)
+
+
 class Trainer:
     """Parameters and optimizer state sharded by the layout, and a jitted train step."""
 
     def __init__(self, sharded: Sharded, tc: TrainConfig):
         self.sharded, self.tc, self.cfg = sharded, tc, sharded.cfg
         self.tx = optimizer(tc)
-        mesh = sharded.mesh
         self.param_sh = sharded.param_shardings
-        replicated = NamedSharding(mesh, P())
-        abstract = jax.eval_shape(self.tx.init, param_shapes(self.cfg))
-        # Optimizer state follows the parameters' shardings; its counters are replicated. (jit of
-        # tx.init would otherwise put the moments on one device: see docs/jax-notes.md.)
-        self.opt_sh = optax.tree_utils.tree_map_params(
-            self.tx, lambda _, s: s, abstract, self.param_sh,
-            transform_non_params=lambda _: replicated)
-        self.data_sh = sharded.x_sharding
-        self._step = jax.jit(self._train_step, donate_argnums=(0, 1),
-                             in_shardings=(self.param_sh, self.opt_sh, self.data_sh),
+        replicated = NamedSharding(sharded.mesh, P())
+        self.opt_sh = optimizer_shardings(sharded, self.tx)
+        self.data_sh = sharded.input_sharding
+        self._step = jax.jit(train_step_fn(sharded, self.tx), donate_argnums=(0, 1),
+                             in_shardings=(self.param_sh, self.opt_sh, self.data_sh,
+                                           self.data_sh),
                              out_shardings=(self.param_sh, self.opt_sh, replicated))
-        self._batch = jax.jit(self._make_batch, out_shardings=self.data_sh)
+        self._batch = jax.jit(self._make_batch, out_shardings=(self.data_sh, self.data_sh))
 
     def init(self):
         params = self.sharded.init(self.tc.seed)
@@ -91,31 +225,23 @@ class Trainer:
         return params, opt_state
 
     def _make_batch(self, position):
+        """The batch at data `position`: inputs and what the loss compares the model with."""
         key = jax.random.fold_in(jax.random.key(self.tc.seed + 1), position)
         c = self.cfg
-        return jax.random.normal(key, (c.batch, c.seq, c.d_model), jnp.float32)
-
-    def loss(self, params, x):
-        y, stats = self.sharded.forward_fn()(params, x)
-        mse = jnp.mean(jnp.square(y.astype(jnp.float32) - teacher(x)))
-        aux = jnp.mean(stats["aux_loss"]) if self.cfg.is_moe else jnp.float32(0)
-        return mse + AUX_LOSS_WEIGHT * aux, {"mse": mse, "aux_loss": aux, **{
-            k: jnp.sum(v) for k, v in stats.items() if k in ("dropped", "routed")}}
-
-    def _train_step(self, params, opt_state, x):
-        (loss, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(params, x)
-        updates, opt_state = self.tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
+        if c.vocab:
+            tokens = jax.random.randint(key, (c.batch, c.seq), 0, c.vocab, jnp.int32)
+            return tokens, copy_task_labels(tokens)
+        x = jax.random.normal(key, (c.batch, c.seq, c.d_model), jnp.float32)
+        return x, teacher(x)
 
     def step(self, params, opt_state, position: int):
-        return self._step(params, opt_state, self._batch(position))
+        return self._step(params, opt_state, *self._batch(position))
 
     def compile(self, params, opt_state) -> None:
         """Compile the step ahead of running it, then wait for every process to have done so."""
         from helix_jax import distributed
 
-        self._step = self._step.lower(params, opt_state, self._batch(0)).compile()
+        self._step = self._step.lower(params, opt_state, *self._batch(0)).compile()
         distributed.barrier("train step compiled")
 
     def state_target(self):

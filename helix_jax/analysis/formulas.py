@@ -26,7 +26,7 @@ def forward_flops_per_token(cfg: ModelConfig) -> float:
     D, hd, F, S = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.d_ff, cfg.seq
     attention = 4 * S * hd * (0.5 if cfg.causal else 1.0)
     ffn = 4 * D * F * (cfg.top_k if cfg.is_moe else 1) + (2 * D * cfg.n_experts if cfg.is_moe else 0)
-    return cfg.n_layers * (8 * D * hd + attention + ffn)
+    return cfg.n_layers * (8 * D * hd + attention + ffn) + 2 * D * cfg.vocab  # + the LM head
 
 
 def visible_block_pairs(seq_q: int, seq_k: int, q_block: int, kv_block: int, causal: bool) -> int:

@@ -16,7 +16,19 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Hardware:
-    """One GPU type in one cluster. `flops_per_s` is the achieved matrix rate used for pricing."""
+    """One GPU type in one cluster. `flops_per_s` is the achieved matrix rate used for pricing.
+
+    The fields after `notes` are optional refinements, each 0 or empty when a profile has no
+    measurement for it (the simpler model then applies, see docs/cost-model.md):
+      sm_count, mm_tile_m, mm_tile_n   GEMM tile x wave quantization (analysis/roofline.py)
+      attention_flops_per_s            achieved rate of a fused attention kernel
+      allreduce_busbw                  measured all-reduce bus bandwidth inside a node, as
+                                       ((bytes, busbw bytes/s), ...) by message size
+      busbw_max_other                  the bus bandwidth cap of the other collectives in a node
+      latency_small_s                  the time of a small collective (the curve's floor)
+      nic_bytes_per_s                  achieved per-GPU network rate between nodes
+      sources                          field name -> where its value comes from
+    """
 
     name: str
     flops_per_s: float
@@ -29,6 +41,23 @@ class Hardware:
     latency_nvlink_s: float
     latency_ib_s: float
     notes: str = ""
+    sm_count: int = 0
+    mm_tile_m: int = 0
+    mm_tile_n: int = 0
+    attention_flops_per_s: float = 0.0
+    allreduce_busbw: tuple[tuple[float, float], ...] = ()
+    busbw_max_other: float = 0.0
+    latency_small_s: float = 0.0
+    nic_bytes_per_s: float = 0.0
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    @property
+    def measured_links(self) -> bool:
+        """Whether collectives are priced from measured curves (hierarchically across nodes)."""
+        return bool(self.allreduce_busbw and self.nic_bytes_per_s)
 
     def node_of(self, device: int) -> int:
         """Node of a mesh position, with positions filling nodes in order."""
@@ -65,10 +94,71 @@ HARDWARE: dict[str, Hardware] = {
                "900 GB/s total = 450 GB/s per direction; one 400 Gb/s InfiniBand NIC per GPU = "
                "50 GB/s per direction. A DGX H100 has 8 GPUs per node: load a file with "
                "gpus_per_node = 8 for that. " + _LATENCY_NOTE)),
+    "dgx-h100": Hardware(
+        name="dgx-h100", flops_per_s=792.1e12, peak_flops_per_s=989e12, hbm_bytes_per_s=3.0e12,
+        nvlink_bytes_per_s=370e9, ib_bytes_per_s=50e9, gpus_per_node=8, hbm_capacity_bytes=80e9,
+        latency_nvlink_s=3e-6, latency_ib_s=10e-6,
+        notes="DGX H100: 8 x H100 SXM 80 GB per node on NVSwitch, 8 x 400 Gb/s NICs per node. "
+              "Collectives from nccl-tests measurements, hierarchical across nodes.",
+        sm_count=132, mm_tile_m=128, mm_tile_n=256, attention_flops_per_s=600e12,
+        allreduce_busbw=((1 << 20, 67e9), (16 << 20, 237e9), (64 << 20, 362e9),
+                         (128 << 20, 401e9), (1 << 30, 466e9), (8 << 30, 480e9)),
+        busbw_max_other=370e9, latency_small_s=15e-6, nic_bytes_per_s=40e9,
+        sources={
+            "flops_per_s": "MAMF (maximum achievable matmul FLOPS) of H100 SXM, bf16: 792.1 "
+                           "TFLOP/s (S. Bekman, ml-engineering, compute/accelerator, MAMF table)",
+            "peak_flops_per_s": "H100 SXM datasheet: 989 TFLOP/s dense bf16/fp16",
+            "hbm_bytes_per_s": "measured about 3.0 TB/s of the 3.35 TB/s HBM3 datasheet peak",
+            "sm_count": "H100 SXM: 132 SMs (NVIDIA Hopper architecture whitepaper)",
+            "mm_tile_m": "GEMM tile/wave quantization: NVIDIA Matrix Multiplication Background "
+                         "User's Guide (tile sizes such as 128x256 on Hopper)",
+            "attention_flops_per_s": "FlashAttention-3 (Shah et al. 2024): 600+ TFLOP/s bf16 "
+                                     "forward on H100 at head dim 128",
+            "allreduce_busbw": "nccl-tests all_reduce_perf on one DGX H100 node (NVIDIA "
+                               "dgxc-benchmarking sample output): 67 GB/s at 1 MiB, 237 at 16 "
+                               "MiB, 362 at 64 MiB, 401 at 128 MiB, 466 at 1 GiB, ~480 at 8 GiB",
+            "busbw_max_other": "NCCL effective NVLink bandwidth ~370 GB/s without NVLink SHARP "
+                               "(NCCL maintainer, NVIDIA/nccl-tests issue 212)",
+            "latency_small_s": "nccl-tests small-message all_reduce on DGX H100: 13-17 us",
+            "nic_bytes_per_s": "one 400 Gb/s ConnectX-7 per GPU = 50 GB/s; about 36-45 GB/s "
+                               "achieved point to point",
+        }),
+    "dgx-a100": Hardware(
+        name="dgx-a100", flops_per_s=267.9e12, peak_flops_per_s=312e12, hbm_bytes_per_s=1.8e12,
+        nvlink_bytes_per_s=230e9, ib_bytes_per_s=25e9, gpus_per_node=8, hbm_capacity_bytes=80e9,
+        latency_nvlink_s=3e-6, latency_ib_s=10e-6,
+        notes="DGX A100: 8 x A100 SXM 80 GB per node on NVSwitch, 8 x 200 Gb/s HDR per node. "
+              "Collectives from nccl-tests measurements, hierarchical across nodes.",
+        sm_count=108, mm_tile_m=256, mm_tile_n=128, attention_flops_per_s=190e12,
+        allreduce_busbw=((1 << 20, 57.4e9), (16 << 20, 176.6e9), (64 << 20, 197.1e9),
+                         (128 << 20, 201.0e9), (1 << 30, 204.6e9), (8 << 30, 204.9e9)),
+        busbw_max_other=200e9, latency_small_s=10e-6, nic_bytes_per_s=22e9,
+        sources={
+            "flops_per_s": "MAMF of A100 SXM, bf16: 267.9 TFLOP/s (S. Bekman, ml-engineering, "
+                           "compute/accelerator, MAMF table)",
+            "peak_flops_per_s": "A100 SXM datasheet: 312 TFLOP/s dense bf16/fp16",
+            "hbm_bytes_per_s": "about 90% of the 2.039 TB/s HBM2e datasheet peak (the measured "
+                               "fraction of the H100 figure, 3.0 of 3.35)",
+            "sm_count": "A100: 108 SMs (NVIDIA Ampere architecture whitepaper)",
+            "mm_tile_m": "NVIDIA Matrix Multiplication Background User's Guide: 256x128 tiles "
+                         "on A100's 108 SMs in its quantization examples",
+            "attention_flops_per_s": "FlashAttention-2 (Dao 2023): up to ~190 TFLOP/s forward + "
+                                     "backward on A100 at head dim 128",
+            "allreduce_busbw": "nccl-tests all_reduce_perf on 8 x A100 SXM 80 GB with NVSwitch: "
+                               "~200 GB/s busbw at 1 GiB (NVIDIA/nccl-tests issue 149); other "
+                               "sizes from t = 23 us + 2(n-1)/n V / 205 GB/s (an assumption: the "
+                               "DGX H100 curve's effective latency at 1 MiB)",
+            "busbw_max_other": "ring bus bandwidth of NVLink 3 (about 200 GB/s measured)",
+            "latency_small_s": "nccl-tests small all_reduce on A100 SXM: ~10 us (NVIDIA/nccl "
+                               "issue 583)",
+            "nic_bytes_per_s": "one 200 Gb/s HDR per GPU = 25 GB/s; ~85 GB/s per 4 HDR measured "
+                               "across A100 nodes (NVIDIA/nccl-tests issue 119) = ~21-24 per GPU",
+        }),
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Hardware)}
-_OPTIONAL = {"name", "notes"}
+_OPTIONAL = {"name", "notes", "sm_count", "mm_tile_m", "mm_tile_n", "attention_flops_per_s",
+             "allreduce_busbw", "busbw_max_other", "latency_small_s", "nic_bytes_per_s", "sources"}
 
 
 def _from_mapping(data: dict, default_name: str, source: str) -> Hardware:
@@ -79,14 +169,41 @@ def _from_mapping(data: dict, default_name: str, source: str) -> Hardware:
     if missing:
         raise ValueError(f"{source}: missing hardware fields {missing}")
     values = {"name": str(data.get("name", default_name)), "notes": str(data.get("notes", ""))}
-    for key in set(_FIELDS) - _OPTIONAL:
+    numbers = (set(_FIELDS) - _OPTIONAL) | (set(data) & {
+        "sm_count", "mm_tile_m", "mm_tile_n", "attention_flops_per_s", "busbw_max_other",
+        "latency_small_s", "nic_bytes_per_s"})
+    for key in numbers:
         v = data[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ValueError(f"{source}: field {key!r} must be a number, got {v!r}")
-        if v < 0 or (v == 0 and not key.startswith("latency")):
+        required = key not in _OPTIONAL and not key.startswith("latency")
+        if v < 0 or (v == 0 and required):
             raise ValueError(f"{source}: field {key!r} must be positive, got {v!r}")
-        values[key] = int(v) if key == "gpus_per_node" else float(v)
+        values[key] = int(v) if key in ("gpus_per_node", "sm_count", "mm_tile_m", "mm_tile_n") \
+            else float(v)
+    if "allreduce_busbw" in data:
+        curve = data["allreduce_busbw"]
+        ok = isinstance(curve, list) and all(
+            isinstance(p, list) and len(p) == 2 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in p)
+            for p in curve)
+        if not ok or not curve:
+            raise ValueError(f"{source}: allreduce_busbw must be a list of [bytes, busbw] pairs "
+                             f"of positive numbers, got {curve!r}")
+        values["allreduce_busbw"] = tuple(sorted((float(b), float(w)) for b, w in curve))
+    if "sources" in data:
+        if not isinstance(data["sources"], dict):
+            raise ValueError(f"{source}: sources must be a table of field = \"where it comes "
+                             f"from\"")
+        values["sources"] = {str(k): str(v) for k, v in data["sources"].items()}
     return Hardware(**values)
+
+
+def hardware_to_dict(hw: Hardware) -> dict:
+    """The profile as plain data (JSON/TOML-ready): what `load_hardware` reads back."""
+    out = dataclasses.asdict(hw)
+    out["allreduce_busbw"] = [list(p) for p in hw.allreduce_busbw]
+    return out
 
 
 def load_hardware(name_or_path: str | Path) -> Hardware:

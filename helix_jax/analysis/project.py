@@ -2,13 +2,22 @@
 price that cost on a hardware profile.
 
 Nothing is allocated: parameters and input are ShapeDtypeStructs. Per device, the program gives
-matmul FLOPs (loop trip counts applied), memory (arguments + outputs + temp − aliased) and every
-collective with its group, payload and executions. Each collective's link (NVLink or InfiniBand)
-follows from its replica groups and the layout's placement of mesh positions on nodes.
+matmul FLOPs (loop trip counts applied), its kernels (a roofline each: `roofline`), memory
+(arguments + outputs + temp − aliased) and every collective with its group, payload and
+executions. Each collective's link (NVLink or InfiniBand) follows from its replica groups and the
+layout's placement of mesh positions on nodes.
 
-Timing model (stated in the README): compute = matmul FLOPs / the profile's achieved rate;
-collectives cost the ring formulas of `pricing`; they are exposed (not overlapped with compute)
-except the all-to-alls of `ep:chunks=K`, of which (K−1)/K can hide behind expert compute.
+Modes: `forward` compiles the forward pass; `train` the whole training step (forward, backward,
+gradient reduction over data replicas, gradient accumulation, AdamW). A training step of tp-pp
+with pp > 1 or dp > 1 (Megatron's pipeline and distributed optimizer), or of a layout larger than
+MAX_WHOLE_DEVICES, is composed instead
+(`compose.py`): one stage's forward+backward for one microbatch on one data replica is compiled,
+and the schedule, the pipeline sends and the data-parallel reduction are extended by formula.
+
+Timing model (docs/cost-model.md): compute = the sum of the kernels' roofline times; collectives
+cost `pricing`; they are exposed except the all-to-alls of `ep:chunks=K` ((K−1)/K can hide behind
+expert compute) and, in training, the data-parallel gradient/parameter collectives, which hide
+behind the backward (forward) compute of the last (first) accumulation step.
 """
 
 from __future__ import annotations
@@ -23,13 +32,16 @@ from helix_jax.analysis.formulas import DTYPE_BYTES, expected_comm_bytes, forwar
 from helix_jax.analysis.hardware import Hardware
 from helix_jax.analysis.hlo import collectives
 from helix_jax.analysis.pricing import collective_time, crosses_nodes
+from helix_jax.analysis.roofline import compute_time
 from helix_jax.config import ModelConfig
 from helix_jax.layouts import Layout
 
 _FOUR_BYTE = {"f32", "s32", "u32"}
+MODES = ("forward", "train")
+MAX_WHOLE_DEVICES = 64  # larger layouts are composed from one data replica in training
 
 
-def _build(cfg: ModelConfig, layout: Layout, batch_chunks: int):
+def _build(cfg: ModelConfig, layout: Layout, batch_chunks: int, remat: str = "none"):
     """The sharded model (ValueError when this chunking does not fit the batch)."""
     from helix_jax.devices import devices_for
     from helix_jax.model import Sharded
@@ -38,12 +50,16 @@ def _build(cfg: ModelConfig, layout: Layout, batch_chunks: int):
     if len(devices) < layout.devices:
         raise RuntimeError(f"{layout.spec} needs {layout.devices} devices; jax has "
                            f"{len(devices)}. Run through `helix project` (it sets up host devices).")
-    return Sharded.build(cfg, layout, devices=devices, batch_chunks=batch_chunks)
+    return Sharded.build(cfg, layout, devices=devices, batch_chunks=batch_chunks, remat=remat)
 
 
-def _compile(cfg: ModelConfig, layout: Layout, batch_chunks: int):
-    sharded = _build(cfg, layout, batch_chunks)
-    return sharded, sharded.forward_fn().lower(*sharded.abstract_inputs()).compile()
+def compile_program(sharded, mode: str):
+    """The program of `mode` for this sharded model, compiled for abstract inputs."""
+    if mode == "forward":
+        return sharded.forward_fn().lower(*sharded.abstract_inputs()).compile()
+    from helix_jax.train import compile_train_step
+
+    return compile_train_step(sharded)
 
 
 def chunk_candidates(cfg: ModelConfig, layout: Layout) -> list[int]:
@@ -57,7 +73,8 @@ def chunk_candidates(cfg: ModelConfig, layout: Layout) -> list[int]:
 
 
 def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
-        progress: Callable[[str], None] | None = None):
+        progress: Callable[[str], None] | None = None, mode: str = "forward",
+        remat: str = "none"):
     """The fewest batch chunks whose program fits `capacity_bytes` per device; when none fits,
     the most chunked one (its memory is reported, and `fits` is false).
 
@@ -66,7 +83,7 @@ def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
     valid = []
     for k in chunk_candidates(cfg, layout):
         try:
-            valid.append(_build(cfg, layout, k))
+            valid.append(_build(cfg, layout, k, remat))
         except ValueError:  # this chunking does not divide the batch or its microbatches
             continue
     if not valid:
@@ -75,7 +92,7 @@ def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
 
     def memory(i: int) -> float:
         if i not in compiled:
-            program = valid[i].forward_fn().lower(*valid[i].abstract_inputs()).compile()
+            program = compile_program(valid[i], mode)
             compiled[i] = (program, read_memory(program)["total_bytes"])
             if progress:
                 progress(f"{layout.spec}: batch_chunks={valid[i].batch_chunks} -> "
@@ -94,16 +111,33 @@ def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
     return valid[hi], compiled[hi][0]
 
 
+def axis_groups(layout: Layout, axes: tuple[str, ...]) -> set[frozenset[int]]:
+    """The device groups (mesh positions) that vary only along `axes`."""
+    groups: dict[tuple, set[int]] = defaultdict(set)
+    for p in range(layout.devices):
+        coords, rest = [], p
+        for n in reversed(layout.mesh_shape):
+            coords.append(rest % n)
+            rest //= n
+        coords = coords[::-1]
+        key = tuple(c for a, c in zip(layout.axis_names, coords) if a not in axes)
+        groups[key].add(p)
+    return {frozenset(g) for g in groups.values()}
+
+
 def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) -> dict:
     """Every collective of the compiled program `hlo`, grouped and priced on `hw`.
 
     Returns {"rows": [...], "comm": {"nvlink", "ib"} bytes, "seconds": all collectives,
-    "hidden": seconds that `ep:chunks=K` may overlap (before the cap by expert compute)}.
+    "hidden": seconds that `ep:chunks=K` may overlap (before the cap by expert compute),
+    "data_seconds": the collectives over data replicas only (gradient reduction, FSDP gathers)}.
     """
     placed = dataclasses.replace(layout, gpus_per_node=hw.gpus_per_node)
+    data_axes = layout.mesh_axes("batch", "fsdp")
+    data = axis_groups(layout, data_axes) if data_axes else set()
     rows: dict[tuple, dict] = {}
     comm = {"nvlink": 0.0, "ib": 0.0}
-    total = hidden = 0.0
+    total = hidden = data_seconds = 0.0
     for c in collectives(hlo):
         if c.group_size <= 1:
             continue
@@ -116,78 +150,165 @@ def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) 
         if c.op == "all-to-all" and layout.options.get("chunks", 1) > 1:
             k = layout.options["chunks"]
             hidden += seconds * (k - 1) / k
-        key = (c.op, dtype, c.group_size, link, c.payload_bytes)
+        over_data = bool(data) and c.op != "all-to-all" and all(
+            frozenset(g) in data for g in c.replica_groups) and bool(c.replica_groups)
+        data_seconds += seconds if over_data else 0.0
+        key = (c.op, dtype, c.group_size, link, c.payload_bytes, over_data)
         row = rows.setdefault(key, {"op": c.op, "dtype": dtype, "group_size": c.group_size,
                                     "count": 0, "payload_bytes_per_device": c.payload_bytes,
-                                    "link": link, "seconds": 0.0})
+                                    "link": link, "seconds": 0.0, "data_parallel": over_data})
         row["count"] += c.trip_count
         row["seconds"] += seconds
     return {"rows": sorted(rows.values(), key=lambda r: -r["seconds"]), "comm": comm,
-            "seconds": total, "hidden": hidden, "intra_node_axes": placed.intra_node_axes()}
+            "seconds": total, "hidden": hidden, "data_seconds": data_seconds,
+            "intra_node_axes": placed.intra_node_axes()}
 
 
-def _timing(cfg: ModelConfig, layout: Layout, hw: Hardware, flops: float, priced: dict) -> dict:
+def model_flops_per_token(cfg: ModelConfig, mode: str) -> float:
+    """Model FLOPs per token for MFU: the forward pass (causal attention counted at S/2 keys), or
+    in training 3x the forward with non-causal attention and no recompute (Megatron's convention)."""
+    if mode == "train":
+        return 3 * forward_flops_per_token(cfg.replace(causal=False))
+    return forward_flops_per_token(cfg)
+
+
+def overlap_exposed(seconds: float, window: float, floor_fraction: float) -> float:
+    """Exposed part of communication that can run behind `window` seconds of compute; at least
+    `floor_fraction` of it (the last bucket, which has nothing left to hide behind)."""
+    return max(seconds - window, seconds * floor_fraction, 0.0)
+
+
+def _timing(cfg: ModelConfig, layout: Layout, hw: Hardware, compute: dict, priced: dict,
+            mode: str, accumulation: int = 1) -> dict:
     """Step time = compute + exposed communication, and what follows from it."""
     tokens = cfg.batch * cfg.seq
-    compute_seconds = flops / hw.flops_per_s
+    compute_seconds = compute["seconds"]
     hidden = priced["hidden"]
     if hidden:  # overlap can hide at most the expert compute (its matmul share of the FLOPs)
         expert = 4 * cfg.d_model * cfg.d_ff * cfg.top_k * cfg.n_layers * tokens / layout.devices
         hidden = min(hidden, expert * cfg.capacity_factor / hw.flops_per_s)
-    exposed = priced["seconds"] - hidden
+    data = priced["data_seconds"] if mode == "train" else 0.0
+    data_exposed = 0.0
+    if data:  # behind the backward of the last accumulation step (2/3 of its compute)
+        data_exposed = overlap_exposed(data, compute_seconds / accumulation * 2 / 3,
+                                       1 / cfg.n_layers)
+    exposed = priced["seconds"] - hidden - data + data_exposed
     step = compute_seconds + exposed
     return {
         "step_seconds": step,
         "compute_seconds": compute_seconds,
+        "compute_breakdown": {k: compute[k] for k in ("matmul_seconds", "attention_seconds",
+                                                      "memory_seconds")},
         "comm_seconds": priced["seconds"],
         "exposed_comm_seconds": exposed,
+        "data_parallel_comm_seconds": data,
+        "data_parallel_exposed_seconds": data_exposed,
         "tokens_per_s": tokens / step,
-        "mfu": forward_flops_per_token(cfg) * tokens / step / (layout.devices * hw.peak_flops_per_s),
+        "mfu": model_flops_per_token(cfg, mode) * tokens / step / (
+            layout.devices * hw.peak_flops_per_s),
         "tpot_ms": step / cfg.seq * 1e3,
     }
 
 
+def score_blocks(cfg: ModelConfig, layout: Layout) -> set[tuple[int, int]]:
+    """(q_block, kv_block) of the attention's score blocks on this layout (for `roofline`)."""
+    from helix_jax.nn.attention import block_size
+
+    m = layout.size("head_dim") if layout.options.get("core") == "seq_a2a" else 1
+    return {(block_size(cfg.seq // m, cfg.q_block), block_size(cfg.seq, cfg.kv_block))}
+
+
 def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | None = None,
-            progress: Callable[[str], None] | None = None) -> dict:
+            progress: Callable[[str], None] | None = None, mode: str = "forward",
+            remat: str = "none") -> dict:
     """The full read-out and projection of `cfg` on `layout` priced on `hw` (see module doc)."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     layout.validate(cfg)
+    composed = layout.kind == "tp-pp" and (layout.size("layers") > 1 or layout.size("batch") > 1)
+    if mode == "train" and (composed or layout.devices > MAX_WHOLE_DEVICES):
+        from helix_jax.analysis.compose import project_composed
+
+        return project_composed(cfg, layout, hw, remat=remat, progress=progress)
     # XLA:CPU widens bf16 collectives to f32; fp16 has the same bytes and FLOPs and is kept as is.
     analysed = cfg.replace(dtype="float16") if cfg.dtype == "bfloat16" else cfg
     if batch_chunks is None:
-        sharded, compiled = fit(analysed, layout, hw.hbm_capacity_bytes, progress)
+        sharded, compiled = fit(analysed, layout, hw.hbm_capacity_bytes, progress, mode, remat)
     else:
-        sharded, compiled = _compile(analysed, layout, batch_chunks)
+        sharded = _build(analysed, layout, batch_chunks, remat)
+        compiled = compile_program(sharded, mode)
+    return read_out(cfg, layout, hw, sharded, compiled, mode)
+
+
+def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled, mode: str) -> dict:
+    """Everything read off one compiled program, priced: the projection's JSON."""
     hlo = compiled.as_text()
     flops = matmul_flops(hlo)
     memory = read_memory(compiled)
+    compute = compute_time(hlo, hw, DTYPE_BYTES[cfg.dtype], score_blocks(cfg, layout))
     priced = price_collectives(hlo, cfg, layout, hw)
     by_op: dict[str, float] = defaultdict(float)
     for r in priced["rows"]:
         by_op[r["op"]] += r["payload_bytes_per_device"] * r["count"]
+    from helix_jax.train import accumulation_steps
+
+    accumulation = accumulation_steps(sharded) if mode == "train" else 1
     return {
         "model": cfg.name,
         "layout": layout.spec,
         "hardware": hw.name,
+        "mode": mode,
+        "remat": sharded.remat,
         "devices": layout.devices,
         "mesh": layout.axis_sizes,
         "batch": cfg.batch,
         "seq": cfg.seq,
         "dtype": cfg.dtype,
         "batch_chunks": sharded.batch_chunks,
+        "accumulation_steps": accumulation,
         "tokens_per_step": cfg.batch * cfg.seq,
+        "compiled": f"the whole {mode} program of all {layout.devices} devices",
+        "extended_by_formula": [],
         "flops_per_device": flops["flops"],
         "flops_note": ("upper bound: runtime-skipped causal blocks counted"
                        if flops.get("conditionals") else "exact"),
-        "model_flops_per_token": forward_flops_per_token(cfg),
+        "model_flops_per_token": model_flops_per_token(cfg, mode),
+        "mfu_convention": ("3 x forward, attention non-causal, recompute excluded (Megatron)"
+                           if mode == "train" else "forward, causal attention at S/2 keys"),
         "memory_bytes_per_device": memory["total_bytes"],
         "memory": memory,
         "fits": memory["total_bytes"] <= hw.hbm_capacity_bytes,
         "collectives": priced["rows"],
         "comm_bytes_per_device": priced["comm"],
         "comm_bytes_by_op": dict(by_op),
-        "expected_comm_bytes_by_op": expected_comm_bytes(
-            analysed, layout, sharded.batch_chunks, sharded.spread_axes),
-        "projected": _timing(cfg, layout, hw, flops["flops"], priced),
+        "expected_comm_bytes_by_op": (expected_comm_bytes(
+            cfg.replace(dtype="float16") if cfg.dtype == "bfloat16" else cfg, layout,
+            sharded.batch_chunks, sharded.spread_axes) if mode == "forward" else {}),
+        "projected": _timing(cfg, layout, hw, compute, priced, mode, accumulation),
+        "pricing": pricing_terms(hw),
         "intra_node_axes": priced["intra_node_axes"],
         "bytes_per_element": DTYPE_BYTES[cfg.dtype],
     }
+
+
+def pricing_terms(hw: Hardware) -> dict:
+    """Which hardware constant each term of the projection uses, with its published source."""
+    src = hw.sources
+    def term(field: str, value) -> dict:
+        return {"field": field, "value": value, "source": src.get(field, hw.notes or "profile")}
+    terms = {
+        "matmul kernels": term("flops_per_s", hw.flops_per_s),
+        "attention kernels": term("attention_flops_per_s",
+                                  hw.attention_flops_per_s or hw.flops_per_s),
+        "memory-bound kernels": term("hbm_bytes_per_s", hw.hbm_bytes_per_s),
+        "GEMM quantization": term("sm_count", hw.sm_count),
+        "MFU peak": term("peak_flops_per_s", hw.peak_flops_per_s),
+    }
+    if hw.measured_links:
+        terms["collectives in a node"] = term("allreduce_busbw", [list(p) for p in hw.allreduce_busbw])
+        terms["collectives across nodes"] = term("nic_bytes_per_s", hw.nic_bytes_per_s)
+        terms["small collectives"] = term("latency_small_s", hw.latency_small_s)
+    else:
+        terms["collectives in a node"] = term("nvlink_bytes_per_s", hw.nvlink_bytes_per_s)
+        terms["collectives across nodes"] = term("ib_bytes_per_s", hw.ib_bytes_per_s)
+    return terms

@@ -129,8 +129,14 @@ class Attention(nnx.Module):
         dt = h.dtype
         q, k, v = (jnp.einsum("bsD,Dhk->bshk", h, w[...].astype(dt))
                    for w in (self.wq, self.wk, self.wv))
-        o = attention_core(q * jnp.asarray(self.scale, dt), k, v, comm,
-                           core=comm.option("core", "score_psum"), causal=self.causal,
-                           q_block=self.blocks[0], kv_block=self.blocks[1])
+        def core(q, k, v):
+            with jax.named_scope("attention_core"):  # one fused kernel on a GPU: see roofline
+                return attention_core(q, k, v, comm, core=comm.option("core", "score_psum"),
+                                      causal=self.causal, q_block=self.blocks[0],
+                                      kv_block=self.blocks[1])
+
+        if comm.remat == "selective":  # keep q, k, v and o; recompute scores and softmax
+            core = jax.checkpoint(core)
+        o = core(q * jnp.asarray(self.scale, dt), k, v)
         partial = jnp.einsum("bshk,hkD->bsD", o, self.wo[...].astype(dt))
         return comm.reduce_out(partial, "heads", "head_dim")

@@ -15,6 +15,7 @@ from helix_jax.config import ModelConfig
 from helix_jax.nn.attention import Attention
 from helix_jax.nn.mlp import MLP
 from helix_jax.nn.norm import LayerNorm
+from helix_jax.nn.vocab import Embed, LMHead
 
 Stats = dict[str, jax.Array]
 
@@ -72,15 +73,23 @@ def gather_fsdp(module: nnx.Module, comm: Comm) -> nnx.Module:
 
 
 class Transformer(nnx.Module):
-    """Embeddings [B, S, D] -> final hidden states [B, S, D], plus per-layer stats (MoE)."""
+    """Embeddings [B, S, D] (or tokens [B, S] with a vocabulary) -> final hidden states [B, S, D],
+    plus per-layer stats (MoE). With a vocabulary, `loss` turns hidden states and labels into the
+    cross-entropy per token."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         with nnx.use_eager_sharding(False):  # layouts place the parameters, not creation
+            if cfg.vocab:
+                self.embed = Embed(cfg, rngs=rngs)
             self.layers = stack_modules([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
             self.final_ln = LayerNorm(cfg.d_model, cfg.ln_eps)
+            if cfg.vocab:
+                self.head = LMHead(cfg, rngs=rngs)
         self.dtype = cfg.dtype
 
     def __call__(self, x: jax.Array, comm: Comm) -> tuple[jax.Array, Stats]:
+        if hasattr(self, "embed"):
+            x = gather_fsdp(self.embed, comm)(x, comm, self.dtype)
         x = x.astype(self.dtype)
         if comm.axes("layers"):
             from helix_jax.parallel.pipeline import gpipe
@@ -96,4 +105,11 @@ class Transformer(nnx.Module):
         def layer(h, s):
             return gather_fsdp(nnx.merge(graphdef, s), comm)(h, comm)
 
+        if comm.remat == "full":  # keep only each layer's input; recompute its forward
+            layer = jax.checkpoint(layer)
         return jax.lax.scan(layer, x, state)
+
+    def loss(self, h: jax.Array, labels: jax.Array, comm: Comm) -> jax.Array:
+        """Final hidden states [B, S, D] (sequence-sharded under SP) and labels [B, S] -> the
+        cross-entropy of each token [B, S], float32."""
+        return gather_fsdp(self.head, comm)(comm.gather_seq(h), labels, comm)

@@ -68,7 +68,7 @@ def measure(cfg: ModelConfig, layout: Layout, warmup: int = 2, repeat: int = 5, 
             f"{max_host_bytes / 1e9:g} GB")
 
     params = sharded.init(seed) if params is None else sharded.place(params)
-    x = jax.device_put(random_input(cfg, seed), sharded.x_sharding)
+    x = jax.device_put(random_input(cfg, seed), sharded.input_sharding)
     jax.block_until_ready((params, x))
 
     for _ in range(warmup):

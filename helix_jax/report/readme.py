@@ -1,8 +1,10 @@
-"""The README's "What the numbers say" block, written from `results/reproduce.json`.
+"""The README's blocks of numbers, written from the committed results: "What the numbers say"
+from `results/reproduce.json` and "How accurate are the projections?" from
+`results/validation.json`.
 
-The README keeps the block between two markers; `python -m helix_jax.report.readme` rewrites it
-from the committed report, and the test suite fails when the two disagree, so the README never
-quotes a number that the last `helix reproduce` did not produce.
+The README keeps each block between two markers; `python -m helix_jax.report.readme` rewrites them
+from the committed reports, and the test suite fails when they disagree, so the README never
+quotes a number that the last run did not produce.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from helix_jax.report.fmt import gb, num
 from helix_jax.report.ranking import fastest_that_fits
 
 START, END = "<!-- numbers:start -->", "<!-- numbers:end -->"
+VALIDATION_START, VALIDATION_END = "<!-- validation:start -->", "<!-- validation:end -->"
 ROWS = {"dense": ("tp-pp", "helix", "helix:core=seq_a2a", "dp"),
         "moe": ("tp-pp", "ep", "ep:chunks=4")}
 LABELS = {"tp-pp": "(baseline)", "helix": "(the paper's score_psum core)"}
@@ -30,7 +33,8 @@ def _comm_by_group(row: dict, op: str) -> dict[int, float]:
     out: dict[int, float] = {}
     for c in row["projection_detail"]["collectives"]:
         if c["op"] == op:
-            out[c["group_size"]] = out.get(c["group_size"], 0.0) + c["payload_bytes_per_device"] * c["count"]
+            size = c["payload_bytes_per_device"] * c["count"]
+            out[c["group_size"]] = out.get(c["group_size"], 0.0) + size
     return out
 
 
@@ -83,14 +87,43 @@ def numbers_block(report: dict) -> str:
     return "\n".join(lines)
 
 
-def update(readme: Path, report: dict) -> bool:
-    """Rewrite the block in `readme`; True when it changed."""
+def validation_block(report: dict) -> str:
+    """The Markdown of the accuracy block: the summary and one line per measured row."""
+    s = report["summary"]
+    lines = [f"From `results/validation.json` (regenerate with `python "
+             f"experiments/validate_measured.py`): over {s['rows']} published training-step "
+             f"measurements the projected step is off by {s['median_abs_error']:.1%} at the median "
+             f"and {s['worst_abs_error']:.1%} at worst. The naive model that prices every row at "
+             f"the mean MFU of the others is off by {s['constant_mfu_median_abs_error']:.1%} at "
+             f"the median and {s['constant_mfu_worst_abs_error']:.1%} at worst.", "",
+             "| measured row | hardware | measured s | projected s | error | constant MFU error |",
+             "|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['label']} ({r['source'].split(',')[0]}) | {r['hardware']} | "
+                     f"{r['measured']:.2f} | {r['projected_step_s']:.2f} | {r['error']:+.1%} | "
+                     f"{r['constant_mfu_error']:+.1%} |")
+    return "\n".join(lines)
+
+
+def _replace(text: str, start: str, end: str, body: str, where: Path) -> str:
+    if start not in text or end not in text:
+        raise ValueError(f"{where}: no {start} ... {end} block to rewrite")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+def block(text: str, start: str, end: str) -> str:
+    """The text between two markers (stripped)."""
+    return text.split(start, 1)[1].split(end, 1)[0].strip()
+
+
+def update(readme: Path, report: dict, validation: dict | None = None) -> bool:
+    """Rewrite the blocks in `readme`; True when it changed."""
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{readme}: no {START} ... {END} block to rewrite")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n{numbers_block(report)}\n{END}{tail}"
+    new = _replace(text, START, END, numbers_block(report), readme)
+    if validation is not None:
+        new = _replace(new, VALIDATION_START, VALIDATION_END, validation_block(validation), readme)
     if new != text:
         readme.write_text(new)
     return new != text
@@ -100,9 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readme", default="README.md")
     parser.add_argument("--report", default="results/reproduce.json")
+    parser.add_argument("--validation", default="results/validation.json")
     args = parser.parse_args(argv)
-    changed = update(Path(args.readme), json.loads(Path(args.report).read_text()))
-    print(f"{args.readme}: {'rewritten' if changed else 'already up to date'} from {args.report}")
+    validation = Path(args.validation)
+    changed = update(Path(args.readme), json.loads(Path(args.report).read_text()),
+                     json.loads(validation.read_text()) if validation.is_file() else None)
+    print(f"{args.readme}: {'rewritten' if changed else 'already up to date'} from {args.report}"
+          + (f" and {validation}" if validation.is_file() else ""))
     return 0
 
 

@@ -1,0 +1,313 @@
+"""Kernel-level time of a compiled program: a roofline per kernel, read off the HLO.
+
+Each top-level instruction of the program (a fusion, a dot, a copy, ...) is one kernel, run as
+often as its computation runs (loop trip counts applied, as for FLOPs). Its time is
+
+    matmul kernels    max(FLOPs / (rate x quantization efficiency), bytes / HBM bandwidth)
+    other kernels     bytes read and written / HBM bandwidth
+
+`rate` is the profile's achieved rate of large matmuls (`flops_per_s`), or of a fused attention
+kernel (`attention_flops_per_s`) for the dots inside the attention core. The quantization
+efficiency is NVIDIA's tile x wave model of a GEMM: output tiles of `mm_tile` elements, one tile
+per SM at a time, so a GEMM whose tiles do not fill the last wave of `sm_count` SMs, or whose
+dimensions are not multiples of the tile, wastes the rest.
+
+Three kinds of kernel in a program compiled for CPU would not exist on a GPU, and are left out:
+the converts and transposes XLA:CPU puts around a dot (its op_name ends in `dot_general`: cuBLAS
+reads the operands as they are), the elementwise work inside the attention core (a fused,
+flash-style kernel keeps it on chip: op_name under `attention_core`), and matmul operands that
+XLA:CPU widened to f32 (bytes are counted at the model's element size).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+
+from helix_jax.analysis.hlo_module import HloModule, Instruction, array_bytes, attribute, parse_arrays
+
+ATTENTION_SCOPE = "attention_core"  # jax.named_scope around the attention core (nn/attention.py)
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional",
+         "call", "after-all", "partition-id", "replica-id", "opt-barrier", "add-dependency",
+         "copy-start", "copy-done", "send", "recv", "send-done", "recv-done", "domain"}
+_COLLECTIVE = re.compile(r"^(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute|"
+                         r"collective-broadcast|ragged-all-to-all)(-start|-done)?$|^async-")
+_SLICERS = {"dynamic-slice", "slice", "gather"}
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel of the program: what it is, how often it runs, its FLOPs, bytes and time."""
+
+    name: str
+    kind: str  # matmul | attention | memory
+    runs: int
+    flops: float  # per run
+    bytes: float  # per run
+    seconds: float  # per run
+
+
+def _dims(attrs: str, key: str) -> tuple[int, ...]:
+    value = attribute(attrs, key)
+    return tuple(int(d) for d in re.findall(r"\d+", value)) if value else ()
+
+
+def gemm_shape(mod: HloModule, dot: Instruction) -> tuple[int, int, int, int]:
+    """(batch, m, n, k) of a dot: batch dims, lhs free, rhs free and contracting sizes."""
+    lhs, rhs = (a[0][1] for a in mod.operand_arrays(dot)[:2])
+    lb, lc = _dims(dot.attrs, "lhs_batch_dims"), _dims(dot.attrs, "lhs_contracting_dims")
+    rb, rc = _dims(dot.attrs, "rhs_batch_dims"), _dims(dot.attrs, "rhs_contracting_dims")
+    batch = math.prod(lhs[d] for d in lb)
+    k = math.prod(lhs[d] for d in lc)
+    m = math.prod(s for d, s in enumerate(lhs) if d not in lb and d not in lc)
+    n = math.prod(s for d, s in enumerate(rhs) if d not in rb and d not in rc)
+    return batch, m, n, k
+
+
+def quantization_efficiency(batch: int, m: int, n: int, tile: tuple[int, int],
+                            sm_count: int) -> float:
+    """Useful share of the tile x wave grid of a GEMM (1 for a GEMM that fills every wave)."""
+    if sm_count <= 0:
+        return 1.0
+    tm, tn = tile
+    tiles_m, tiles_n = math.ceil(m / tm), math.ceil(n / tn)
+    tiles = batch * tiles_m * tiles_n
+    waves = math.ceil(tiles / sm_count)
+    tile_eff = (m * n) / (tiles_m * tm * tiles_n * tn)
+    return tile_eff * tiles / (waves * sm_count)
+
+
+class _Program:
+    """The HLO module with the maps the kernel walk needs."""
+
+    def __init__(self, text: str, narrow: int | None = None):
+        self.narrow = narrow
+        self.mod = HloModule(text)
+        self.runs = self.mod.executions()
+        self.fused = {c for ins in self.mod.instructions() if ins.opcode == "fusion"
+                      for _, c in self.mod.called(ins)}
+
+    def op_name(self, ins: Instruction) -> str:
+        m = _OP_NAME.search(ins.attrs)
+        return m.group(1) if m else ""
+
+    def body(self, ins: Instruction) -> list[Instruction]:
+        calls = [c for k, c in self.mod.called(ins) if k == "calls"]
+        return self.mod.computations.get(calls[0], []) if calls else []
+
+    def operand_bytes(self, ins: Instruction) -> list[int]:
+        return [_bytes(arrays, self.narrow) for arrays in self.mod.operand_arrays(ins)]
+
+
+def _bytes(arrays, narrow: int | None) -> int:
+    """Bytes of arrays; with `narrow`, f32 arrays count `narrow` bytes per element."""
+    return sum(math.prod(s) * narrow if narrow and d == "f32" else array_bytes(d, s)
+               for d, s in arrays)
+
+
+def _result_bytes(ins: Instruction, narrow: int | None = None) -> int:
+    return _bytes(parse_arrays(ins.shape), narrow)
+
+
+def _io_bytes(prog: _Program, ins: Instruction) -> float:
+    """Bytes a memory-bound kernel reads and writes: operands plus results, where a slice reads
+    only what it takes and an in-place update writes only the update."""
+    narrow = prog.narrow
+    if ins.opcode in _SLICERS:
+        return 2.0 * _result_bytes(ins, narrow)
+    operands = prog.operand_bytes(ins)
+    if ins.opcode == "dynamic-update-slice":
+        return 2.0 * operands[1]
+    if ins.opcode != "fusion":
+        return float(sum(operands) + _result_bytes(ins, narrow))
+    body = prog.body(ins)
+    params = {i.name: int(i.operands[0][0]) for i in body  # `parameter(3)` -> operand "3"
+              if i.opcode == "parameter" and i.operands and i.operands[0][0].isdigit()}
+    users: dict[str, list[Instruction]] = defaultdict(list)
+    for i in body:
+        for name, _ in i.operands:
+            users[name].append(i)
+    total = 0.0
+    in_place: set[int] = set()
+    root = body[-1] if body else None
+    roots = [root] if root is not None and root.opcode != "tuple" else [
+        i for i in body if root is not None and i.name in {n for n, _ in root.operands}]
+    update_bytes = 0.0
+    for r in roots:
+        if r is not None and r.opcode == "dynamic-update-slice" and r.operands:
+            buf = r.operands[0][0]
+            if buf in params:
+                in_place.add(params[buf])
+                update_bytes += _bytes(prog.mod.operand_arrays(r)[1], narrow)
+    for name, idx in params.items():
+        if idx in in_place or idx >= len(operands):
+            continue
+        uses = users.get(name, [])
+        if uses and all(u.opcode in _SLICERS for u in uses):
+            total += sum(_result_bytes(u, narrow) for u in uses)
+        else:
+            total += operands[idx]
+    result = update_bytes if in_place else _result_bytes(ins, narrow)
+    return total + result
+
+
+_LAYOUT_OPS = {"parameter", "transpose", "copy", "convert", "bitcast", "reshape", "broadcast",
+               "constant", "dynamic-slice", "slice"}
+
+
+
+def _is_layout_only(prog: _Program, ins: Instruction) -> bool:
+    """A kernel that only moves, converts or re-lays out its input (a copy, a transpose): XLA:CPU
+    emits these in front of its matmuls, cuBLAS reads the operands where they are."""
+    if ins.opcode in ("copy", "transpose", "convert"):
+        return True
+    return ins.opcode == "fusion" and all(i.opcode in _LAYOUT_OPS for i in prog.body(ins))
+
+
+def _is_store(prog: _Program, ins: Instruction) -> bool:
+    """A kernel that only stores a value into a loop's stacked buffer (`lax.scan` saving an
+    activation for the backward pass): on a GPU the value's producer writes it in place. Scalar
+    index arithmetic aside, it may only move or convert data."""
+    if ins.opcode == "dynamic-update-slice":
+        return True
+    body = prog.body(ins) if ins.opcode == "fusion" else []
+    if not body or body[-1].opcode != "dynamic-update-slice":
+        return False
+    moving = {"parameter", "constant", "bitcast", "reshape", "convert", "dynamic-update-slice",
+              "broadcast", "copy", "transpose"}
+    return all(i.opcode in moving or all(math.prod(d) <= 1 for _, d in parse_arrays(i.shape))
+               for i in body)
+
+
+def _dot_of(prog: _Program, ins: Instruction) -> Instruction | None:
+    if ins.opcode == "dot":
+        return ins
+    if ins.opcode == "fusion":
+        return next((i for i in prog.body(ins) if i.opcode == "dot"), None)
+    return None
+
+
+def _touches_blocks(prog: _Program, ins: Instruction, blocks: set[tuple[int, int]]) -> bool:
+    """Whether the kernel reads or writes an attention score block ([..., q_block, kv_block])."""
+    arrays = parse_arrays(ins.shape) + [a for ops in prog.mod.operand_arrays(ins) for a in ops]
+    return any(len(d) >= 2 and tuple(d[-2:]) in blocks for _, d in arrays)
+
+
+def kernels(hlo_text: str, hw, elem_bytes: int,
+            score_blocks: set[tuple[int, int]] = frozenset(),
+            f32_as_model_dtype: bool = True) -> list[Kernel]:
+    """Every kernel of the program with its per-run time on `hw` (see the module doc).
+
+    `score_blocks`: the (q_block, kv_block) shapes of the attention's score blocks; memory
+    kernels on such arrays (softmax, masks, and the blocks saved for the backward pass) belong to
+    the fused attention kernel and are left out, whatever op_name XLA kept for them.
+    `f32_as_model_dtype`: in a 16-bit model, count the f32 arrays of memory-bound kernels at the
+    model's element size: XLA:CPU keeps intermediates (LayerNorm statistics, upcasts) in f32
+    between kernels where a GPU's fused kernels keep them in registers. Off for programs whose
+    f32 arrays are real (the optimizer update of f32 masters and moments).
+    """
+    narrow = elem_bytes if f32_as_model_dtype and elem_bytes < 4 else None
+    prog = _Program(hlo_text, narrow)
+    tile = (getattr(hw, "mm_tile_m", 128) or 128, getattr(hw, "mm_tile_n", 128) or 128)
+    sms = getattr(hw, "sm_count", 0)
+    attn_rate = getattr(hw, "attention_flops_per_s", 0) or hw.flops_per_s
+    out = []
+    for comp, instrs in prog.mod.computations.items():
+        if comp in prog.fused:
+            continue
+        runs, _ = prog.runs.get(comp, (1, True))
+        found: dict[str, Kernel] = {}
+        dot_inputs = {n for i in instrs if _dot_of(prog, i) is not None for n, _ in i.operands}
+        attention_loop = any(
+            (d := _dot_of(prog, i)) is not None and (
+                ATTENTION_SCOPE in prog.op_name(i) or _touches_blocks(prog, d, score_blocks))
+            for i in instrs)
+        for ins in instrs:
+            if ins.opcode in _FREE or _COLLECTIVE.match(ins.opcode):
+                continue
+            op = prog.op_name(ins)
+            dot = _dot_of(prog, ins)
+            attention = ATTENTION_SCOPE in op or (
+                dot is not None and _touches_blocks(prog, dot, score_blocks))
+            if dot is None and (op.endswith("dot_general") or attention or attention_loop
+                                or _touches_blocks(prog, ins, score_blocks)
+                                or (ins.name in dot_inputs and _is_layout_only(prog, ins))
+                                or _is_store(prog, ins)):
+                continue  # CPU plumbing around a dot, or fused into the attention kernel
+            if dot is not None:
+                b, m, n, k = gemm_shape(prog.mod, dot)
+                flops = 2.0 * b * m * n * k
+                nbytes = float(b * (m * k + k * n + m * n) * elem_bytes)
+                rate = attn_rate if attention else hw.flops_per_s
+                eff = quantization_efficiency(b, m, n, tile, sms)
+                seconds = max(flops / (rate * eff), nbytes / hw.hbm_bytes_per_s)
+                found[ins.name] = Kernel(ins.name, "attention" if attention else "matmul", runs,
+                                         flops, nbytes, seconds)
+                continue
+            nbytes = _io_bytes(prog, ins)
+            found[ins.name] = Kernel(ins.name, "memory", runs, 0.0, nbytes,
+                                     nbytes / hw.hbm_bytes_per_s)
+        out += _fuse_memory_kernels(prog, comp, found, hw.hbm_bytes_per_s)
+    return out
+
+
+def _fuse_memory_kernels(prog: _Program, comp: str, found: dict[str, Kernel],
+                         hbm_bytes_per_s: float) -> list[Kernel]:
+    """Merge chains of memory-bound kernels the way a GPU compiler fuses them: a memory kernel
+    whose result has a single user, itself a memory kernel, is fused into that user, so the
+    intermediate is neither written nor read back. Returns the kernels with merged groups."""
+    instrs = prog.mod.computations[comp]
+    users: dict[str, list[str]] = defaultdict(list)
+    for ins in instrs:
+        for name, _ in ins.operands:
+            users[name].append(ins.name)
+    by_name = {i.name: i for i in instrs}
+    parent = {n: n for n in found}
+
+    def root(n: str) -> str:
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    saved: dict[str, float] = defaultdict(float)
+    for name, k in found.items():
+        if k.kind != "memory":
+            continue
+        us = users.get(name, [])
+        if len(us) == 1 and us[0] in found and found[us[0]].kind == "memory":
+            edge = 2.0 * _result_bytes(by_name[name], prog.narrow)
+            a, b = root(name), root(us[0])
+            if a != b:
+                parent[a] = b
+                saved[b] += saved.pop(a, 0.0) + edge
+    groups: dict[str, list[Kernel]] = defaultdict(list)
+    for name, k in found.items():
+        groups[root(name) if k.kind == "memory" else name].append(k)
+    out = []
+    for head, ks in groups.items():
+        if len(ks) == 1:
+            out.append(ks[0])
+            continue
+        total = max(sum(k.bytes for k in ks) - saved.get(head, 0.0), 0.0)
+        out.append(Kernel(head, "memory", ks[0].runs, 0.0, total, total / hbm_bytes_per_s))
+    return out
+
+
+def compute_time(hlo_text: str, hw, elem_bytes: int,
+                 score_blocks: set[tuple[int, int]] = frozenset(),
+                 f32_as_model_dtype: bool = True) -> dict:
+    """Seconds per program run by kernel kind, and the HBM bytes of the memory-bound kernels."""
+    ks = kernels(hlo_text, hw, elem_bytes, score_blocks, f32_as_model_dtype)
+    by_kind: dict[str, float] = defaultdict(float)
+    for k in ks:
+        by_kind[k.kind] += k.seconds * k.runs
+    return {"seconds": sum(by_kind.values()),
+            "matmul_seconds": by_kind["matmul"],
+            "attention_seconds": by_kind["attention"],
+            "memory_seconds": by_kind["memory"],
+            "memory_bytes": sum(k.bytes * k.runs for k in ks if k.kind == "memory"),
+            "kernels": len(ks)}
