@@ -273,6 +273,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from helix_jax.analysis.hardware import load_hardware
+
+    load_hardware(args.base)  # a clear error before any measuring
+    from helix_jax.calibrate import cmd_calibrate as run
+
+    return run(args)
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from helix_jax.devices import ensure_host_devices
 
@@ -337,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_reproduce_args(p)
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("calibrate", help="measure this machine's accelerator (matmul rates, memory "
+                       "bandwidth, attention kernels) and write a hardware profile")
+    p.add_argument("--out", default="calibrated.json", help="profile file to write (JSON)")
+    p.add_argument("--base", default="h100-sxm",
+                   help="profile whose links and node shape are copied (default h100-sxm)")
+    p.add_argument("--quick", action="store_true", help="small shapes (seconds, for CPUs)")
+    p.add_argument("--dtype", choices=DTYPES, help="matmul dtype (default: bfloat16, float32 on CPU)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs per measurement")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (median)")
+    p.set_defaults(func=cmd_calibrate)
 
     sub.add_parser("layouts", help="list the layouts").set_defaults(func=cmd_layouts)
     sub.add_parser("models", help="list the model presets").set_defaults(func=cmd_models)

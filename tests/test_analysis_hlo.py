@@ -281,7 +281,10 @@ def test_hardware_profiles_and_loading(tmp_path):
     assert "bidirectional" in paper.notes and load_hardware("h100-sxm").gpus_per_node == 4
     with pytest.raises(ValueError, match="h100-paper"):
         load_hardware("a100-nonexistent")
-    fields = {k: v for k, v in vars(paper).items() if k not in ("name", "notes")}
+    optional = ("name", "notes", "sm_count", "mm_tile_m", "mm_tile_n", "attention_flops_per_s",
+                "allreduce_busbw", "busbw_max_other", "latency_small_s", "nic_bytes_per_s",
+                "sources")
+    fields = {k: v for k, v in vars(paper).items() if k not in optional}
     good = tmp_path / "mine.json"
     good.write_text(json.dumps({**fields, "gpus_per_node": 8}))
     mine = load_hardware(good)

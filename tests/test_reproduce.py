@@ -81,6 +81,12 @@ def test_reproduce_writes_report(report):
         assert p["step_seconds"] == pytest.approx(p["compute_seconds"] + p["exposed_comm_seconds"])
         assert 0 < p["mfu"] <= 1
         assert r["claim"]["tokens_per_s"] > 0
+        t = r["projection_train"]  # the training step beside the forward pass
+        assert t["tokens_per_step"] == 64 * 10000 and t["step_seconds"] > p["step_seconds"]
+        if r["row"] == "helix":  # compiled whole: forward + backward = 3x the forward's matmuls
+            assert t["flops_per_device"] / p["flops_per_device"] == pytest.approx(3, rel=0.1)
+        else:  # tp-pp with pp = 2: composed from one stage, and it says so
+            assert t["extended_by_formula"]
         m = r["measured"]
         assert m["repeat"] == 1 and len(m["times_s"]) == 1 and m["output_finite"]
         assert m["tokens_per_s_median"] == pytest.approx(16 * 32 / m["median_s"])

@@ -224,3 +224,24 @@ def test_bad_training_inputs_are_one_line_errors(args, message, tmp_path):
     import re
 
     assert re.search(message, r.stderr), r.stderr
+
+
+def test_calibrate_writes_a_profile_that_projects(tmp_path):
+    """`helix calibrate --quick` on this CPU: measured rates, sources that say so, and a profile
+    that `helix project --hardware FILE` accepts."""
+    import json
+
+    out = tmp_path / "cal.json"
+    r = subprocess.run([sys.executable, "-m", "helix_jax.cli", "calibrate", "--quick", "--out",
+                        str(out), "--repeat", "2", "--warmup", "1"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    hw = load_hardware(out)
+    assert hw.flops_per_s == max(data["measurements"]["matmul_flops_per_s"].values()) > 0
+    assert hw.hbm_bytes_per_s > 0 and hw.attention_flops_per_s > 0
+    assert "helix calibrate" in hw.sources["flops_per_s"]
+    assert set(data["measurements"]["attention_flops_per_s"]) == {"score_psum", "qk_gather",
+                                                                  "seq_a2a"}
+    p = project(resolve_model("tiny-dense"), parse_layout("helix:m=2,n=2"), hw, batch_chunks=1)
+    assert p["projected"]["step_seconds"] > 0

@@ -157,12 +157,13 @@ HARDWARE: dict[str, Hardware] = {
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Hardware)}
+_IGNORED = {"measurements"}  # what `helix calibrate` keeps beside the profile, for the reader
 _OPTIONAL = {"name", "notes", "sm_count", "mm_tile_m", "mm_tile_n", "attention_flops_per_s",
              "allreduce_busbw", "busbw_max_other", "latency_small_s", "nic_bytes_per_s", "sources"}
 
 
 def _from_mapping(data: dict, default_name: str, source: str) -> Hardware:
-    unknown = sorted(set(data) - set(_FIELDS))
+    unknown = sorted(set(data) - set(_FIELDS) - _IGNORED)
     if unknown:
         raise ValueError(f"{source}: unknown hardware fields {unknown}; known: {sorted(_FIELDS)}")
     missing = sorted(set(_FIELDS) - _OPTIONAL - set(data))
@@ -187,7 +188,7 @@ def _from_mapping(data: dict, default_name: str, source: str) -> Hardware:
             isinstance(p, list) and len(p) == 2 and all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in p)
             for p in curve)
-        if not ok or not curve:
+        if not ok:
             raise ValueError(f"{source}: allreduce_busbw must be a list of [bytes, busbw] pairs "
                              f"of positive numbers, got {curve!r}")
         values["allreduce_busbw"] = tuple(sorted((float(b), float(w)) for b, w in curve))

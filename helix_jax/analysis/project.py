@@ -278,6 +278,15 @@ def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled, 
         "memory_bytes_per_device": memory["total_bytes"],
         "memory": memory,
         "fits": memory["total_bytes"] <= hw.hbm_capacity_bytes,
+        "fits_why": (f"{memory['total_bytes'] / 1e9:.1f} GB per device against "
+                     f"{hw.hbm_capacity_bytes / 1e9:.0f} GB: arguments (parameters"
+                     + (", optimizer state" if mode == "train" else "") + f", input) "
+                     f"{memory['argument_bytes'] / 1e9:.1f} GB + temporaries "
+                     f"{memory['temp_bytes'] / 1e9:.1f} GB ("
+                     + (f"activations kept for the backward of one of {accumulation} "
+                        f"accumulation steps of {cfg.batch // accumulation} sequences"
+                        if mode == "train" else f"one of {sharded.batch_chunks} batch chunks")
+                     + "; on CPU f32 upcasts make this err high)"),
         "collectives": priced["rows"],
         "comm_bytes_per_device": priced["comm"],
         "comm_bytes_by_op": dict(by_op),

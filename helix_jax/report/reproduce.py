@@ -117,8 +117,9 @@ def summarize_projection(p: dict) -> dict:
 def run_row(table: TableSpec, row: RowSpec, hw, *, measure: bool, warmup: int, repeat: int,
             trim: float, max_host_gb: float, project_overrides: dict | None = None,
             measure_overrides: dict | None = None, stage=lambda s: None,
-            params_cache: dict | None = None) -> dict:
-    """Projection and measurement of one row; errors are recorded, not raised."""
+            params_cache: dict | None = None, train: bool = True) -> dict:
+    """Projection (forward and, with `train`, a training step) and measurement of one row;
+    errors are recorded, not raised."""
     from helix_jax.analysis.project import project
     from helix_jax.config import resolve_model
     from helix_jax.layouts import parse_layout
@@ -142,6 +143,15 @@ def run_row(table: TableSpec, row: RowSpec, hw, *, measure: bool, warmup: int, r
         out["projection_detail"] = full
     except (ValueError, RuntimeError) as e:
         out["projection"], out["projection_error"] = None, str(e)
+    if train:
+        stage(f"{table.name} {row.layout}: projecting a training step")
+        try:
+            t = project(cfg, layout, hw, mode="train")
+            out["projection_train"] = {**summarize_projection(t), "fits_why": t.get("fits_why"),
+                                       "compiled": t["compiled"],
+                                       "extended_by_formula": t["extended_by_formula"]}
+        except (ValueError, RuntimeError) as e:
+            out["projection_train"], out["projection_train_error"] = None, str(e)
 
     out["measured"] = None
     if not measure:
@@ -172,7 +182,8 @@ def run_reproduce(out_dir: str | Path = "results", quick: bool = False,
                   measure: bool = True, warmup: int | None = None, repeat: int | None = None,
                   trim: float = 0.1, charts: bool = True, name: str = "reproduce",
                   max_host_gb: float = 8.0, project_overrides: dict | None = None,
-                  measure_overrides: dict | None = None, command: str | None = None) -> dict:
+                  measure_overrides: dict | None = None, command: str | None = None,
+                  train: bool = True) -> dict:
     """Build the report: every row of `tables` (restricted to layout specs in `rows` if given),
     projected on `hardware` and measured on the local mesh; write JSON, Markdown and PNGs into
     `out_dir` as `<name>.*`; return the report as a dict.
@@ -218,7 +229,7 @@ def run_reproduce(out_dir: str | Path = "results", quick: bool = False,
             table, row, hw, measure=measure, trim=trim, max_host_gb=max_host_gb,
             project_overrides=project_overrides, measure_overrides=measure_overrides,
             stage=lambda s: bar.set_postfix_str(s, refresh=True), params_cache=params_cache,
-            **cfg_measure))
+            train=train, **cfg_measure))
     bar.close()
 
     projections = {(t, r["row"]): r["projection_detail"] for t, res in results.items()
@@ -433,6 +444,7 @@ def markdown(report: dict) -> str:
     ]
     for t in report["tables"].values():
         lines += _table_md(t, report)
+        lines += _train_md(t, report)
     lines += ["## Where the paper's figures cannot hold", "",
               ("Each statement is computed by `helix_jax/report/paper.py` from the claims, the model shapes, "
               "the hardware profile and (where marked) the compiled programs; the numbers are in "
@@ -453,6 +465,34 @@ def markdown(report: dict) -> str:
     if charts:
         lines += ["", "## Charts", ""] + [f"![{f}]({f})" for f in charts]
     return "\n".join(lines) + "\n"
+
+
+def _train_md(t: dict, report: dict) -> list[str]:
+    """The same layouts projected for a whole training step (forward beside it)."""
+    rows = [r for r in t["rows"] if "projection_train" in r]
+    if not rows:
+        return []
+    cap = gb(report["hardware"]["hbm_capacity_bytes"], 0)
+    lines = [f"Training step of **{t['model']}** (`helix project --mode train`: forward, backward, "
+             "gradient reduction, AdamW; no recompute), beside the forward pass:", "",
+             f"| layout | forward tokens/s | training tokens/s | training step s | training MFU "
+             f"| train / forward FLOPs | memory GB/device (fits {cap}) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p, f = r["projection_train"], r.get("projection")
+        if p is None:
+            lines.append(f"| `{r['row']}` | {num(f and f['tokens_per_s'])} | failed: "
+                         f"{r.get('projection_train_error', '')} | | | | |")
+            continue
+        ratio = p["flops_per_device"] / f["flops_per_device"] if f else None
+        lines.append(f"| `{r['row']}` | {num(f and f['tokens_per_s'])} | {num(p['tokens_per_s'])} "
+                     f"| {p['step_seconds']:.3g} | {p['mfu']:.1%} | {num(ratio)} | "
+                     f"{p['memory_gb']:.1f} ({num(p['fits'])}) |")
+    why = [f"`{r['row']}`: {r['projection_train']['fits_why']}" for r in rows
+           if r["projection_train"] and not r["projection_train"]["fits"]]
+    if why:
+        lines += ["", "Why a training step does not fit: " + "; ".join(why) + "."]
+    return lines + [""]
 
 
 def _table_md(t: dict, report: dict) -> list[str]:
@@ -522,6 +562,8 @@ def add_reproduce_args(parser: argparse.ArgumentParser) -> None:
                         help="skip the CPU runs of the small models (projections only)")
     parser.add_argument("--warmup", type=int, help="untimed runs before timing (default 2; quick 1)")
     parser.add_argument("--repeat", type=int, help="timed runs (default 5; quick 2)")
+    parser.add_argument("--no-train", dest="train", action="store_false",
+                        help="skip the training-step projections")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bar")
 
@@ -531,7 +573,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     tables = [t.strip() for t in args.tables.split(",") if t.strip()]
     report = run_reproduce(args.out, quick=args.quick, hardware=args.hardware,
                            progress=args.progress, tables=tables, measure=args.measure,
-                           warmup=args.warmup, repeat=args.repeat)
+                           warmup=args.warmup, repeat=args.repeat, train=args.train)
     for t in report["tables"].values():
         print(f"{t['model']} on {report['meta']['hardware']}:")
         for r in t["rows"]:
