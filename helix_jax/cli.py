@@ -237,9 +237,11 @@ def _check_output(path: str | None) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg, layout = _model_and_layout(args)
-    if layout.options.get("schedule", "gpipe") != "gpipe" or layout.options.get("virtual", 1) > 1:
-        raise ValueError(f"{layout.spec}: helix train runs the GPipe schedule; schedule=1f1b and "
-                         f"virtual=V are priced by `helix project --mode train` only")
+    o = layout.options
+    if o.get("schedule", "gpipe") != "gpipe" or o.get("virtual", 1) > 1 or o.get("tp_overlap"):
+        raise ValueError(f"{layout.spec}: helix train runs the GPipe schedule without overlap; "
+                         f"schedule=1f1b, virtual=V and tp_overlap are priced by `helix project "
+                         f"--mode train` only")
     if (rc := distributed.start(args, layout.devices)) is not None:
         return rc  # this process launched --num-processes local processes, which did the work
     from pathlib import Path
