@@ -104,22 +104,23 @@ def train_step_fn(sharded: Sharded, tx: optax.GradientTransformation):
     data_spec = sharded.input_spec
     mesh = sharded.mesh
 
-    def chunked(a):  # [B, ...] -> [k, B/k, ...] with each device keeping its own rows
-        a = a.reshape(a.shape[0] // k, k, *a.shape[1:]).swapaxes(0, 1)
-        spec = P(None, data_spec[0], *([None] * (a.ndim - 2)))
-        return jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec))
+    def chunk(a, i):  # rows i, i + k, i + 2k, ... of [B, ...]: each device keeps its own rows
+        a = a.reshape(a.shape[0] // k, k, *a.shape[1:])
+        a = jax.lax.with_sharding_constraint(
+            a, NamedSharding(mesh, P(data_spec[0], *([None] * (a.ndim - 1)))))
+        return jax.lax.dynamic_index_in_dim(a, i, axis=1, keepdims=False)
 
     def step(params, opt_state, inputs, targets):
         grad_fn = jax.value_and_grad(lambda p, x, t: _loss(inner, p, x, t), has_aux=True)
         if k == 1:
             (loss, metrics), grads = grad_fn(params, inputs, targets)
         else:
-            def acc(total, batch):
-                (loss, metrics), g = grad_fn(params, *batch)
+            def acc(total, i):
+                (loss, metrics), g = grad_fn(params, chunk(inputs, i), chunk(targets, i))
                 return jax.tree.map(jnp.add, total, g), (loss, metrics)
 
             zeros = jax.tree.map(jnp.zeros_like, params)
-            grads, (loss, metrics) = jax.lax.scan(acc, zeros, (chunked(inputs), chunked(targets)))
+            grads, (loss, metrics) = jax.lax.scan(acc, zeros, jnp.arange(k))
             grads = jax.tree.map(lambda g: g / k, grads)
             loss = loss.mean()
             metrics = {n: v.sum() if n in ("dropped", "routed") else v.mean()
@@ -143,8 +144,8 @@ def optimizer_shardings(sharded: Sharded, tx: optax.GradientTransformation):
 def target_struct(sharded: Sharded, batch: int | None = None) -> jax.ShapeDtypeStruct:
     """What the loss compares the model with: labels [B, S] int32 (vocabulary) or [B, S, D]."""
     return sharded.abstract_input(batch) if sharded.cfg.vocab else jax.ShapeDtypeStruct(
-        (batch or sharded.cfg.batch, sharded.cfg.seq, sharded.cfg.d_model), jnp.float32,
-        sharding=sharded.input_sharding)
+        (batch or sharded.cfg.batch, sharded.cfg.seq, sharded.cfg.d_model),
+        jnp.dtype(sharded.cfg.dtype), sharding=sharded.input_sharding)
 
 
 def compile_train_step(sharded: Sharded, tc: TrainConfig | None = None):
