@@ -179,12 +179,15 @@ def print_projection(r: dict) -> None:
     console.print(table)
     p, m, comm = r["projected"], r["memory"], r["comm_bytes_per_device"]
     fits = "fits" if r["fits"] else "[red]does NOT fit[/]"
+    if "argument_bytes" in m:  # read off the whole compiled program
+        memory = (f"args {gb(m['argument_bytes'])} + out {gb(m['output_bytes'])} + temp "
+                  f"{gb(m['temp_bytes'])} - alias {gb(m['alias_bytes'])}")
+    else:  # composed: by formula
+        memory = r["fits_why"].split(": ", 1)[-1]
     console.print(
         f"FLOPs/device  {r['flops_per_device']:.3e} ({r['flops_note']}); model FLOPs/token "
         f"{r['model_flops_per_token']:.3e}\n"
-        f"memory/device {gb(r['memory_bytes_per_device'])} ({fits}: args {gb(m['argument_bytes'])}"
-        f" + out {gb(m['output_bytes'])} + temp {gb(m['temp_bytes'])} - alias "
-        f"{gb(m['alias_bytes'])})\n"
+        f"memory/device {gb(r['memory_bytes_per_device'])} ({fits}: {memory})\n"
         f"comm/device   NVLink {gb(comm['nvlink'])}, InfiniBand {gb(comm['ib'])}\n"
         f"step          {p['step_seconds']:.3f} s = compute {p['compute_seconds']:.3f} s + exposed "
         f"comm {p['exposed_comm_seconds']:.3f} s (all comm {p['comm_seconds']:.3f} s)\n"

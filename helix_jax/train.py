@@ -148,13 +148,18 @@ def target_struct(sharded: Sharded, batch: int | None = None) -> jax.ShapeDtypeS
         jnp.dtype(sharded.cfg.dtype), sharding=sharded.input_sharding)
 
 
+def abstract_state(sharded: Sharded, tx: optax.GradientTransformation):
+    """(optimizer shardings, parameters, optimizer state) as sharded ShapeDtypeStructs."""
+    opt_sh = optimizer_shardings(sharded, tx)
+    opt = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                       jax.eval_shape(tx.init, param_shapes(sharded.cfg)), opt_sh)
+    return opt_sh, sharded.abstract_params(), opt
+
+
 def compile_train_step(sharded: Sharded, tc: TrainConfig | None = None):
     """The train step compiled for abstract arguments (nothing allocated): for projections."""
     tx = optimizer(tc or TrainConfig(steps=1))
-    opt_sh = optimizer_shardings(sharded, tx)
-    params = sharded.abstract_params()
-    opt = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                       jax.eval_shape(tx.init, param_shapes(sharded.cfg)), opt_sh)
+    opt_sh, params, opt = abstract_state(sharded, tx)
     replicated = NamedSharding(sharded.mesh, P())
     jitted = jax.jit(train_step_fn(sharded, tx), donate_argnums=(0, 1),
                      out_shardings=(sharded.param_shardings, opt_sh, replicated))
@@ -185,10 +190,7 @@ def compile_grad_step(sharded: Sharded, params_in_compute_dtype: bool = False):
 def compile_update(sharded: Sharded, tc: TrainConfig | None = None):
     """The optimizer update alone (clip + AdamW on this layout's shards), compiled abstractly."""
     tx = optimizer(tc or TrainConfig(steps=1))
-    opt_sh = optimizer_shardings(sharded, tx)
-    params = sharded.abstract_params()
-    opt = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                       jax.eval_shape(tx.init, param_shapes(sharded.cfg)), opt_sh)
+    opt_sh, params, opt = abstract_state(sharded, tx)
 
     def update(params, opt_state, grads):
         updates, opt_state = tx.update(grads, opt_state, params)

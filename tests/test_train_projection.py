@@ -86,30 +86,25 @@ DENSE = ("dp:dp=4", "dp:dp=4,fsdp=true", "tp-pp:tp=2,pp=2,microbatches=2",
          "helix:m=2,n=2,core=qk_gather,dp=2")
 
 
-@pytest.mark.parametrize("spec", DENSE)
-def test_train_step_on_every_layout_equals_single(spec):
+# MoE: no accumulation or pipeline here (the Switch loss of a chunk is not that of the batch).
+MOE = ("ep:ep=4", "helix-ep:m=2,n=2", "tp-pp:tp=2,pp=1,microbatches=1")
+TINY_MOE = {"batch": 8, "seq": 8, "capacity_factor": 16.0, "n_experts": 4}
+
+
+@pytest.mark.parametrize("model, spec", [("tiny-dense", s) for s in DENSE]
+                         + [("tiny-moe", s) for s in MOE])
+def test_train_step_on_every_layout_equals_single(model, spec):
     """One training step (loss, gradients, their reduction over replicas and accumulation, the
     update) gives the same parameters everywhere."""
-    cfg = resolve_model("tiny-dense").replace(batch=8, seq=16)
+    cfg = resolve_model(model).replace(**(TINY_MOE if model == "tiny-moe" else
+                                          {"batch": 8, "seq": 16}))
     params = Sharded.build(cfg, parse_layout("single")).init(0)
-    x = jax.random.normal(jax.random.key(1), (8, 16, cfg.d_model))
-    t = jax.random.normal(jax.random.key(2), (8, 16, cfg.d_model))
+    x = jax.random.normal(jax.random.key(1), (cfg.batch, cfg.seq, cfg.d_model))
+    t = jax.random.normal(jax.random.key(2), (cfg.batch, cfg.seq, cfg.d_model))
     ref, ref_m = _one_step(cfg, "single", params, x, t)
     got, got_m = _one_step(cfg, spec, params, x, t)
     chex.assert_trees_all_close(got, ref, rtol=2e-5, atol=2e-6)
     np.testing.assert_allclose(got_m["loss"], ref_m["loss"], rtol=1e-5)
-
-
-@pytest.mark.parametrize("spec", ("ep:ep=4", "helix-ep:m=2,n=2", "tp-pp:tp=2,pp=1,microbatches=1"))
-def test_train_step_of_moe_layouts_equals_single(spec):
-    """(No accumulation or pipeline here: the Switch loss of a chunk is not that of the batch.)"""
-    cfg = resolve_model("tiny-moe").replace(batch=8, seq=8, capacity_factor=16.0, n_experts=4)
-    params = Sharded.build(cfg, parse_layout("single")).init(0)
-    x = jax.random.normal(jax.random.key(1), (8, 8, cfg.d_model))
-    t = jax.random.normal(jax.random.key(2), (8, 8, cfg.d_model))
-    ref, _ = _one_step(cfg, "single", params, x, t)
-    got, _ = _one_step(cfg, spec, params, x, t)
-    chex.assert_trees_all_close(got, ref, rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("spec", ("tp-pp:tp=4,pp=1,sp=true", "helix:m=2,n=2", "dp:dp=2,fsdp=true"))
@@ -245,3 +240,23 @@ def test_calibrate_writes_a_profile_that_projects(tmp_path):
                                                                   "seq_a2a"}
     p = project(resolve_model("tiny-dense"), parse_layout("helix:m=2,n=2"), hw, batch_chunks=1)
     assert p["projected"]["step_seconds"] > 0
+
+
+def test_cli_projects_a_composed_training_step(gpt, tmp_path):
+    """The command a user types for a large layout: a model file, a pipelined, data-parallel,
+    interleaved layout on a measured profile, and a JSON with the headline fields."""
+    import json
+
+    out = tmp_path / "out.json"
+    r = subprocess.run([sys.executable, "-m", "helix_jax.cli", "project", "--model-file", str(gpt),
+                        "--layout", "tp-pp:tp=2,pp=2,dp=64,microbatches=4,schedule=1f1b,virtual=2",
+                        "--hardware", "dgx-a100", "--mode", "train", "--batch", "512", "--seq",
+                        "64", "--dtype", "float16", "--remat", "selective", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "extended by formula" in r.stdout and "memory/device" in r.stdout
+    d = json.loads(out.read_text())
+    assert d["devices"] == 256 and d["mode"] == "train" and d["remat"] == "selective"
+    assert {"step_seconds", "tokens_per_s", "mfu"} <= set(d["projected"])
+    assert d["memory_bytes_per_device"] > 0 and isinstance(d["fits"], bool)
+
