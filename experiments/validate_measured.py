@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 
 from helix_jax.analysis.hardware import load_hardware
-from helix_jax.analysis.project import model_flops_per_token, project
+from helix_jax.analysis.project import project
+from helix_jax.analysis.terms import model_flops_per_token
 from helix_jax.config import load_model_file
 from helix_jax.layouts import parse_layout
 from helix_jax.report.fmt import num, pct

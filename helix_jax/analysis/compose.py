@@ -37,15 +37,15 @@ from helix_jax.analysis.flops import matmul_flops
 from helix_jax.analysis.formulas import DTYPE_BYTES
 from helix_jax.analysis.hardware import Hardware
 from helix_jax.analysis.pricing import collective_seconds, measured_seconds
-from helix_jax.analysis.project import (
-    _build,
+from helix_jax.analysis.roofline import compute_time
+from helix_jax.analysis.terms import (
+    build_sharded,
     model_flops_per_token,
     overlap_exposed,
     price_collectives,
     pricing_terms,
     score_blocks,
 )
-from helix_jax.analysis.roofline import compute_time
 from helix_jax.config import ModelConfig
 from helix_jax.layouts import Layout, parse_layout
 
@@ -103,7 +103,7 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
                  f"microbatch of {micro} on {tp} devices")
     from helix_jax.train import compile_grad_step, compile_update
 
-    sharded = _build(analysed, stage_layout, 1, remat)
+    sharded = build_sharded(analysed, stage_layout, 1, remat)
     grad = compile_grad_step(sharded, params_in_compute_dtype=True)
     update = compile_update(sharded)
     hlo, elem = grad.as_text(), DTYPE_BYTES[cfg.dtype]

@@ -22,35 +22,28 @@ behind the backward (forward) compute of the last (first) accumulation step.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from collections.abc import Callable
 
+from helix_jax.analysis.compose import project_composed
 from helix_jax.analysis.cost import read_memory
 from helix_jax.analysis.flops import matmul_flops
-from helix_jax.analysis.formulas import DTYPE_BYTES, expected_comm_bytes, forward_flops_per_token
+from helix_jax.analysis.formulas import DTYPE_BYTES, expected_comm_bytes
 from helix_jax.analysis.hardware import Hardware
-from helix_jax.analysis.hlo import collectives
-from helix_jax.analysis.pricing import collective_time, crosses_nodes
 from helix_jax.analysis.roofline import compute_time
+from helix_jax.analysis.terms import (
+    build_sharded,
+    model_flops_per_token,
+    overlap_exposed,
+    price_collectives,
+    pricing_terms,
+    score_blocks,
+)
 from helix_jax.config import ModelConfig
 from helix_jax.layouts import Layout
 
-_FOUR_BYTE = {"f32", "s32", "u32"}
 MODES = ("forward", "train")
 MAX_WHOLE_DEVICES = 64  # larger layouts are composed from one data replica in training
-
-
-def _build(cfg: ModelConfig, layout: Layout, batch_chunks: int, remat: str = "none"):
-    """The sharded model (ValueError when this chunking does not fit the batch)."""
-    from helix_jax.devices import devices_for
-    from helix_jax.model import Sharded
-
-    devices = devices_for(layout.devices)
-    if len(devices) < layout.devices:
-        raise RuntimeError(f"{layout.spec} needs {layout.devices} devices; jax has "
-                           f"{len(devices)}. Run through `helix project` (it sets up host devices).")
-    return Sharded.build(cfg, layout, devices=devices, batch_chunks=batch_chunks, remat=remat)
 
 
 def compile_program(sharded, mode: str):
@@ -83,7 +76,7 @@ def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
     valid = []
     for k in chunk_candidates(cfg, layout):
         try:
-            valid.append(_build(cfg, layout, k, remat))
+            valid.append(build_sharded(cfg, layout, k, remat))
         except ValueError:  # this chunking does not divide the batch or its microbatches
             continue
     if not valid:
@@ -109,73 +102,6 @@ def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
                 lo = mid + 1
     memory(hi)
     return valid[hi], compiled[hi][0]
-
-
-def axis_groups(layout: Layout, axes: tuple[str, ...]) -> set[frozenset[int]]:
-    """The device groups (mesh positions) that vary only along `axes`."""
-    groups: dict[tuple, set[int]] = defaultdict(set)
-    for p in range(layout.devices):
-        coords, rest = [], p
-        for n in reversed(layout.mesh_shape):
-            coords.append(rest % n)
-            rest //= n
-        coords = coords[::-1]
-        key = tuple(c for a, c in zip(layout.axis_names, coords) if a not in axes)
-        groups[key].add(p)
-    return {frozenset(g) for g in groups.values()}
-
-
-def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) -> dict:
-    """Every collective of the compiled program `hlo`, grouped and priced on `hw`.
-
-    Returns {"rows": [...], "comm": {"nvlink", "ib"} bytes, "seconds": all collectives,
-    "hidden": seconds that `ep:chunks=K` may overlap (before the cap by expert compute),
-    "data_seconds": the collectives over data replicas only (gradient reduction, FSDP gathers)}.
-    """
-    placed = dataclasses.replace(layout, gpus_per_node=hw.gpus_per_node)
-    data_axes = layout.mesh_axes("batch", "fsdp")
-    data = axis_groups(layout, data_axes) if data_axes else set()
-    rows: dict[tuple, dict] = {}
-    comm = {"nvlink": 0.0, "ib": 0.0}
-    total = hidden = data_seconds = 0.0
-    for c in collectives(hlo):
-        if c.group_size <= 1:
-            continue
-        link = "ib" if crosses_nodes(c, placed.node_of) else "nvlink"
-        dtype = cfg.dtype if c.dtype not in _FOUR_BYTE or cfg.dtype == "float32" else c.dtype
-        dtype = {"float16": "f16", "bfloat16": "bf16", "float32": "f32"}.get(dtype, dtype)
-        seconds = collective_time(c, hw, placed.node_of)
-        comm[link] += c.payload_bytes * c.trip_count
-        total += seconds
-        if c.op == "all-to-all" and layout.options.get("chunks", 1) > 1:
-            k = layout.options["chunks"]
-            hidden += seconds * (k - 1) / k
-        over_data = bool(data) and c.op != "all-to-all" and all(
-            frozenset(g) in data for g in c.replica_groups) and bool(c.replica_groups)
-        data_seconds += seconds if over_data else 0.0
-        key = (c.op, dtype, c.group_size, link, c.payload_bytes, over_data)
-        row = rows.setdefault(key, {"op": c.op, "dtype": dtype, "group_size": c.group_size,
-                                    "count": 0, "payload_bytes_per_device": c.payload_bytes,
-                                    "link": link, "seconds": 0.0, "data_parallel": over_data})
-        row["count"] += c.trip_count
-        row["seconds"] += seconds
-    return {"rows": sorted(rows.values(), key=lambda r: -r["seconds"]), "comm": comm,
-            "seconds": total, "hidden": hidden, "data_seconds": data_seconds,
-            "intra_node_axes": placed.intra_node_axes()}
-
-
-def model_flops_per_token(cfg: ModelConfig, mode: str) -> float:
-    """Model FLOPs per token for MFU: the forward pass (causal attention counted at S/2 keys), or
-    in training 3x the forward with non-causal attention and no recompute (Megatron's convention)."""
-    if mode == "train":
-        return 3 * forward_flops_per_token(cfg.replace(causal=False))
-    return forward_flops_per_token(cfg)
-
-
-def overlap_exposed(seconds: float, window: float, floor_fraction: float) -> float:
-    """Exposed part of communication that can run behind `window` seconds of compute; at least
-    `floor_fraction` of it (the last bucket, which has nothing left to hide behind)."""
-    return max(seconds - window, seconds * floor_fraction, 0.0)
 
 
 def _timing(cfg: ModelConfig, layout: Layout, hw: Hardware, compute: dict, priced: dict,
@@ -210,14 +136,6 @@ def _timing(cfg: ModelConfig, layout: Layout, hw: Hardware, compute: dict, price
     }
 
 
-def score_blocks(cfg: ModelConfig, layout: Layout) -> set[tuple[int, int]]:
-    """(q_block, kv_block) of the attention's score blocks on this layout (for `roofline`)."""
-    from helix_jax.nn.attention import block_size
-
-    m = layout.size("head_dim") if layout.options.get("core") == "seq_a2a" else 1
-    return {(block_size(cfg.seq // m, cfg.q_block), block_size(cfg.seq, cfg.kv_block))}
-
-
 def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | None = None,
             progress: Callable[[str], None] | None = None, mode: str = "forward",
             remat: str = "none") -> dict:
@@ -227,15 +145,13 @@ def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | 
     layout.validate(cfg)
     composed = layout.kind == "tp-pp" and (layout.size("layers") > 1 or layout.size("batch") > 1)
     if mode == "train" and (composed or layout.devices > MAX_WHOLE_DEVICES):
-        from helix_jax.analysis.compose import project_composed
-
         return project_composed(cfg, layout, hw, remat=remat, progress=progress)
     # XLA:CPU widens bf16 collectives to f32; fp16 has the same bytes and FLOPs and is kept as is.
     analysed = cfg.replace(dtype="float16") if cfg.dtype == "bfloat16" else cfg
     if batch_chunks is None:
         sharded, compiled = fit(analysed, layout, hw.hbm_capacity_bytes, progress, mode, remat)
     else:
-        sharded = _build(analysed, layout, batch_chunks, remat)
+        sharded = build_sharded(analysed, layout, batch_chunks, remat)
         compiled = compile_program(sharded, mode)
     return read_out(cfg, layout, hw, sharded, compiled, mode)
 
@@ -300,24 +216,3 @@ def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled, 
     }
 
 
-def pricing_terms(hw: Hardware) -> dict:
-    """Which hardware constant each term of the projection uses, with its published source."""
-    src = hw.sources
-    def term(field: str, value) -> dict:
-        return {"field": field, "value": value, "source": src.get(field, hw.notes or "profile")}
-    terms = {
-        "matmul kernels": term("flops_per_s", hw.flops_per_s),
-        "attention kernels": term("attention_flops_per_s",
-                                  hw.attention_flops_per_s or hw.flops_per_s),
-        "memory-bound kernels": term("hbm_bytes_per_s", hw.hbm_bytes_per_s),
-        "GEMM quantization": term("sm_count", hw.sm_count),
-        "MFU peak": term("peak_flops_per_s", hw.peak_flops_per_s),
-    }
-    if hw.measured_links:
-        terms["collectives in a node"] = term("allreduce_busbw", [list(p) for p in hw.allreduce_busbw])
-        terms["collectives across nodes"] = term("nic_bytes_per_s", hw.nic_bytes_per_s)
-        terms["small collectives"] = term("latency_small_s", hw.latency_small_s)
-    else:
-        terms["collectives in a node"] = term("nvlink_bytes_per_s", hw.nvlink_bytes_per_s)
-        terms["collectives across nodes"] = term("ib_bytes_per_s", hw.ib_bytes_per_s)
-    return terms

@@ -71,8 +71,8 @@ def numbers_block(report: dict) -> str:
     lines += ["",
               f"The paper's helix core (`score_psum`) reaches {tps(helix) / tps(tp):.2f}x TP×PP's "
               f"projected throughput, {order} it (the paper claims {claimed(helix, tp)}): its "
-              f"score all-reduce over the {m} head-dim shards moves {gb(score, 0)} per GPU per step (L·B·(H/n)·S² "
-              f"elements, causal blocks only), against {gb(output, 0)} for all of its output "
+              f"score all-reduce over the {m} head-dim shards moves {gb(score, 0)} per GPU per "
+              f"step (L·B·(H/n)·S² elements, causal blocks only), against {gb(output, 0)} for all of its output "
               f"all-reduces. The same weight layout with the `seq_a2a` core gets "
               f"{tps(a2a) / tps(helix):.2f}x the paper's core. The fastest dense layout that fits "
               f"is `{best_dense['row']}` at {num(tps(best_dense))} tokens/s."
@@ -80,7 +80,8 @@ def numbers_block(report: dict) -> str:
               "",
               f"For the MoE model, EP reaches {tps(moe_ep) / tps(moe_tp):.2f}x TP×PP (the paper "
               f"claims {claimed(moe_ep, moe_tp)}); the fastest MoE layout that fits is "
-              f"`{best_moe['row']}` at {num(tps(best_moe))} tokens/s." if best_moe else "No MoE layout fits in memory.",
+              f"`{best_moe['row']}` at {num(tps(best_moe))} tokens/s."
+              if best_moe else "No MoE layout fits in memory.",
               "",
               f"`results/reproduce.md` lists {len(verdicts)} checks of the paper's figures "
               "computed from these numbers."]
