@@ -150,6 +150,48 @@ def cmd_forward(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_decode(args: argparse.Namespace) -> int:
+    cfg, layout = _model_and_layout(args)
+    from helix_jax.decode import check_prompt
+
+    check_prompt(args.prompt_len, cfg.seq)
+    _check_output(args.out)
+    if args.generate is not None and (args.generate < 1 or not cfg.vocab):
+        raise ValueError("--generate N needs N >= 1 and a model file with vocab > 0")
+    if (rc := distributed.start(args, layout.devices)) is not None:
+        return rc
+    import numpy as np
+
+    from helix_jax import model as M
+    from helix_jax import npz
+    from helix_jax.decode import generate, run_decode
+
+    sharded = M.Sharded.build(cfg, layout)
+    params = sharded.init(args.seed)
+    x_host = M.random_input(cfg, args.seed)
+    x = distributed.global_array(x_host, sharded.input_sharding)
+    run = run_decode(sharded, params, x, args.prompt_len)
+    if not distributed.is_main():
+        return 0
+    steps = cfg.seq - args.prompt_len
+    print(f"model    {cfg.name} on {layout.describe()}, batch {cfg.batch}, context {cfg.seq}")
+    print(f"prefill  {args.prompt_len} positions: time to first token {run.ttft_s * 1e3:.1f} ms "
+          f"(compiled both programs in {run.compile_s:.1f} s before timing)")
+    print(f"decode   {steps} steps: per token median {run.median_s * 1e3:.2f} ms, p90 "
+          f"{run.p90_s * 1e3:.2f} ms = {cfg.batch / run.median_s:,.0f} tokens/s")
+    if not np.isfinite(run.output).all():
+        print("warning  the output has non-finite values", file=sys.stderr)
+    if args.out:
+        npz.save(args.out, cfg, distributed.to_host(params), x_host, run.output)
+        print(f"wrote    {args.out}")
+    if args.generate:
+        prompt = x[:, :args.prompt_len]
+        new = generate(sharded, params, prompt, args.generate)
+        print(f"generate greedy, first sequence: {np.asarray(x_host)[0, :args.prompt_len].tolist()}"
+              f" -> {new[0].tolist()}")
+    return 0
+
+
 def print_projection(r: dict) -> None:
     """A readable table of one projection (what `helix project` prints)."""
     from rich.console import Console
@@ -192,7 +234,11 @@ def print_projection(r: dict) -> None:
         f"step          {p['step_seconds']:.3f} s = compute {p['compute_seconds']:.3f} s + exposed "
         f"comm {p['exposed_comm_seconds']:.3f} s (all comm {p['comm_seconds']:.3f} s)\n"
         f"projected     {p['tokens_per_s']:,.0f} tokens/s, MFU {p['mfu']:.1%}, "
-        f"TPOT {p['tpot_ms']:.3f} ms (step / seq)")
+        + (f"TPOT {p['tpot_ms']:.3f} ms (one decode step)" if mode == "decode" else
+           f"TPOT {p['tpot_ms']:.3f} ms (step / seq)"))
+    if "hbm_floor_seconds" in p:
+        console.print(f"HBM floor     {p['hbm_floor_seconds'] * 1e3:.3f} ms (weights + KV cache at "
+                      f"the profile's HBM bandwidth){': the step is HBM-bound' if p['hbm_bound'] else ''}")
     parts = {k: p[k] for k in ("pipeline_seconds", "bubble_seconds", "tensor_comm_seconds",
                                "pipeline_send_seconds", "data_parallel_exposed_seconds",
                                "optimizer_seconds") if k in p}
@@ -204,6 +250,12 @@ def print_projection(r: dict) -> None:
 
 
 def cmd_project(args: argparse.Namespace) -> int:
+    if args.context is not None:
+        if args.mode not in ("prefill", "decode"):
+            raise ValueError("--context applies to --mode prefill or decode")
+        if args.context < 2:
+            raise ValueError(f"--context {args.context} must be at least 2")
+        args.seq = args.context
     cfg, layout = _model_and_layout(args)
     from helix_jax.analysis.hardware import load_hardware
 
@@ -311,15 +363,30 @@ def build_parser() -> argparse.ArgumentParser:
     distributed.add_args(p)
     p.set_defaults(func=cmd_forward)
 
+    p = sub.add_parser("decode", help="prefill a KV cache placed by the layout, then decode "
+                       "position by position; time to first token and per-token latency")
+    _model_args(p, "small-dense")
+    p.add_argument("--prompt-len", type=int, required=True,
+                   help="positions the prefill covers (1 .. seq - 1); the rest are decoded")
+    p.add_argument("--seed", type=int, default=0, help="seed for parameters and input (default 0)")
+    p.add_argument("--out", help="write params, input and output to this npz (forward's format)")
+    p.add_argument("--generate", type=int, help="model files with a vocabulary: also generate "
+                   "N tokens greedily from the token prompts")
+    distributed.add_args(p)
+    p.set_defaults(func=cmd_decode)
+
     p = sub.add_parser("project", help="compile a model at full size on fake devices and read its "
                        "FLOPs, memory and collectives off the program, priced on a hardware profile")
     _model_args(p, "paper-dense")
     p.add_argument("--hardware", default="h100-paper",
                    help="hardware profile name (h100-paper, h100-sxm, dgx-h100, dgx-a100) or a "
                    "JSON/TOML file (e.g. written by `helix calibrate`)")
-    p.add_argument("--mode", default="forward", choices=("forward", "train"),
-                   help="forward pass (default) or a whole training step (forward, backward, "
-                   "gradient reduction, AdamW)")
+    p.add_argument("--mode", default="forward", choices=("forward", "train", "prefill", "decode"),
+                   help="forward pass (default), a whole training step (forward, backward, "
+                   "gradient reduction, AdamW), a prefill of --context positions into a KV cache, "
+                   "or one decode step against a cache of --context positions")
+    p.add_argument("--context", type=int, help="prefill/decode: the KV cache's length (default: "
+                   "the model's seq)")
     p.add_argument("--remat", default="none", choices=("none", "selective", "full"),
                    help="training: recompute nothing, the attention core (selective) or each "
                    "layer's forward (full) in the backward pass")

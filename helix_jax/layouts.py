@@ -220,6 +220,14 @@ def _dp(**opts) -> Layout:
     return Layout("dp", ("data",), (opts["dp"],), rules, opts)
 
 
+def _kvp(**opts) -> Layout:
+    names, shape = _with_data(opts["dp"], ("tensor", "kvp"), (opts["tp"], opts["kvp"]))
+    model = ("tensor", "kvp")
+    rules = {"batch": ("data",), "heads": ("tensor",), "kv_seq": ("kvp",), "mlp": model,
+             "expert": model, "vocab": model}
+    return Layout("kvp", names, shape, rules, opts)
+
+
 LAYOUTS: dict[str, LayoutKind] = {k.name: k for k in (
     LayoutKind("single", "one device, no sharding: the reference every layout is checked against",
                {}, _single),
@@ -237,6 +245,10 @@ LAYOUTS: dict[str, LayoutKind] = {k.name: k for k in (
                {"m": 4, "n": 4, "core": "score_psum", "dp": 1}, _helix_ep, {"core": CORES}),
     LayoutKind("dp", "data parallelism: batch split over all devices, weights replicated "
                "(fsdp=true shards them)", {"dp": 16, "fsdp": False}, _dp),
+    LayoutKind("kvp", "KV-sequence parallelism: keys and values (and the KV cache) split along "
+               "the sequence over kvp devices, heads over tp; partial outputs combined exactly by "
+               "their log-sum-exp; FFN tensor parallel over all of them",
+               {"kvp": 16, "tp": 1, "dp": 1}, _kvp),
 )}
 
 
@@ -271,7 +283,15 @@ def _check_moe(layout: Layout, cfg: ModelConfig) -> None:
                          f"use a MoE model (e.g. tiny-moe) or the helix/dp layouts")
 
 
+def _check_kvp(layout: Layout, cfg: ModelConfig) -> None:
+    k = layout.size("kv_seq")
+    if cfg.seq % k:
+        raise ValueError(f"{cfg.name} on {layout.spec}: the sequence ({cfg.seq}) is split "
+                         f"round-robin over kvp={k} devices; choose a seq divisible by {k}")
+
+
 _EXTRA_CHECKS: dict[str, tuple[Callable[[Layout, ModelConfig], None], ...]] = {
+    "kvp": (_check_kvp,),
     "helix": (_check_seq_a2a,),
     "helix-ep": (_check_seq_a2a, _check_moe),
     "tp-pp": (_check_pipeline,),

@@ -217,6 +217,52 @@ class Sharded:
                              in_specs=(self.param_specs, spec, spec),
                              out_specs=(spec, self.stats_specs))
 
+    # ------------------------------------------------------------------ KV cache and steps
+
+    CACHE_AXES = ("layers", "batch", "kv_seq", "heads", "head_dim")
+
+    @property
+    def step_comm(self) -> Comm:
+        """The layout as a prefill/decode step sees it: whole sequences (no sequence parallelism)
+        and the input where the model works on it (no batch chunks)."""
+        rules = {k: v for k, v in self.layout.rules.items() if k != "act_seq"}
+        return Comm(dataclasses.replace(self.layout, rules=rules))
+
+    @property
+    def cache_spec(self) -> P:
+        return self.layout.pspec(self.CACHE_AXES)
+
+    def cache_shape(self, context: int) -> tuple[int, ...]:
+        c = self.cfg
+        return (c.n_layers, c.batch, context, c.n_heads, c.head_dim)
+
+    def init_cache(self, context: int) -> dict:
+        """An empty KV cache for `context` positions, placed by the layout."""
+        sharding = NamedSharding(self.mesh, self.cache_spec)
+        make = jax.jit(lambda: jnp.zeros(self.cache_shape(context), jnp.dtype(self.cfg.dtype)),
+                       out_shardings=sharding)
+        return {"k": make(), "v": make()}
+
+    @property
+    def step_input_spec(self) -> P:
+        batch = self.layout.mesh_axes("batch")
+        b = None if not batch else batch if len(batch) > 1 else batch[0]
+        return P(b, None) if self.cfg.vocab else P(b, None, None)
+
+    def local_step(self, params: Params, cache: dict, x: jax.Array, pos: jax.Array):
+        model = nnx.merge(graphdef(self.cfg), params)
+        return model.step(x, cache, pos, self.step_comm)
+
+    def step_fn(self):
+        """(params, cache, x [B, T, D] or tokens [B, T], pos) -> (y [B, T, D], cache, stats):
+        T new tokens at positions pos.., the cache updated in place (donated)."""
+        cache_specs = {"k": self.cache_spec, "v": self.cache_spec}
+        body = jax.shard_map(self.local_step, mesh=self.mesh,
+                             in_specs=(self.param_specs, cache_specs, self.step_input_spec, P()),
+                             out_specs=(P(*self.step_input_spec[:1], None, None), cache_specs,
+                                        self.stats_specs))
+        return jax.jit(body, donate_argnums=(1,))
+
     def abstract_params(self) -> Params:
         """Parameters as ShapeDtypeStructs with this layout's shardings."""
         return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),

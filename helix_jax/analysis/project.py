@@ -42,7 +42,7 @@ from helix_jax.analysis.terms import (
 from helix_jax.config import ModelConfig
 from helix_jax.layouts import Layout
 
-MODES = ("forward", "train")
+MODES = ("forward", "train", "prefill", "decode")
 MAX_WHOLE_DEVICES = 64  # larger layouts are composed from one data replica in training
 
 
@@ -143,6 +143,8 @@ def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | 
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     layout.validate(cfg)
+    if mode in ("prefill", "decode"):
+        return project_step(cfg, layout, hw, mode)
     composed = layout.kind == "tp-pp" and (layout.size("layers") > 1 or layout.size("batch") > 1)
     if mode == "train" and (composed or layout.devices > MAX_WHOLE_DEVICES):
         return project_composed(cfg, layout, hw, remat=remat, progress=progress)
@@ -216,3 +218,93 @@ def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled, 
     }
 
 
+def compile_step(sharded, mode: str):
+    """The prefill (all `seq` positions at 0) or one decode step (one position at seq - 1, the
+    cache holding seq positions) compiled abstractly, with 16-bit parameter copies (what a
+    server keeps)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+
+    cfg = sharded.cfg
+    dt = jnp.dtype(cfg.dtype)
+    params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dt, sharding=s.sharding),
+                          sharded.abstract_params())
+    cache_sd = jax.ShapeDtypeStruct(sharded.cache_shape(cfg.seq), dt,
+                                    sharding=NamedSharding(sharded.mesh, sharded.cache_spec))
+    T = cfg.seq if mode == "prefill" else 1
+    shape = (cfg.batch, T) if cfg.vocab else (cfg.batch, T, cfg.d_model)
+    x = jax.ShapeDtypeStruct(shape, jnp.int32 if cfg.vocab else dt,
+                             sharding=NamedSharding(sharded.mesh, sharded.step_input_spec))
+    pos = jnp.int32(0 if mode == "prefill" else cfg.seq - 1)
+    return sharded.step_fn().lower(params, {"k": cache_sd, "v": cache_sd}, x, pos).compile()
+
+
+def hbm_floor_bytes(sharded) -> float:
+    """Bytes a step must read from HBM at least, per device: its 16-bit weights and its KV cache."""
+    import math
+
+    from helix_jax.analysis.compose import local_parameter_count
+
+    cfg = sharded.cfg
+    elem = DTYPE_BYTES[cfg.dtype]
+    cache = math.prod(sharded.cache_shape(cfg.seq)) * 2 * elem
+    shards = sharded.layout.size(*sharded.CACHE_AXES)
+    return local_parameter_count(sharded) * elem + cache / shards
+
+
+def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str) -> dict:
+    """A prefill of `cfg.seq` positions or one decode step at context `cfg.seq`: compiled, read,
+    priced; the step is never faster than reading its weights and cache from HBM."""
+    analysed = cfg.replace(dtype="float16") if cfg.dtype == "bfloat16" else cfg
+    sharded = build_sharded(analysed, layout, 1)
+    compiled = compile_step(sharded, mode)
+    hlo = compiled.as_text()
+    memory = read_memory(compiled)
+    from helix_jax.nn.attention import block_size
+
+    T = cfg.seq if mode == "prefill" else 1
+    kb = block_size(cfg.seq // layout.size("kv_seq"), cfg.kv_block)
+    blocks = {(block_size(T, cfg.q_block), kb), (T, kb)} | score_blocks(cfg, layout)
+    compute = compute_time(hlo, hw, DTYPE_BYTES[cfg.dtype], blocks)
+    priced = price_collectives(hlo, cfg, layout, hw)
+    floor_bytes = hbm_floor_bytes(sharded)
+    floor = floor_bytes / hw.hbm_bytes_per_s
+    busy = compute["seconds"] + priced["seconds"]
+    step = max(busy, floor)
+    tokens = cfg.batch * (cfg.seq if mode == "prefill" else 1)
+    flops = matmul_flops(hlo)
+    return {
+        "model": cfg.name, "layout": layout.spec, "hardware": hw.name, "mode": mode,
+        "devices": layout.devices, "mesh": layout.axis_sizes, "batch": cfg.batch,
+        "context": cfg.seq, "seq": cfg.seq, "dtype": cfg.dtype, "batch_chunks": 1,
+        "tokens_per_step": tokens,
+        "compiled": (f"the {mode} step of all {layout.devices} devices: "
+                     + (f"{cfg.seq} positions into an empty cache" if mode == "prefill" else
+                        f"one new position against a cache of {cfg.seq}")),
+        "extended_by_formula": [f"HBM floor: 16-bit weights + KV cache = {floor_bytes / 1e9:.2f} "
+                                f"GB per device at {hw.hbm_bytes_per_s / 1e12:.2f} TB/s"],
+        "flops_per_device": flops["flops"], "flops_note": "exact" if not flops.get(
+            "conditionals") else "upper bound: runtime-skipped causal blocks counted",
+        "model_flops_per_token": model_flops_per_token(cfg, "forward"),
+        "memory_bytes_per_device": memory["total_bytes"], "memory": memory,
+        "fits": memory["total_bytes"] <= hw.hbm_capacity_bytes,
+        "fits_why": (f"{memory['total_bytes'] / 1e9:.1f} GB per device against "
+                     f"{hw.hbm_capacity_bytes / 1e9:.0f} GB (weights, KV cache, temporaries)"),
+        "collectives": priced["rows"], "comm_bytes_per_device": priced["comm"],
+        "comm_bytes_by_op": {}, "expected_comm_bytes_by_op": {},
+        "projected": {
+            "step_seconds": step, "compute_seconds": compute["seconds"],
+            "compute_breakdown": {k: compute[k] for k in ("matmul_seconds", "attention_seconds",
+                                                          "memory_seconds")},
+            "comm_seconds": priced["seconds"], "exposed_comm_seconds": priced["seconds"],
+            "hbm_floor_seconds": floor, "hbm_bound": floor >= busy,
+            "tokens_per_s": tokens / step,
+            "mfu": model_flops_per_token(cfg, "forward") * tokens / step / (
+                layout.devices * hw.peak_flops_per_s),
+            "tpot_ms": step * 1e3 if mode == "decode" else step / cfg.seq * 1e3,
+            "ttft_ms": step * 1e3 if mode == "prefill" else None,
+        },
+        "pricing": pricing_terms(hw), "intra_node_axes": priced["intra_node_axes"],
+        "bytes_per_element": DTYPE_BYTES[cfg.dtype],
+    }

@@ -154,9 +154,10 @@ def _io_bytes(prog: _Program, ins: Instruction) -> float:
     return total + result
 
 
+
+
 _LAYOUT_OPS = {"parameter", "transpose", "copy", "convert", "bitcast", "reshape", "broadcast",
                "constant", "dynamic-slice", "slice"}
-
 
 
 def _is_layout_only(prog: _Program, ins: Instruction) -> bool:
@@ -221,15 +222,17 @@ def kernels(hlo_text: str, hw, elem_bytes: int,
         runs, _ = prog.runs.get(comp, (1, True))
         found: dict[str, Kernel] = {}
         dot_inputs = {n for i in instrs if _dot_of(prog, i) is not None for n, _ in i.operands}
+
         attention_loop = any(
             (d := _dot_of(prog, i)) is not None and (
-                ATTENTION_SCOPE in prog.op_name(i) or _touches_blocks(prog, d, score_blocks))
+                ATTENTION_SCOPE in prog.op_name(i) + prog.op_name(d)
+                or _touches_blocks(prog, d, score_blocks))
             for i in instrs)
         for ins in instrs:
             if ins.opcode in _FREE or _COLLECTIVE.match(ins.opcode):
                 continue
-            op = prog.op_name(ins)
             dot = _dot_of(prog, ins)
+            op = prog.op_name(ins) + ("|" + prog.op_name(dot) if dot is not None else "")
             attention = ATTENTION_SCOPE in op or (
                 dot is not None and _touches_blocks(prog, dot, score_blocks))
             if dot is None and (op.endswith("dot_general") or attention or attention_loop

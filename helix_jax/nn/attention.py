@@ -34,19 +34,31 @@ def block_size(n: int, cap: int) -> int:
 
 def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array = 0,
            reduce_scores: Callable[[Array], Array] = lambda s: s, q_block: int = 0,
-           kv_block: int = 0) -> Array:
+           kv_block: int = 0, key_positions: Array | None = None,
+           return_lse: bool = False, kv_layer: Array | None = None):
     """Blockwise softmax attention with an online softmax (flash-style).
 
     q [B, Sq, h, dq] (already scaled), k [B, Sk, h, dq], v [B, Sk, h, dv] -> [B, Sq, h, dv].
     `reduce_scores` is applied to each block of raw scores (score_psum sums them over the head-dim
-    shards there). Query i sits at position q_offset + i. With a static q_offset, fully masked
-    causal blocks are left out of the loop, so neither their FLOPs nor their score reductions run;
-    with a traced offset they are skipped at run time by a cond.
+    shards there). Query i sits at position q_offset + i, key j at position j, or at
+    `key_positions[j]` when given (a cache slice holding every K-th position). With a static
+    q_offset and no key positions, fully masked causal blocks are left out of the loop, so neither
+    their FLOPs nor their score reductions run; with a traced offset they are skipped at run time
+    by a cond. `return_lse` also returns the log-sum-exp of each query's scores [B, h, Sq] (-inf
+    where no key is visible, the output there 0), so partial results over disjoint key sets
+    combine exactly (`combine_partials`). With `kv_layer`, k and v are a stacked cache
+    [L, B, Sk, h, d] and each block is read straight from layer `kv_layer` (no copy of the layer).
     """
     B, Sq, h, _ = q.shape
-    Sk, dv = k.shape[1], v.shape[-1]
+    Sk, dv = k.shape[1 if kv_layer is None else 2], v.shape[-1]
+
+    def kv_at(t: Array, j) -> Array:  # key/value block j: [B, kb, h, d]
+        if kv_layer is None:
+            return jax.lax.dynamic_slice_in_dim(t, j * kb, kb, axis=1)
+        return jax.lax.dynamic_slice(t, (kv_layer, 0, j * kb, 0, 0),
+                                     (1, t.shape[1], kb, *t.shape[3:]))[0]
     qb, kb = block_size(Sq, q_block), block_size(Sk, kv_block)
-    static = isinstance(q_offset, int)
+    static = isinstance(q_offset, int) and key_positions is None
 
     def visible(i: int, j: int) -> bool:  # does q block i see any key of block j?
         return not (causal and static and j * kb > q_offset + (i + 1) * qb - 1)
@@ -57,12 +69,13 @@ def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array 
     def update(carry, i, j):
         m, denom, acc = carry  # m, denom: [B, h, Sq] float32; acc: [B, Sq, h, dv] float32
         qi = jax.lax.dynamic_slice_in_dim(q, i * qb, qb, axis=1)
-        kj = jax.lax.dynamic_slice_in_dim(k, j * kb, kb, axis=1)
-        vj = jax.lax.dynamic_slice_in_dim(v, j * kb, kb, axis=1)
+        kj, vj = kv_at(k, j), kv_at(v, j)
         s = reduce_scores(jnp.einsum("bqhd,bkhd->bhqk", qi, kj)).astype(jnp.float32)
         if causal:
             q_pos = q_offset + i * qb + jnp.arange(qb)
-            s = jnp.where(q_pos[:, None] >= (j * kb + jnp.arange(kb))[None, :], s, -jnp.inf)
+            k_pos = (j * kb + jnp.arange(kb) if key_positions is None
+                     else jax.lax.dynamic_slice_in_dim(key_positions, j * kb, kb))
+            s = jnp.where(q_pos[:, None] >= k_pos[None, :], s, -jnp.inf)
         m_old = jax.lax.dynamic_slice_in_dim(m, i * qb, qb, axis=2)
         d_old = jax.lax.dynamic_slice_in_dim(denom, i * qb, qb, axis=2)
         a_old = jax.lax.dynamic_slice_in_dim(acc, i * qb, qb, axis=1)
@@ -79,7 +92,7 @@ def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array 
 
     def step(carry, ij):
         i, j = ij[0], ij[1]
-        if causal and not static:  # skip blocks that are wholly in the future of every query
+        if causal and not static and key_positions is None:  # skip blocks wholly in the future
             future = j * kb > q_offset + (i + 1) * qb - 1
             return jax.lax.cond(future, lambda c: c, lambda c: update(c, i, j), carry), None
         return update(carry, i, j), None
@@ -87,8 +100,25 @@ def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array 
     init = (jnp.full((B, h, Sq), -jnp.inf, jnp.float32), jnp.zeros((B, h, Sq), jnp.float32),
             jnp.zeros((B, Sq, h, dv), jnp.float32))
     init = vary_like(init, q, k, v)
-    _, denom, acc = jax.lax.scan(step, init, pairs)[0]
-    return (acc / jnp.moveaxis(denom, 1, 2)[..., None]).astype(v.dtype)
+    m, denom, acc = jax.lax.scan(step, init, pairs)[0]
+    if not return_lse:
+        return (acc / jnp.moveaxis(denom, 1, 2)[..., None]).astype(v.dtype)
+    seen = denom > 0
+    o = acc / jnp.moveaxis(jnp.where(seen, denom, 1.0), 1, 2)[..., None]
+    lse = jnp.where(seen, m + jnp.log(jnp.where(seen, denom, 1.0)), -jnp.inf)
+    return o, lse
+
+
+def combine_partials(o: Array, lse: Array, comm: Comm, *logical: str) -> Array:
+    """Exact softmax attention from partial results over disjoint key sets on the shards of
+    `logical`: o [B, Sq, h, d] float32 and lse [B, h, Sq] per shard -> the full output. One max
+    and two sums; their size does not depend on how many keys each shard holds."""
+    top = comm.pmax(jax.lax.stop_gradient(lse), *logical)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    w = jnp.exp(lse - top)  # [B, h, Sq]; 0 where a shard saw no key
+    num = comm.psum(o * jnp.moveaxis(w, 1, 2)[..., None], *logical)
+    den = comm.psum(w, *logical)
+    return num / jnp.moveaxis(den, 1, 2)[..., None]
 
 
 def attention_core(q: Array, k: Array, v: Array, comm: Comm, *, core: str, causal: bool,
@@ -111,6 +141,52 @@ def attention_core(q: Array, k: Array, v: Array, comm: Comm, *, core: str, causa
     raise ValueError(f"unknown attention core {core!r}")
 
 
+def write_cache(cache: Array, new: Array, layer: Array, pos: Array, active: Array | bool,
+                kv_shards: int = 1, me: Array | int = 0) -> Array:
+    """Write T new keys or values [B, T, h, d] at positions pos.. of layer `layer` of the stacked
+    cache [L, B, C, h, d], in place: only the T positions are written. With `kv_shards` K > 1
+    the cache holds position p on shard p mod K at slot p // K and each shard writes its own.
+    Nothing is written where `active` is false (a pipeline stage off its turn)."""
+    positions = pos + jnp.arange(new.shape[1])
+    if kv_shards == 1:
+        old = jax.lax.dynamic_slice(cache, (layer, 0, pos, 0, 0), (1, *new.shape))[0]
+        return jax.lax.dynamic_update_slice(
+            cache, jnp.where(active, new.astype(cache.dtype), old)[None], (layer, 0, pos, 0, 0))
+    keep = (positions % kv_shards == me) & active
+    if new.shape[1] == 1:  # a decode step: one slot, updated in place
+        slot = pos // kv_shards
+        old = jax.lax.dynamic_slice(cache, (layer, 0, slot, 0, 0), (1, *new.shape))[0]
+        return jax.lax.dynamic_update_slice(
+            cache, jnp.where(keep[0], new.astype(cache.dtype), old)[None], (layer, 0, slot, 0, 0))
+    slots = jnp.where(keep, positions // kv_shards, cache.shape[2])  # out of range: dropped
+    return cache.at[layer, :, slots].set(jnp.moveaxis(new.astype(cache.dtype), 1, 0),
+                                         mode="drop")
+
+
+def decode_core(q: Array, cache_k: Array, cache_v: Array, layer: Array, pos: Array, comm: Comm,
+                *, core: str, kv_block: int = 0) -> Array:
+    """New queries [B, T, h, d/m] against layer `layer` of the stacked cache [L, B, C, h, d/m]
+    (head-dim split m ways): score_psum sums the partial scores of the new queries only
+    ([B, h, T, C] per step); qk_gather gathers q and the layer's whole key cache; seq_a2a cannot
+    split T = 1 query m ways, so it gathers q, keys and values and keeps its own output slice."""
+    blocks = dict(causal=True, q_offset=pos, kv_block=kv_block)
+    if q.shape[1] == 1:  # one query sees every written key: a mask, no per-block branch
+        blocks["key_positions"] = jnp.arange(cache_k.shape[2])
+    if not comm.axes("head_dim") or core == "score_psum":
+        reduce = (lambda s: comm.psum(s, "head_dim")) if comm.axes("head_dim") else (lambda s: s)
+        return attend(q, cache_k, cache_v, reduce_scores=reduce, kv_layer=layer, **blocks)
+    k, v = (jax.lax.dynamic_index_in_dim(c, layer, keepdims=False) for c in (cache_k, cache_v))
+    if core == "qk_gather":
+        q, k = (comm.all_gather(t, "head_dim", axis=3) for t in (q, k))
+        return attend(q, k, v, **blocks)
+    if core == "seq_a2a":
+        q, k, v = (comm.all_gather(t, "head_dim", axis=3) for t in (q, k, v))
+        o = attend(q, k, v, **blocks)
+        width = o.shape[-1] // comm.size("head_dim")
+        return jax.lax.dynamic_slice_in_dim(o, comm.index("head_dim") * width, width, axis=3)
+    raise ValueError(f"unknown attention core {core!r}")
+
+
 class Attention(nnx.Module):
     """q = h·W_q, k = h·W_k, v = h·W_v (no biases), softmax(q·kᵀ/√d)·v, output o·W_o."""
 
@@ -125,7 +201,54 @@ class Attention(nnx.Module):
         self.scale = cfg.head_dim**-0.5
         self.blocks = (cfg.q_block, cfg.kv_block)
 
+    def _project(self, h: Array) -> tuple[Array, Array, Array]:
+        dt = h.dtype
+        q, k, v = (jnp.einsum("bsD,Dhk->bshk", h, w[...].astype(dt))
+                   for w in (self.wq, self.wk, self.wv))
+        return q * jnp.asarray(self.scale, dt), k, v
+
+    def _out(self, o: Array, comm: Comm) -> Array:
+        partial = jnp.einsum("bshk,hkD->bsD", o, self.wo[...].astype(o.dtype))
+        return comm.reduce_out(partial, "heads", "head_dim")
+
+    def _kv_parallel(self, h: Array, comm: Comm) -> Array:
+        """Keys and values split along the sequence (layout kvp): this shard keeps positions
+        p = me (mod K); every query attends over them, and the partial outputs combine exactly."""
+        K, me = comm.size("kv_seq"), comm.index("kv_seq")
+        B, S, D = h.shape
+        q, _, _ = self._project(h)
+        mine = jax.lax.dynamic_index_in_dim(h.reshape(B, S // K, K, D), me, axis=2,
+                                            keepdims=False)  # [B, S/K, D]
+        _, k, v = self._project(mine)
+        o, lse = attend(q, k, v, causal=self.causal, key_positions=jnp.arange(S // K) * K + me,
+                        return_lse=True, q_block=self.blocks[0], kv_block=self.blocks[1])
+        return self._out(combine_partials(o, lse, comm, "kv_seq").astype(h.dtype), comm)
+
+    def step(self, h: Array, cache: dict, layer: Array, pos: Array, active, comm: Comm):
+        """T new tokens h [B, T, D] at positions pos .. pos + T - 1 of layer `layer`: their keys
+        and values are written into the stacked cache {"k", "v"} [L, B, C, h, d] (this device's
+        part) in place, and the queries attend over the layer's cache up to them. Returns
+        ([B, T, D], cache). Prefill is T = P tokens at 0, a decode step one token."""
+        q, k, v = self._project(h)
+        K = comm.size("kv_seq")
+        me = comm.index("kv_seq") if K > 1 else 0
+        cache = {n: write_cache(cache[n], new, layer, pos, active, K, me)
+                 for n, new in (("k", k), ("v", v))}
+        with jax.named_scope("attention_core"):  # one fused kernel on a GPU: see roofline
+            if K > 1:
+                positions = jnp.arange(cache["k"].shape[2]) * K + me
+                o, lse = attend(q, cache["k"], cache["v"], causal=True, q_offset=pos,
+                                key_positions=positions, return_lse=True,
+                                kv_block=self.blocks[1], kv_layer=layer)
+                o = combine_partials(o, lse, comm, "kv_seq").astype(h.dtype)
+            else:
+                o = decode_core(q, cache["k"], cache["v"], layer, pos, comm,
+                                core=comm.option("core", "score_psum"), kv_block=self.blocks[1])
+        return self._out(o, comm), cache
+
     def __call__(self, h: Array, comm: Comm) -> Array:  # h: [B, S, D] -> [B, S, D]
+        if comm.axes("kv_seq"):
+            return self._kv_parallel(h, comm)
         dt = h.dtype
         q, k, v = (jnp.einsum("bsD,Dhk->bshk", h, w[...].astype(dt))
                    for w in (self.wq, self.wk, self.wv))
@@ -138,5 +261,4 @@ class Attention(nnx.Module):
         if comm.remat == "selective":  # keep q, k, v and o; recompute scores and softmax
             core = jax.checkpoint(core)
         o = core(q * jnp.asarray(self.scale, dt), k, v)
-        partial = jnp.einsum("bshk,hkD->bsD", o, self.wo[...].astype(dt))
-        return comm.reduce_out(partial, "heads", "head_dim")
+        return self._out(o, comm)

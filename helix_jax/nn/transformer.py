@@ -41,6 +41,19 @@ class Block(nnx.Module):
         return x + y, stats
 
 
+def block_step(block: Block, x: jax.Array, cache: dict, layer: jax.Array, pos: jax.Array,
+               active, comm: Comm):
+    """One block on T new tokens with its KV cache (no sequence parallelism in a step)."""
+    a, cache = block.attn.step(block.ln1(x), cache, layer, pos, active, comm)
+    x = x + a
+    h = block.ln2(x)
+    if hasattr(block, "moe"):
+        y, stats = block.moe(h, comm)
+    else:
+        y, stats = block.mlp(h, comm), {}
+    return x + y, cache, stats
+
+
 def stack_modules(modules: list[nnx.Module]) -> nnx.Module:
     """One module whose parameters carry a leading `layers` axis over `modules`."""
     graphdef = nnx.graphdef(modules[0])
@@ -108,6 +121,35 @@ class Transformer(nnx.Module):
         if comm.remat == "full":  # keep only each layer's input; recompute its forward
             layer = jax.checkpoint(layer)
         return jax.lax.scan(layer, x, state)
+
+    def step(self, x: jax.Array, cache: dict, pos: jax.Array, comm: Comm):
+        """T new tokens (embeddings [B, T, D] or tokens [B, T]) at positions pos.. against the
+        KV cache {"k", "v"} [layers, B, C, h, d]: (final hidden states [B, T, D], the updated
+        cache, per-layer stats). Prefill and decode are both this step."""
+        if hasattr(self, "embed"):
+            x = gather_fsdp(self.embed, comm)(x, comm, self.dtype)
+        x = x.astype(self.dtype)
+        graphdef, state = nnx.split(self.layers)
+
+        def run_stage(h, kv, active=True):  # this device's layers, in order, with the cache
+            def layer(carry, xs):
+                h, kv = carry
+                s, i = xs
+                h, kv, stats = block_step(gather_fsdp(nnx.merge(graphdef, s), comm), h, kv, i,
+                                          pos, active, comm)
+                return (h, kv), stats
+
+            n = jax.tree.leaves(state)[0].shape[0]
+            (h, kv), stats = jax.lax.scan(layer, (h, kv), (state, jnp.arange(n)))
+            return h, kv, stats
+
+        if comm.axes("layers"):
+            from helix_jax.parallel.pipeline import stage_by_stage
+
+            h, cache, stats = stage_by_stage(run_stage, x, cache, comm)
+        else:
+            h, cache, stats = run_stage(x, cache)
+        return gather_fsdp(self.final_ln, comm)(h), cache, stats
 
     def loss(self, h: jax.Array, labels: jax.Array, comm: Comm) -> jax.Array:
         """Final hidden states [B, S, D] (sequence-sharded under SP) and labels [B, S] -> the

@@ -43,3 +43,31 @@ def gpipe(run_stage: Callable[[jax.Array, Comm], tuple[jax.Array, Stats]], x: ja
     y = outs[p - 1:].reshape(x.shape)
     y = comm.psum(jnp.where(stage == p - 1, y, jnp.zeros_like(y)), "layers")
     return y, combine_stats(stats, weight=(steps >= stage) & (steps < stage + M))
+
+
+def stage_by_stage(run_stage: Callable, x: jax.Array, state, comm: Comm):
+    """A prefill or decode step through the pipeline: one microbatch, stage after stage.
+
+    `run_stage(h, state, active) -> (out, state, stats)` applies this stage's layers and writes
+    its new keys and values into `state` (its KV cache) only where `active`. At step t stage t
+    works on what stage t - 1 sent it; every stage runs every step (a decode step is bound by
+    reading the cache, not by these FLOPs) but writes only on its own. Returns (the last stage's
+    output on every stage, the state, the stats of each stage's real step).
+    """
+    p = comm.size("layers")
+    stage = comm.index("layers")
+
+    def step(carry, t):
+        h, st = carry
+        mine = stage == t
+        out, st, stats = run_stage(h, st, mine)
+        received = comm.shift(out, "layers")
+        h = jnp.where(stage == t + 1, received, h)
+        last = jnp.where(mine & (stage == p - 1), out, jnp.zeros_like(out))
+        return (h, st), (last, jax.tree.map(lambda v: jnp.where(mine, v, 0), stats))
+
+    init = vary_like(x, x, stage)
+    state = vary_like(state, stage)
+    (_, state), (lasts, stats) = jax.lax.scan(step, (init, state), jnp.arange(p))
+    y = comm.psum(lasts.sum(0), "layers")
+    return y, state, jax.tree.map(lambda v: v.sum(0), stats)

@@ -1,0 +1,90 @@
+"""Prefill and decode with a KV cache placed by the layout, for real: `helix decode`.
+
+The input is what `helix forward` draws (embeddings [B, S, D], or tokens for a model with a
+vocabulary). A prefill over the first P positions fills the cache; then each of the S - P decode
+steps takes the next position's input (teacher forcing), so the outputs are exactly the forward
+pass's and can be checked the same way. Both are one program (`Sharded.step_fn`, T new tokens at
+a position), compiled once per shape before anything is timed: time to first token is the
+prefill, the per-token latency each decode step's, timed with `block_until_ready`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from helix_jax.model import Sharded
+
+
+@dataclass
+class DecodeRun:
+    """Outputs [B, S, D] (float32, on the host) and the timings of one prefill + decode."""
+
+    output: np.ndarray
+    ttft_s: float
+    step_s: list[float]
+    compile_s: float
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.step_s) if self.step_s else float("nan")
+
+    @property
+    def p90_s(self) -> float:
+        return float(np.percentile(self.step_s, 90)) if self.step_s else float("nan")
+
+
+def check_prompt(prompt_len: int, seq: int) -> None:
+    """A clear error for a prompt that leaves no prefill or no decode step."""
+    if not 1 <= prompt_len <= seq - 1:
+        raise ValueError(f"--prompt-len {prompt_len} must be between 1 and seq - 1 = {seq - 1}: "
+                         f"the prefill needs a position and the decode at least one step")
+
+
+def run_decode(sharded: Sharded, params, x: jax.Array, prompt_len: int) -> DecodeRun:
+    """Prefill positions [0, P), then decode P .. S - 1 one position at a time."""
+    cfg = sharded.cfg
+    check_prompt(prompt_len, cfg.seq)
+    step = sharded.step_fn()
+    cache = sharded.init_cache(cfg.seq)
+    start = time.perf_counter()
+    prefill = step.lower(params, cache, x[:, :prompt_len], jnp.int32(0)).compile()
+    one = step.lower(params, cache, x[:, :1], jnp.int32(0)).compile()
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    y, cache, _ = jax.block_until_ready(prefill(params, cache, x[:, :prompt_len], jnp.int32(0)))
+    ttft = time.perf_counter() - start
+    outs, times = [np.asarray(y, np.float32)], []
+    for t in range(prompt_len, cfg.seq):
+        xt = x[:, t:t + 1]
+        start = time.perf_counter()
+        y, cache, _ = jax.block_until_ready(one(params, cache, xt, jnp.int32(t)))
+        times.append(time.perf_counter() - start)
+        outs.append(np.asarray(y, np.float32))
+    return DecodeRun(np.concatenate(outs, axis=1), ttft, times, compile_s)
+
+
+def generate(sharded: Sharded, params, prompt: jax.Array, n_new: int) -> np.ndarray:
+    """Greedy generation from token prompts [B, P] (a model with a vocabulary): n_new tokens."""
+    cfg = sharded.cfg
+    if not cfg.vocab:
+        raise ValueError(f"{cfg.name} has no vocabulary: --generate needs a model file with "
+                         f"vocab > 0")
+    total = prompt.shape[1] + n_new
+    if total > cfg.seq:
+        raise ValueError(f"prompt ({prompt.shape[1]}) + --generate {n_new} is more than "
+                         f"--seq {cfg.seq}; raise --seq or generate fewer tokens")
+    step, cache = sharded.step_fn(), sharded.init_cache(cfg.seq)
+    head = jax.jit(lambda w, h: jnp.argmax(h[:, -1].astype(jnp.float32) @ w.astype(jnp.float32),
+                                           axis=-1).astype(jnp.int32))
+    h, cache, _ = step(params, cache, prompt, jnp.int32(0))
+    tokens = [head(params["head"]["w"], h)]
+    for t in range(prompt.shape[1], total - 1):
+        h, cache, _ = step(params, cache, tokens[-1][:, None], jnp.int32(t))
+        tokens.append(head(params["head"]["w"], h))
+    return np.stack([np.asarray(t) for t in tokens], axis=1)

@@ -1,0 +1,148 @@
+"""Prefill and decode with a KV cache on every layout: the same outputs as the float64
+reference, the collectives the math says, the cache updated in place, and clear errors."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from helix_jax import npz
+from helix_jax.analysis import collectives
+from helix_jax.config import resolve_model
+from helix_jax.decode import run_decode
+from helix_jax.layouts import parse_layout
+from helix_jax.model import Sharded, random_input
+from tests import reference_np
+
+S = 16
+DENSE = ("single", "dp:dp=4", "tp-pp", "helix", "helix:core=seq_a2a", "helix:core=qk_gather",
+         "kvp:kvp=4", "kvp:kvp=4,tp=2", "helix:m=2,n=2,dp=4", "tp-pp:tp=4,pp=1,sp=true")
+MOE = ("single", "ep", "helix-ep", "tp-pp", "kvp:kvp=4")
+
+
+def _check(model: str, spec: str, prompt: int, tmp_path) -> None:
+    cfg = resolve_model(model).replace(seq=S, capacity_factor=16.0)
+    sharded = Sharded.build(cfg, parse_layout(spec))
+    params = sharded.init(0)
+    x = random_input(cfg, 0)
+    run = run_decode(sharded, params, jax.device_put(x, sharded.input_sharding), prompt)
+    assert run.output.shape == (cfg.batch, S, cfg.d_model) and len(run.step_s) == S - prompt
+    path = tmp_path / "decode.npz"
+    npz.save(path, cfg, jax.device_get(params), jax.device_get(x), run.output)
+    p, xx, y, c = reference_np.load_npz(path)
+    assert reference_np.relative_error(reference_np.forward(p, xx, c), y) <= 1e-4
+
+
+@pytest.mark.parametrize("spec", DENSE)
+def test_decode_matches_the_reference_dense(spec, tmp_path):
+    for prompt in ((1, S // 2, S - 1) if spec in ("helix", "kvp:kvp=4", "tp-pp") else (S // 2,)):
+        _check("tiny-dense", spec, prompt, tmp_path)
+
+
+@pytest.mark.parametrize("spec", MOE)
+def test_decode_matches_the_reference_moe(spec, tmp_path):
+    for prompt in ((1, S - 1) if spec in ("ep", "kvp:kvp=4") else (S // 2,)):
+        _check("tiny-moe", spec, prompt, tmp_path)
+
+
+def _decode_hlo(spec: str, context: int, model: str = "tiny-dense") -> str:
+    from helix_jax.analysis.project import compile_step
+
+    cfg = resolve_model(model).replace(seq=context, kv_block=0)
+    return compile_step(Sharded.build(cfg, parse_layout(spec)), "decode").as_text()
+
+
+def test_kvp_exchange_does_not_grow_with_the_context():
+    """kvp combines partial outputs and their log-sum-exp: one max and two sums per layer whose
+    payloads are [B, 1, h, d], [B, h, 1] and [B, h, 1], at any context."""
+    def exchange(context):
+        return sorted((c.op, c.group_size, c.payload_bytes, c.trip_count)
+                      for c in collectives(_decode_hlo("kvp:kvp=4", context)) if c.group_size == 4)
+    short, long = exchange(32), exchange(128)
+    assert short == long and short
+    cfg = resolve_model("tiny-dense")
+    B, h, d = cfg.batch, cfg.n_heads, cfg.head_dim
+    per_layer = {("all-reduce", B * h * d * 4), ("all-reduce", B * h * 4)}
+    assert {(op, b) for op, _, b, _ in short} >= per_layer
+
+
+def test_score_psum_reduces_the_partial_scores_of_one_query():
+    """At decode helix score_psum sums [B, H/n, 1, C] partial scores over the m head-dim shards
+    (and never gathers keys); qk_gather gathers the key cache instead."""
+    cfg = resolve_model("tiny-dense")
+    B, H, C = cfg.batch, cfg.n_heads, 64
+    found = [c for c in collectives(_decode_hlo("helix", C)) if c.group_size == 4
+             and c.op == "all-reduce"]
+    assert any(c.operand_shapes[0] == (B, H // 4, 1, C) for c in found), found
+    gathers = [c for c in collectives(_decode_hlo("helix:core=qk_gather", C))
+               if c.op == "all-gather"]
+    assert any(C in c.result_shapes[0] for c in gathers)
+
+
+@pytest.mark.parametrize("spec", ("single", "kvp:kvp=4", "helix"))
+def test_the_decode_step_updates_the_cache_in_place(spec):
+    """The cache is donated and aliased to the step's output, and no kernel copies it whole."""
+    cfg = resolve_model("tiny-dense").replace(seq=64)
+    sharded = Sharded.build(cfg, parse_layout(spec))
+    hlo = _decode_hlo(spec, 64)
+    assert "input_output_alias" in hlo.split("\n", 1)[0]
+    local = sharded.cache_spec
+    shape = list(sharded.cache_shape(64))
+    for dim, axes in enumerate(local):
+        if axes:
+            shape[dim] //= sharded.layout.size_of(axes if isinstance(axes, tuple) else (axes,))
+    text = "[" + ",".join(map(str, shape)) + "]"
+    copies = [line for line in hlo.splitlines() if text in line.split("=", 1)[-1][:80]
+              and any(f" {op}(" in line for op in ("copy", "transpose", "concatenate"))]
+    assert not copies, copies[:3]
+
+
+def test_the_decode_step_compiles_once():
+    import chex
+
+    cfg = resolve_model("tiny-dense").replace(seq=S)
+    sharded = Sharded.build(cfg, parse_layout("helix"))
+    params, cache = sharded.init(0), sharded.init_cache(S)
+    x = random_input(cfg, 0)
+    step = sharded.step_fn()
+    traced = chex.assert_max_traces(n=1)(sharded.local_step)
+    step = jax.jit(jax.shard_map(traced, mesh=sharded.mesh,
+                                 in_specs=(sharded.param_specs, {"k": sharded.cache_spec,
+                                                                 "v": sharded.cache_spec},
+                                           sharded.step_input_spec, jax.P()),
+                                 out_specs=(jax.P(None, None, None),
+                                            {"k": sharded.cache_spec, "v": sharded.cache_spec},
+                                            sharded.stats_specs)), donate_argnums=(1,))
+    for t in range(4, 8):
+        _, cache, _ = step(params, cache, x[:, t:t + 1], jnp.int32(t))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt-len", "0"], "--prompt-len 0 must be between 1 and seq - 1 = 31"),
+    (["--prompt-len", "32"], "--prompt-len 32 must be between 1 and seq - 1 = 31"),
+    (["--prompt-len", "4", "--layout", "kvp:kvp=16", "--seq", "24"],
+     "split round-robin over kvp=16 devices; choose a seq divisible by 16"),
+    (["--prompt-len", "4", "--generate", "2"], "--generate N needs N >= 1 and a model file"),
+    (["--prompt-len", "4", "--out", "/no/such/dir/d.npz"], "folder /no/such/dir does not exist"),
+])
+def test_bad_decode_inputs_are_one_line_errors(args, message, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "helix_jax.cli", "decode", "--model", "tiny-dense",
+                        *(["--layout", "helix"] if "--layout" not in args else []), *args],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and message in r.stderr, r.stderr
+
+
+def test_decode_and_prefill_projections_are_never_below_their_hbm_time():
+    from helix_jax.analysis.hardware import HARDWARE
+    from helix_jax.analysis.project import project
+
+    cfg = resolve_model("tiny-dense").replace(seq=64)
+    for mode in ("prefill", "decode"):
+        for spec in ("helix", "kvp:kvp=4"):
+            r = project(cfg, parse_layout(spec), HARDWARE["dgx-h100"], mode=mode)
+            p = r["projected"]
+            assert p["step_seconds"] >= p["hbm_floor_seconds"] > 0
+            assert r["tokens_per_step"] == cfg.batch * (64 if mode == "prefill" else 1)
