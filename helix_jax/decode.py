@@ -46,11 +46,13 @@ def check_prompt(prompt_len: int, seq: int) -> None:
                          f"the prefill needs a position and the decode at least one step")
 
 
-def run_decode(sharded: Sharded, params, x: jax.Array, prompt_len: int) -> DecodeRun:
-    """Prefill positions [0, P), then decode P .. S - 1 one position at a time."""
+def run_decode(sharded: Sharded, params, x: jax.Array, prompt_len: int,
+               step=None) -> DecodeRun:
+    """Prefill positions [0, P), then decode P .. S - 1 one position at a time (`step`: a
+    `sharded.step_fn()` to reuse across runs)."""
     cfg = sharded.cfg
     check_prompt(prompt_len, cfg.seq)
-    step = sharded.step_fn()
+    step = step or sharded.step_fn()
     cache = sharded.init_cache(cfg.seq)
     start = time.perf_counter()
     prefill = step.lower(params, cache, x[:, :prompt_len], jnp.int32(0)).compile()

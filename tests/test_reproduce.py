@@ -87,6 +87,8 @@ def test_reproduce_writes_report(report):
             assert t["flops_per_device"] / p["flops_per_device"] == pytest.approx(3, rel=0.1)
         else:  # tp-pp with pp = 2: composed from one stage, and it says so
             assert t["extended_by_formula"]
+        d = r["projection_decode"]  # the paper's TPOT against a compiled decode step
+        assert d["tpot_ms"] >= d["hbm_floor_ms"] > 0 and d["context"] == 10000
         m = r["measured"]
         assert m["repeat"] == 1 and len(m["times_s"]) == 1 and m["output_finite"]
         assert m["tokens_per_s_median"] == pytest.approx(16 * 32 / m["median_s"])

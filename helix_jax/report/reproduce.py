@@ -61,6 +61,7 @@ TABLES: dict[str, TableSpec] = {
             RowSpec("helix:core=seq_a2a", "extra: same weights, query-sequence all-to-all core"),
             RowSpec("helix:core=qk_gather", "extra: same weights, q/k all-gather core"),
             RowSpec("dp", "extra: data parallel, weights replicated"),
+            RowSpec("kvp", "extra: KV-sequence parallel, the sequence (and KV cache) split 16 ways"),
         )),
     "moe": TableSpec(
         "moe", "MoE transformer: TP=8 x PP=2 against expert parallelism EP=16", "paper-moe",
@@ -70,6 +71,7 @@ TABLES: dict[str, TableSpec] = {
             RowSpec("ep:chunks=4", "extra: EP=16 with the capacity buffer in 4 overlapped chunks"),
             RowSpec("helix-ep", "extra: helix attention, experts one per device, tokens replicated"),
             RowSpec("dp", "extra: data parallel, all experts replicated"),
+            RowSpec("kvp", "extra: KV-sequence parallel, experts one per device"),
         )),
 }
 
@@ -152,6 +154,21 @@ def run_row(table: TableSpec, row: RowSpec, hw, *, measure: bool, warmup: int, r
                                        "extended_by_formula": t["extended_by_formula"]}
         except (ValueError, RuntimeError) as e:
             out["projection_train"], out["projection_train_error"] = None, str(e)
+
+    if train:  # the paper's TPOT as a real decode step: batch B, a cache of `seq` positions
+        stage(f"{table.name} {row.layout}: projecting a decode step")
+        try:
+            d = project(cfg, layout, hw, mode="decode")
+            out["projection_decode"] = {
+                "tpot_ms": d["projected"]["tpot_ms"],
+                "hbm_floor_ms": d["projected"]["hbm_floor_seconds"] * 1e3,
+                "hbm_bound": d["projected"]["hbm_bound"],
+                "comm_ms": d["projected"]["comm_seconds"] * 1e3,
+                "tokens_per_s": d["projected"]["tokens_per_s"],
+                "memory_gb": d["memory_bytes_per_device"] / 1e9, "fits": d["fits"],
+                "context": d["context"], "batch": d["batch"]}
+        except (ValueError, RuntimeError) as e:
+            out["projection_decode"], out["projection_decode_error"] = None, str(e)
 
     out["measured"] = None
     if not measure:
@@ -445,6 +462,7 @@ def markdown(report: dict) -> str:
     for t in report["tables"].values():
         lines += _table_md(t, report)
         lines += _train_md(t, report)
+        lines += _decode_md(t, report)
     lines += ["## Where the paper's figures cannot hold", "",
               ("Each statement is computed by `helix_jax/report/paper.py` from the claims, the model shapes, "
               "the hardware profile and (where marked) the compiled programs; the numbers are in "
@@ -465,6 +483,35 @@ def markdown(report: dict) -> str:
     if charts:
         lines += ["", "## Charts", ""] + [f"![{f}]({f})" for f in charts]
     return "\n".join(lines) + "\n"
+
+
+def _decode_md(t: dict, report: dict) -> list[str]:
+    """The paper's TPOT against a compiled decode step, and against the step / seq reading."""
+    rows = [r for r in t["rows"] if "projection_decode" in r]
+    if not rows:
+        return []
+    cap = gb(report["hardware"]["hbm_capacity_bytes"], 0)
+    first = next((r["projection_decode"] for r in rows if r["projection_decode"]), None)
+    shape = (f"batch {first['batch']}, a KV cache of {first['context']:,} positions"
+             if first else "")
+    lines = [f"Time per output token of **{t['model']}**: the paper's TPOT beside two readings of "
+             f"ours. *Decode* is one compiled decode step ({shape}: `helix project --mode decode`),"
+             " never faster than reading the weights and the cache from HBM; *step / seq* is the "
+             "forward projection divided by the sequence length, the only reading a forward "
+             "measurement allows.", "",
+             f"| layout | paper TPOT ms | decode TPOT ms | HBM floor ms | decode comm ms | "
+             f"step / seq ms | memory GB/device (fits {cap}) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        d, c, f = r["projection_decode"], r["claim"], r.get("projection")
+        if d is None:
+            lines.append(f"| `{r['row']}` | {num(c and c['tpot_ms'])} | failed: "
+                         f"{r.get('projection_decode_error', '')} | | | | |")
+            continue
+        lines.append(f"| `{r['row']}` | {num(c and c['tpot_ms'])} | {d['tpot_ms']:.3g}"
+                     f"{' (HBM-bound)' if d['hbm_bound'] else ''} | {d['hbm_floor_ms']:.3g} | "
+                     f"{d['comm_ms']:.3g} | {num(f and f['tpot_ms'])} | {d['memory_gb']:.1f} "
+                     f"({num(d['fits'])}) |")
+    return lines + [""]
 
 
 def _train_md(t: dict, report: dict) -> list[str]:
