@@ -209,7 +209,7 @@ def print_projection(r: dict) -> None:
     console.print(f"compiled: {r.get('compiled', 'the whole program')}")
     for item in r.get("extended_by_formula", []):
         console.print(f"  extended by formula: {item}")
-    what = "one stage's microbatch" if r.get("extended_by_formula") else f"{mode} step"
+    what = "one stage's microbatch" if r.get("microbatch_size") else f"{mode} step"
     table = Table(title=f"collectives per device per {what} (read from the compiled HLO)")
     for col in ("op", "dtype", "group", "count", "payload/exec", "total", "link", "time"):
         table.add_column(col, justify="left" if col in ("op", "dtype", "link") else "right")

@@ -49,6 +49,16 @@ def test_decode_matches_the_reference_moe(spec, tmp_path):
     _check("tiny-moe", spec, tmp_path)
 
 
+@pytest.mark.parametrize("spec", ("kvp:kvp=4", "kvp:kvp=2,tp=2,dp=2"))
+def test_kvp_forward_equals_single(spec):
+    """The plain forward pass under kvp (keys split along the sequence, partial outputs combined
+    by their log-sum-exp): the same outputs and gradients as one device."""
+    from tests.helpers import assert_same_model, run
+
+    cfg = resolve_model("tiny-dense").replace(batch=8, seq=16)
+    assert_same_model(run(cfg, "single"), run(cfg, spec))
+
+
 def _decode_hlo(spec: str, context: int, model: str = "tiny-dense") -> str:
     from helix_jax.analysis.project import compile_step
 

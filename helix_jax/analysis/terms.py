@@ -103,7 +103,8 @@ def score_blocks(cfg: ModelConfig, layout: Layout) -> set[tuple[int, int]]:
     from helix_jax.nn.attention import block_size
 
     m = layout.size("head_dim") if layout.options.get("core") == "seq_a2a" else 1
-    return {(block_size(cfg.seq // m, cfg.q_block), block_size(cfg.seq, cfg.kv_block))}
+    k = layout.size("kv_seq")  # kvp: every query against this shard's S/K keys
+    return {(block_size(cfg.seq // m, cfg.q_block), block_size(cfg.seq // k, cfg.kv_block))}
 
 
 def pricing_terms(hw: Hardware) -> dict:

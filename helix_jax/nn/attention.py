@@ -220,9 +220,12 @@ class Attention(nnx.Module):
         mine = jax.lax.dynamic_index_in_dim(h.reshape(B, S // K, K, D), me, axis=2,
                                             keepdims=False)  # [B, S/K, D]
         _, k, v = self._project(mine)
-        o, lse = attend(q, k, v, causal=self.causal, key_positions=jnp.arange(S // K) * K + me,
-                        return_lse=True, q_block=self.blocks[0], kv_block=self.blocks[1])
-        return self._out(combine_partials(o, lse, comm, "kv_seq").astype(h.dtype), comm)
+        with jax.named_scope("attention_core"):  # one fused kernel on a GPU: see roofline
+            o, lse = attend(q, k, v, causal=self.causal,
+                            key_positions=jnp.arange(S // K) * K + me, return_lse=True,
+                            q_block=self.blocks[0], kv_block=self.blocks[1])
+            o = combine_partials(o, lse, comm, "kv_seq").astype(h.dtype)
+        return self._out(o, comm)
 
     def step(self, h: Array, cache: dict, layer: Array, pos: Array, active, comm: Comm):
         """T new tokens h [B, T, D] at positions pos .. pos + T - 1 of layer `layer`: their keys
