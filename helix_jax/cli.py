@@ -1,4 +1,4 @@
-"""The `helix` command: run, list and (later) analyse the layouts.
+"""The `helix` command: run, decode, train, project and reproduce the layouts.
 
 jax is imported only after the arguments are read, so the CLI can first give the CPU backend as
 many host devices as the layout needs: every command works on a laptop.
