@@ -263,10 +263,12 @@ class Sharded:
                                         self.stats_specs))
         return jax.jit(body, donate_argnums=(1,))
 
-    def abstract_params(self) -> Params:
-        """Parameters as ShapeDtypeStructs with this layout's shardings."""
-        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            param_shapes(self.cfg), self.param_shardings)
+    def abstract_params(self, dtype=None) -> Params:
+        """Parameters as ShapeDtypeStructs with this layout's shardings: the float32 masters, or
+        copies in `dtype` (the 16-bit weights a mixed-precision trainer or a server keeps)."""
+        return jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype or s.dtype, sharding=sh),
+            param_shapes(self.cfg), self.param_shardings)
 
     def abstract_input(self, batch: int | None = None) -> jax.ShapeDtypeStruct:
         """The model input as a ShapeDtypeStruct: tokens [B, S] int32 or embeddings [B, S, D]."""

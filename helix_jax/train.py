@@ -173,11 +173,7 @@ def compile_grad_step(sharded: Sharded, params_in_compute_dtype: bool = False):
     `params_in_compute_dtype`: take the parameters in the model's dtype (the 16-bit copy that
     mixed-precision trainers such as Megatron keep beside the f32 masters), so the program holds
     no per-use conversion of the masters; its gradients come out in that dtype."""
-    params = sharded.abstract_params()
-    if params_in_compute_dtype:
-        dt = jnp.dtype(sharded.cfg.dtype)
-        params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dt, sharding=s.sharding),
-                              params)
+    params = sharded.abstract_params(sharded.cfg.dtype if params_in_compute_dtype else None)
 
     def grads(params, inputs, targets):
         return jax.value_and_grad(lambda p: _loss(sharded, p, inputs, targets)[0])(params)

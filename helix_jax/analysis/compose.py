@@ -39,6 +39,7 @@ from helix_jax.analysis.hardware import Hardware
 from helix_jax.analysis.pricing import collective_seconds, measured_seconds
 from helix_jax.analysis.roofline import compute_time
 from helix_jax.analysis.terms import (
+    analysed_config,
     build_sharded,
     model_flops_per_token,
     overlap_exposed,
@@ -96,7 +97,7 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
     per_replica = cfg.batch // dp
     micro = per_replica // M
     stage_cfg = cfg.replace(n_layers=cfg.n_layers // pp, batch=micro)
-    analysed = stage_cfg.replace(dtype="float16") if cfg.dtype == "bfloat16" else stage_cfg
+    analysed = analysed_config(stage_cfg)
     stage_layout = parse_layout(f"tp-pp:tp={tp},pp=1,sp={str(o['sp']).lower()},microbatches=1")
     if progress:
         progress(f"{layout.spec}: compiling one stage ({stage_cfg.n_layers} layers) for one "

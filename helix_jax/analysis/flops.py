@@ -51,10 +51,10 @@ from helix_jax.analysis.hlo_module import HloModule, Instruction, attribute, par
 
 MATMUL_OPCODES = ("dot", "convolution", "ragged-dot")
 _MATMUL_LIKE_TARGET = re.compile(r"matmul|gemm|dot|conv|einsum", re.I)
-_OP_NAME = re.compile(r'op_name="([^"]*)"')
+OP_NAME = re.compile(r'op_name="([^"]*)"')
 
 
-def _dims(attrs: str, key: str) -> tuple[int, ...]:
+def dims_attr(attrs: str, key: str) -> tuple[int, ...]:
     value = attribute(attrs, key)
     if not value:
         return ()
@@ -100,11 +100,11 @@ def _flops_of(mod: HloModule, ins: Instruction) -> tuple[float | None, str]:
     out = math.prod(results[0][1])
     lhs = operands[0][0][1]
     if ins.opcode in ("dot", "ragged-dot"):
-        contracting = _dims(ins.attrs, "lhs_contracting_dims")
+        contracting = dims_attr(ins.attrs, "lhs_contracting_dims")
         k = math.prod(lhs[d] for d in contracting)
         flops = 2.0 * out * k
         if ins.opcode == "ragged-dot":
-            ragged = _dims(ins.attrs, "lhs_ragged_dims")
+            ragged = dims_attr(ins.attrs, "lhs_ragged_dims")
             if any(d in contracting for d in ragged):
                 if len(operands) < 3 or not operands[2] or not operands[2][0][1]:
                     return None, "ragged-dot (ragged contracting dim) without group sizes shape"
@@ -181,7 +181,7 @@ def matmul_flops(hlo_text: str) -> dict:
                               "computation": ins.computation, "runs": n, "reason": why})
             continue
         all_known = all_known and known
-        m = _OP_NAME.search(ins.attrs)
+        m = OP_NAME.search(ins.attrs)
         op_name = m.group(1) if m else ""
         total = flops * n
         by_comp[ins.computation] += total

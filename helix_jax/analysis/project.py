@@ -32,6 +32,7 @@ from helix_jax.analysis.formulas import DTYPE_BYTES, expected_comm_bytes
 from helix_jax.analysis.hardware import Hardware
 from helix_jax.analysis.roofline import compute_time
 from helix_jax.analysis.terms import (
+    analysed_config,
     build_sharded,
     model_flops_per_token,
     overlap_exposed,
@@ -148,8 +149,7 @@ def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | 
     composed = layout.kind == "tp-pp" and (layout.size("layers") > 1 or layout.size("batch") > 1)
     if mode == "train" and (composed or layout.devices > MAX_WHOLE_DEVICES):
         return project_composed(cfg, layout, hw, remat=remat, progress=progress)
-    # XLA:CPU widens bf16 collectives to f32; fp16 has the same bytes and FLOPs and is kept as is.
-    analysed = cfg.replace(dtype="float16") if cfg.dtype == "bfloat16" else cfg
+    analysed = analysed_config(cfg)
     if batch_chunks is None:
         sharded, compiled = fit(analysed, layout, hw.hbm_capacity_bytes, progress, mode, remat)
     else:
@@ -209,7 +209,7 @@ def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled, 
         "comm_bytes_per_device": priced["comm"],
         "comm_bytes_by_op": dict(by_op),
         "expected_comm_bytes_by_op": (expected_comm_bytes(
-            cfg.replace(dtype="float16") if cfg.dtype == "bfloat16" else cfg, layout,
+            analysed_config(cfg), layout,
             sharded.batch_chunks, sharded.spread_axes) if mode == "forward" else {}),
         "projected": _timing(cfg, layout, hw, compute, priced, mode, accumulation),
         "pricing": pricing_terms(hw),
@@ -228,8 +228,7 @@ def compile_step(sharded, mode: str):
 
     cfg = sharded.cfg
     dt = jnp.dtype(cfg.dtype)
-    params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dt, sharding=s.sharding),
-                          sharded.abstract_params())
+    params = sharded.abstract_params(dt)
     cache_sd = jax.ShapeDtypeStruct(sharded.cache_shape(cfg.seq), dt,
                                     sharding=NamedSharding(sharded.mesh, sharded.cache_spec))
     T = cfg.seq if mode == "prefill" else 1
@@ -256,8 +255,7 @@ def hbm_floor_bytes(sharded) -> float:
 def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str) -> dict:
     """A prefill of `cfg.seq` positions or one decode step at context `cfg.seq`: compiled, read,
     priced; the step is never faster than reading its weights and cache from HBM."""
-    analysed = cfg.replace(dtype="float16") if cfg.dtype == "bfloat16" else cfg
-    sharded = build_sharded(analysed, layout, 1)
+    sharded = build_sharded(analysed_config(cfg), layout, 1)
     compiled = compile_step(sharded, mode)
     hlo = compiled.as_text()
     memory = read_memory(compiled)

@@ -26,10 +26,10 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
-from helix_jax.analysis.hlo_module import HloModule, Instruction, array_bytes, attribute, parse_arrays
+from helix_jax.analysis.flops import OP_NAME, dims_attr
+from helix_jax.analysis.hlo_module import HloModule, Instruction, array_bytes, parse_arrays
 
 ATTENTION_SCOPE = "attention_core"  # jax.named_scope around the attention core (nn/attention.py)
-_OP_NAME = re.compile(r'op_name="([^"]*)"')
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional",
          "call", "after-all", "partition-id", "replica-id", "opt-barrier", "add-dependency",
          "copy-start", "copy-done", "send", "recv", "send-done", "recv-done", "domain"}
@@ -50,16 +50,11 @@ class Kernel:
     seconds: float  # per run
 
 
-def _dims(attrs: str, key: str) -> tuple[int, ...]:
-    value = attribute(attrs, key)
-    return tuple(int(d) for d in re.findall(r"\d+", value)) if value else ()
-
-
 def gemm_shape(mod: HloModule, dot: Instruction) -> tuple[int, int, int, int]:
     """(batch, m, n, k) of a dot: batch dims, lhs free, rhs free and contracting sizes."""
     lhs, rhs = (a[0][1] for a in mod.operand_arrays(dot)[:2])
-    lb, lc = _dims(dot.attrs, "lhs_batch_dims"), _dims(dot.attrs, "lhs_contracting_dims")
-    rb, rc = _dims(dot.attrs, "rhs_batch_dims"), _dims(dot.attrs, "rhs_contracting_dims")
+    lb, lc = dims_attr(dot.attrs, "lhs_batch_dims"), dims_attr(dot.attrs, "lhs_contracting_dims")
+    rb, rc = dims_attr(dot.attrs, "rhs_batch_dims"), dims_attr(dot.attrs, "rhs_contracting_dims")
     batch = math.prod(lhs[d] for d in lb)
     k = math.prod(lhs[d] for d in lc)
     m = math.prod(s for d, s in enumerate(lhs) if d not in lb and d not in lc)
@@ -91,7 +86,7 @@ class _Program:
                       for _, c in self.mod.called(ins)}
 
     def op_name(self, ins: Instruction) -> str:
-        m = _OP_NAME.search(ins.attrs)
+        m = OP_NAME.search(ins.attrs)
         return m.group(1) if m else ""
 
     def body(self, ins: Instruction) -> list[Instruction]:

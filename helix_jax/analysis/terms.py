@@ -19,6 +19,12 @@ from helix_jax.layouts import Layout
 _FOUR_BYTE = {"f32", "s32", "u32"}
 
 
+def analysed_config(cfg: ModelConfig) -> ModelConfig:
+    """The config a projection compiles: bfloat16 as float16 (XLA:CPU widens bf16 collectives to
+    f32; fp16 has the same bytes and FLOPs and is kept as is)."""
+    return cfg.replace(dtype="float16") if cfg.dtype == "bfloat16" else cfg
+
+
 def build_sharded(cfg: ModelConfig, layout: Layout, batch_chunks: int, remat: str = "none"):
     """The sharded model (ValueError when this chunking does not fit the batch)."""
     from helix_jax.devices import devices_for

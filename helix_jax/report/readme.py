@@ -72,8 +72,8 @@ def numbers_block(report: dict) -> str:
               f"The paper's helix core (`score_psum`) reaches {tps(helix) / tps(tp):.2f}x TP×PP's "
               f"projected throughput, {order} it (the paper claims {claimed(helix, tp)}): its "
               f"score all-reduce over the {m} head-dim shards moves {gb(score, 0)} per GPU per "
-              f"step (L·B·(H/n)·S² elements, causal blocks only), against {gb(output, 0)} for all of its output "
-              f"all-reduces. The same weight layout with the `seq_a2a` core gets "
+              f"step (L·B·(H/n)·S² elements, causal blocks only), against {gb(output, 0)} for "
+              f"all of its output all-reduces. The same weight layout with the `seq_a2a` core gets "
               f"{tps(a2a) / tps(helix):.2f}x the paper's core. The fastest dense layout that fits "
               f"is `{best_dense['row']}` at {num(tps(best_dense))} tokens/s."
               if best_dense else "No dense layout fits in memory.",
