@@ -5,27 +5,21 @@ from collections import Counter
 import jax
 import pytest
 
+from helix_jax import testing
 from helix_jax.analysis import collectives
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.model import Sharded, logical_axes
-from tests.helpers import assert_same_model, run
 
 CFG = resolve_model("tiny-dense")
 B, S, D, L = CFG.batch, CFG.seq, CFG.d_model, CFG.n_layers
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def reference():
-    return run(CFG, "single")
-
-
 @pytest.mark.parametrize("spec", ["dp", "dp:fsdp=true", "helix:m=2,n=2,dp=4",
                                   "tp-pp:tp=4,pp=2,dp=2"])
-def test_composed_layout_matches_single(reference, spec):
-    got = run(CFG, spec)
-    assert_same_model(reference, got, TOL)
+def test_composed_layout_matches_single(spec):
+    testing.assert_layout_equivalent(CFG, spec, rtol=TOL)
 
 
 def programs(spec):

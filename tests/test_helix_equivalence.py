@@ -1,7 +1,9 @@
-"""Every helix core against the single-device model: outputs and gradients (float32)."""
+"""Every helix core against the single-device model: outputs and gradients (float32), through
+helix_jax.testing (the helpers users get)."""
 
 import pytest
 
+from helix_jax import testing
 from helix_jax.config import resolve_model
 from tests.helpers import assert_same_model, rel_err, run
 
@@ -24,10 +26,8 @@ def reference():
     ("helix:m=2,n=8,core=seq_a2a", True), ("helix:m=8,n=2", True),
     ("helix", False), ("helix:core=seq_a2a", False), ("helix:core=qk_gather", False),
 ])
-def test_layout_matches_single(reference, spec, causal):
-    cfg = resolve_model("tiny-dense", causal=causal)
-    ref, got = reference(cfg), run(cfg, spec)
-    assert_same_model(ref, got, TOL)
+def test_layout_matches_single(spec, causal):
+    testing.assert_layout_equivalent("tiny-dense", spec, causal=causal, rtol=TOL)
 
 
 @pytest.mark.parametrize("core", ["score_psum", "seq_a2a", "qk_gather"])

@@ -1,5 +1,6 @@
 """Parameter shardings and the collectives each helix core compiles to (read from the HLO)."""
 
+import chex
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -25,7 +26,8 @@ def test_params_live_in_their_shards():
     sharded = Sharded.build(CFG, parse_layout("helix"))
     wq = sharded.init(0)["layers"]["attn"]["wq"]
     assert wq.sharding.spec == P(None, None, "head", "dim")
-    assert wq.addressable_shards[0].data.shape == (L, D, 16 // 4, 8 // 4)
+    chex.assert_shape([s.data for s in wq.addressable_shards], (L, D, 16 // 4, 8 // 4))
+    chex.assert_type(wq, float)
 
 
 # Per layer (the layer scan runs L times): the attention output and the FFN output are each

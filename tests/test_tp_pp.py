@@ -1,23 +1,20 @@
 """Megatron TP x GPipe PP against the plain sequential model, and its collectives."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from helix_jax import testing
 from helix_jax.comm import Comm
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.parallel.pipeline import gpipe
-from tests.helpers import assert_same_model, compiled_collectives, rel_err, run
+from tests.helpers import compiled_collectives
 
 CFG = resolve_model("tiny-dense", n_layers=4, batch=16)
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def sequential():
-    return run(CFG, "single")  # a plain scan over the 4 layers on one device
 
 
 def toy_pipeline(pp: int, microbatches: int, L: int = 8, B: int = 16, D: int = 8):
@@ -60,19 +57,18 @@ def toy_pipeline(pp: int, microbatches: int, L: int = 8, B: int = 16, D: int = 8
 @pytest.mark.parametrize("microbatches", [1, 2, 4, 8])
 def test_gpipe_matches_a_plain_loop(pp, microbatches):
     piped, plain = toy_pipeline(pp, microbatches)
-    assert rel_err(plain, piped) < TOL
+    chex.assert_trees_all_equal_shapes(piped, plain)
+    chex.assert_trees_all_close(piped, plain, rtol=TOL, atol=TOL)
 
 
 @pytest.mark.parametrize("spec", ["tp-pp", "tp-pp:tp=4,pp=4,microbatches=8",
                                   "tp-pp:tp=8,pp=2,microbatches=1"])
-def test_tp_pp_model_matches_sequential(sequential, spec):
-    got = run(CFG, spec)
-    assert_same_model(sequential, got, TOL)
+def test_tp_pp_model_matches_sequential(spec):
+    testing.assert_layout_equivalent(CFG, spec, rtol=TOL)
 
 
-def test_sequence_parallel_matches_sequential(sequential):
-    got = run(CFG, "tp-pp:sp=true")
-    assert_same_model(sequential, got, TOL)
+def test_sequence_parallel_matches_sequential():
+    testing.assert_layout_equivalent(CFG, "tp-pp:sp=true", rtol=TOL)
 
 
 def hlo_collectives(spec):
