@@ -140,13 +140,17 @@ def cmd_calibrate(args) -> int:
     import json
     from pathlib import Path
 
+    from helix_jax.checks import output_file
+
     out = Path(args.out)
-    if not out.expanduser().resolve().parent.is_dir():
-        raise ValueError(f"cannot write {out}: folder {out.parent} does not exist")
+    output_file(out, "--out")
     if args.repeat < 1 or args.warmup < 0:
         raise ValueError("--repeat must be >= 1 and --warmup >= 0")
     profile, raw = calibrate(args.base, args.quick, args.dtype, args.warmup, args.repeat)
-    out.write_text(json.dumps({**profile, "measurements": raw}, indent=1) + "\n")
+    from helix_jax.checks import atomic_output
+
+    with atomic_output(out) as tmp:
+        tmp.write_text(json.dumps({**profile, "measurements": raw}, indent=1) + "\n")
     for name, rate in raw["matmul_flops_per_s"].items():
         print(f"matmul {name:<10} {rate / 1e12:10.3f} TFLOP/s")
     print(f"memory            {raw['memory_bytes_per_s'] / 1e9:10.2f} GB/s")

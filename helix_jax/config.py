@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -54,8 +55,11 @@ class ModelConfig:
             raise ValueError(
                 f"{self.name}: top_k={self.top_k} is more than n_experts={self.n_experts}; "
                 f"use --top-k between 1 and {self.n_experts}")
-        if self.capacity_factor <= 0:
-            raise ValueError(f"{self.name}: capacity_factor must be > 0, got {self.capacity_factor}")
+        if not (math.isfinite(self.capacity_factor) and self.capacity_factor > 0):
+            raise ValueError(f"{self.name}: capacity_factor must be a finite number > 0, got "
+                             f"{self.capacity_factor}")
+        if not (math.isfinite(self.ln_eps) and self.ln_eps > 0):
+            raise ValueError(f"{self.name}: ln_eps must be a finite number > 0, got {self.ln_eps}")
         if self.dtype not in DTYPES:
             raise ValueError(f"{self.name}: dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         for field in ("q_block", "kv_block"):
@@ -124,13 +128,14 @@ def load_model_file(path) -> ModelConfig:
     """A GPT-style model from a TOML file with exactly the keys of MODEL_FILE_KEYS (and optionally
     MODEL_FILE_OPTIONAL); every problem is a ValueError naming the file and the key."""
     import tomllib
-    from pathlib import Path
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"model file {path}: no such file")
+    from helix_jax.checks import input_file
+
+    path = input_file(path, "model file", "a TOML file")
     try:
         data = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ValueError(f"model file {path}: cannot read it ({e.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"model file {path}: not valid TOML ({e})") from None
     allowed = {**MODEL_FILE_KEYS, **MODEL_FILE_OPTIONAL}

@@ -41,29 +41,57 @@ class DecodeRun:
 
 def check_prompt(prompt_len: int, seq: int) -> None:
     """A clear error for a prompt that leaves no prefill or no decode step."""
-    if not 1 <= prompt_len <= seq - 1:
-        raise ValueError(f"--prompt-len {prompt_len} must be between 1 and seq - 1 = {seq - 1}: "
-                         f"the prefill needs a position and the decode at least one step")
+    from helix_jax.checks import prompt_len as check
+
+    check(prompt_len, seq)
 
 
-def run_decode(sharded: Sharded, params, x: jax.Array, prompt_len: int,
-               step=None) -> DecodeRun:
-    """Prefill positions [0, P), then decode P .. S - 1 one position at a time (`step`: a
-    `sharded.step_fn()` to reuse across runs)."""
+def compile_decode(sharded: Sharded, prompt_len: int, step=None) -> tuple:
+    """The prefill (P positions) and one-position decode programs, compiled for abstract
+    arguments (nothing allocated: their memory can be checked first), and the seconds it took."""
+    from jax.sharding import NamedSharding
+
     cfg = sharded.cfg
     check_prompt(prompt_len, cfg.seq)
     step = step or sharded.step_fn()
+    mesh = sharded.mesh
+    cache = jax.ShapeDtypeStruct(sharded.cache_shape(cfg.seq), jnp.dtype(cfg.dtype),
+                                 sharding=NamedSharding(mesh, sharded.cache_spec))
+    caches = {"k": cache, "v": cache}
+    x_sharding = NamedSharding(mesh, sharded.step_input_spec)
+
+    def x(positions):
+        full = sharded.abstract_input()
+        return jax.ShapeDtypeStruct((full.shape[0], positions, *full.shape[2:]), full.dtype,
+                                    sharding=x_sharding)
+
+    start = time.perf_counter()
+    params = sharded.abstract_params()
+    pos = jax.ShapeDtypeStruct((), jnp.int32)
+    prefill = step.lower(params, caches, x(prompt_len), pos).compile()
+    one = step.lower(params, caches, x(1), pos).compile()
+    return prefill, one, time.perf_counter() - start
+
+
+def run_decode(sharded: Sharded, params, x: jax.Array, prompt_len: int,
+               step=None, programs: tuple | None = None) -> DecodeRun:
+    """Prefill positions [0, P), then decode P .. S - 1 one position at a time (`step`: a
+    `sharded.step_fn()` to reuse across runs; `programs`: what `compile_decode` returned)."""
+    from jax.sharding import NamedSharding
+
+    cfg = sharded.cfg
+    check_prompt(prompt_len, cfg.seq)
+    prefill, one, compile_s = programs or compile_decode(sharded, prompt_len, step)
+    x_sharding = NamedSharding(sharded.mesh, sharded.step_input_spec)
     cache = sharded.init_cache(cfg.seq)
+    pos0 = jnp.int32(0)
+    prompt = jax.device_put(x[:, :prompt_len], x_sharding)
     start = time.perf_counter()
-    prefill = step.lower(params, cache, x[:, :prompt_len], jnp.int32(0)).compile()
-    one = step.lower(params, cache, x[:, :1], jnp.int32(0)).compile()
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    y, cache, _ = jax.block_until_ready(prefill(params, cache, x[:, :prompt_len], jnp.int32(0)))
+    y, cache, _ = jax.block_until_ready(prefill(params, cache, prompt, pos0))
     ttft = time.perf_counter() - start
     outs, times = [np.asarray(y, np.float32)], []
     for t in range(prompt_len, cfg.seq):
-        xt = x[:, t:t + 1]
+        xt = jax.device_put(x[:, t:t + 1], x_sharding)
         start = time.perf_counter()
         y, cache, _ = jax.block_until_ready(one(params, cache, xt, jnp.int32(t)))
         times.append(time.perf_counter() - start)

@@ -36,8 +36,20 @@ def params_to_flat(params: dict) -> dict[str, np.ndarray]:
     return flat
 
 
+def _check_values(name: str, value: np.ndarray, source: str) -> None:
+    """A parameter array must hold real numbers, all finite."""
+    if value.dtype.kind not in "fiu":
+        raise ValueError(f"{source}: array {name} has dtype {value.dtype}, expected float32 "
+                         f"numbers")
+    bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+    if bad:
+        raise ValueError(f"{source}: array {name} has {bad} non-finite value(s) (NaN or inf) of "
+                         f"{value.size}; fix or regenerate the file")
+
+
 def flat_to_params(flat: dict[str, np.ndarray], shapes: dict, source: str = "params") -> dict:
-    """Inverse of `params_to_flat`, checked against the model's parameter `shapes` tree."""
+    """Inverse of `params_to_flat`, checked against the model's parameter `shapes` tree: every
+    array present, real and finite, and of the shape the model needs (named when not)."""
     missing, wrong = [], []
 
     def build(tree: dict, prefix: str) -> dict:
@@ -47,52 +59,77 @@ def flat_to_params(flat: dict[str, np.ndarray], shapes: dict, source: str = "par
             if isinstance(shape, dict):
                 out[key] = build(shape, name + ".")
                 continue
-            if name.startswith("layers."):
-                rest = name[len("layers."):]
-                names = [f"layers.{i}.{rest}" for i in range(shape.shape[0])]
-            else:
-                names = [name]
+            stacked = name.startswith("layers.")
+            want = tuple(shape.shape)[1:] if stacked else tuple(shape.shape)
+            names = ([f"layers.{i}.{name[len('layers.'):]}" for i in range(shape.shape[0])]
+                     if stacked else [name])
             arrays = []
             for n in names:
                 if n not in flat:
                     missing.append(n)
                     continue
-                arrays.append(np.asarray(flat[n], dtype=np.float32))
-            if len(arrays) != len(names):
-                continue
-            value = np.stack(arrays) if name.startswith("layers.") else arrays[0]
-            if value.shape != tuple(shape.shape):
-                per_layer = slice(1 if len(names) > 1 else 0, None)  # one layer's shape
-                wrong.append(f"{names[0]}: {value.shape[per_layer]} but the model needs "
-                             f"{tuple(shape.shape)[per_layer]}")
-            out[key] = value
+                value = np.asarray(flat[n])
+                _check_values(n, value, source)
+                if value.shape != want:
+                    wrong.append(f"{n} has shape {value.shape} but the model needs {want}")
+                    continue
+                arrays.append(value.astype(np.float32))
+            if len(arrays) == len(names):
+                out[key] = np.stack(arrays) if stacked else arrays[0]
         return out
 
     params = build(shapes, "")
     if missing or wrong:
-        lines = [f"{source} does not fit the model:"]
-        if missing:
-            lines.append(f"  missing {len(missing)} arrays, e.g. {', '.join(missing[:4])}")
-        lines += [f"  {w}" for w in wrong[:8]]
-        raise ValueError("\n".join(lines))
+        problems = ([f"missing {len(missing)} array(s), e.g. {', '.join(missing[:4])}"]
+                    if missing else []) + wrong[:4]
+        more = f" (and {len(wrong) - 4} more)" if len(wrong) > 4 else ""
+        raise ValueError(f"{source} does not fit the model: {'; '.join(problems)}{more}")
     return params
 
 
 def save(path: str | Path, cfg: ModelConfig, params: dict, x, y) -> None:
-    """Write params, input and output (all float32) and the config as JSON."""
+    """Write params, input and output (all float32) and the config as JSON to exactly `path`,
+    through a temporary file: an existing file is replaced whole or not at all."""
+    from helix_jax.checks import atomic_output
+
     arrays = params_to_flat(params)
     arrays["input"] = np.asarray(x, dtype=np.float32)
     arrays["output"] = np.asarray(y, dtype=np.float32)
     arrays["config_json"] = np.array(cfg.to_json())
-    np.savez(path, **arrays)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
-def load(path: str | Path) -> tuple[dict[str, np.ndarray], ModelConfig | None]:
-    """All arrays of an npz file, and its config if it carries one."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"no such file: {path}")
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
+_NOT_PARAMS = ("input", "output")  # may hold anything (a diverged model's output)
+
+
+def load(path: str | Path, flag: str = "--params") -> tuple[dict[str, np.ndarray],
+                                                          ModelConfig | None]:
+    """All arrays of an npz file, and its config if it carries one. A missing, unreadable,
+    garbage or truncated file, a non-numeric or non-finite parameter array, or a config that is
+    not one: a ValueError naming the file (and the array)."""
+    from helix_jax.checks import input_file
+
+    path = input_file(path, flag, "an npz file")
+    source = f"{flag} {path}"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise ValueError("it holds a single .npy array")
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:  # numpy, zipfile and zlib each raise their own kinds
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "pickled" in reason or "magic" in reason.lower():
+            reason = "neither a zip archive of arrays nor one without pickled objects"
+        raise ValueError(f"{source} is not a readable npz archive ({reason}); write one with "
+                         f"`helix forward --out FILE`") from None
     text = arrays.pop("config_json", None)
-    return arrays, (ModelConfig.from_json(str(text)) if text is not None else None)
+    for name, value in arrays.items():
+        if name not in _NOT_PARAMS:
+            _check_values(name, value, source)
+    if text is None:
+        return arrays, None
+    try:
+        return arrays, ModelConfig.from_json(str(text))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{source}: its config_json is not a model config ({e})") from None

@@ -41,6 +41,22 @@ class TrainConfig:
     weight_decay: float = 0.01
     clip: float = 1.0
 
+    def __post_init__(self) -> None:
+        """Every hyper-parameter in its range, checked before any work (a ValueError naming it)."""
+        import math
+
+        rules = {"steps": (self.steps >= 1, "at least 1"),
+                 "lr": (math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
+                 "warmup": (self.warmup >= 0, "at least 0"),
+                 "decay_steps": (self.decay_steps >= 1, "at least 1"),
+                 "seed": (0 <= self.seed < 2**32, "between 0 and 2**32 - 1"),
+                 "weight_decay": (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+                                  "a finite number >= 0"),
+                 "clip": (math.isfinite(self.clip) and self.clip > 0, "a finite number > 0")}
+        for name, (ok, what) in rules.items():
+            if not ok:
+                raise ValueError(f"training: {name} must be {what}, got {getattr(self, name)}")
+
 
 def teacher(x: jax.Array) -> jax.Array:
     """The synthetic target for input x [B, S, D] (see module doc), float32."""
@@ -236,12 +252,19 @@ class Trainer:
     def step(self, params, opt_state, position: int):
         return self._step(params, opt_state, *self._batch(position))
 
-    def compile(self, params, opt_state) -> None:
-        """Compile the step ahead of running it, then wait for every process to have done so."""
+    def compile(self):
+        """Compile the step ahead of running it (for abstract arguments: nothing is allocated,
+        so its memory can be checked first), then wait for every process to have done so.
+        Returns the compiled step."""
         from helix_jax import distributed
 
-        self._step = self._step.lower(params, opt_state, *self._batch(0)).compile()
-        distributed.barrier("train step compiled")
+        if not isinstance(self._step, jax.stages.Compiled):
+            state = self.state_target()
+            batch = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                 jax.eval_shape(self._make_batch, 0), (self.data_sh, self.data_sh))
+            self._step = self._step.lower(state["params"], state["opt_state"], *batch).compile()
+            distributed.barrier("train step compiled")
+        return self._step
 
     def state_target(self):
         """ShapeDtypeStructs with this layout's shardings: the restore target."""
@@ -259,30 +282,76 @@ def _kill_during_save_hook(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _host_memory_check(sharded: Sharded, compiled) -> None:
+    """Refuse, before anything is allocated, a training run this host cannot hold."""
+    from helix_jax.checks import check_fits
+
+    cfg = sharded.cfg
+    check_fits([compiled], sharded.mesh, what=f"training {cfg.name} on {sharded.layout.spec}",
+               way_out="use a smaller --batch/--seq or a smaller model, or price the step without "
+               "running it: `helix project --mode train` with the same --model and --layout")
+
+
 def train(sharded: Sharded, tc: TrainConfig, checkpoint_dir: str | None = None,
           save_every: int = 0, resume: bool = False, log_path: str | None = None,
-          progress: bool = True, echo=print, profile_dir: str | None = None) -> dict:
+          progress: bool = True, echo=print, profile_dir: str | None = None,
+          warn=None, check_memory: bool = True) -> dict:
     """Run `tc.steps` total steps (continuing from a checkpoint with `resume`); returns a summary
-    with the per-step log and the final parameters."""
+    with the per-step log and the final parameters.
+
+    The step is compiled first, for abstract arguments, and (with `check_memory`) its memory
+    checked against the host before anything is allocated. `resume` restores the newest intact
+    checkpoint: corrupt newer ones are reported through `warn` (default: stderr) and moved aside;
+    if every one is corrupt a CheckpointError ends the run. Without `resume` the directory must
+    hold no checkpoint yet (orbax would silently skip saving steps it already has)."""
     from tqdm import tqdm
 
-    from helix_jax.checkpoint import Checkpoints
+    from helix_jax.checkpoint import CORRUPT_SUFFIX, Checkpoints
+    from helix_jax.errors import warn as default_warn
 
+    warn = warn or default_warn
+    if resume and not checkpoint_dir:
+        raise ValueError("--resume needs --checkpoint-dir: the folder to resume from")
     trainer = Trainer(sharded, tc)
-    ckpts = Checkpoints(checkpoint_dir) if checkpoint_dir else None
+    exists = bool(checkpoint_dir) and Path(checkpoint_dir).expanduser().is_dir()
+    ckpts = Checkpoints(checkpoint_dir) if exists else None  # creates nothing yet
     start, resumed_from = 0, None
-    if resume and ckpts and ckpts.latest_step() is not None:
-        resumed_from = ckpts.latest_step()
-        meta = ckpts.read_meta(resumed_from)
-        _check_compatible(meta, sharded.cfg, checkpoint_dir)
-        state, meta = ckpts.restore(resumed_from, trainer.state_target())
-        params, opt_state, start = state["params"], state["opt_state"], int(meta["data_position"])
-        echo(f"resumed from step {resumed_from} in {ckpts.directory} (saved under layout "
-             f"{meta['layout']}, now {sharded.layout.spec})")
-    else:
+    try:
+        newest = (ckpts.steps() or [None])[0] if ckpts else None
+        if newest is not None and not resume:
+            raise ValueError(f"--checkpoint-dir {checkpoint_dir} already holds checkpoints "
+                             f"(newest: step {newest}); pass --resume to continue from it, or "
+                             f"choose an empty folder")
+        if not (resume and newest is not None and newest >= tc.steps):  # work left: compile
+            compiled = trainer.compile()
+            if check_memory:
+                _host_memory_check(sharded, compiled)
+        if checkpoint_dir and ckpts is None:
+            ckpts = Checkpoints(checkpoint_dir)
+        found = None
         if resume:
-            echo("no complete checkpoint found: starting from scratch")
-        params, opt_state = trainer.init()
+            found = ckpts.restore_newest(
+                trainer.state_target(), warn=warn,
+                check_meta=lambda meta: _check_compatible(meta, sharded.cfg, checkpoint_dir))
+        if found is not None:
+            resumed_from, state, meta = found
+            params, opt_state = state["params"], state["opt_state"]
+            start = int(meta["data_position"])
+            echo(f"resumed from step {resumed_from} in {ckpts.directory} (saved under layout "
+                 f"{meta['layout']}, now {sharded.layout.spec})")
+        else:
+            if resume:
+                aside = sorted(p.name for p in ckpts.directory.glob(f"*{CORRUPT_SUFFIX}*"))
+                echo(f"no checkpoint in {ckpts.directory} yet: starting from scratch"
+                     + (f" (it holds only steps moved aside as corrupt: {', '.join(aside)})"
+                        if aside else ""))
+            params, opt_state = trainer.init()
+        if start < tc.steps:
+            trainer.compile()  # no-op unless a fallback left work after all
+    except BaseException:
+        if ckpts:
+            ckpts.close()
+        raise
 
     log_file = open(log_path, "a") if log_path else None
     history = []
@@ -290,8 +359,6 @@ def train(sharded: Sharded, tc: TrainConfig, checkpoint_dir: str | None = None,
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not progress,
                desc=f"train {sharded.cfg.name} on {sharded.layout.kind}", unit="step")
     profiling = False
-    if start < tc.steps:
-        trainer.compile(params, opt_state)
     try:
         for step in bar:
             if profile_dir and step == start + 1:  # after the compiling first step

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,8 +176,8 @@ def _from_mapping(data: dict, default_name: str, source: str) -> Hardware:
         "latency_small_s", "nic_bytes_per_s"})
     for key in numbers:
         v = data[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"{source}: field {key!r} must be a number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{source}: field {key!r} must be a finite number, got {v!r}")
         required = key not in _OPTIONAL and not key.startswith("latency")
         if v < 0 or (v == 0 and required):
             raise ValueError(f"{source}: field {key!r} must be positive, got {v!r}")
@@ -186,7 +187,8 @@ def _from_mapping(data: dict, default_name: str, source: str) -> Hardware:
         curve = data["allreduce_busbw"]
         ok = isinstance(curve, list) and all(
             isinstance(p, list) and len(p) == 2 and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in p)
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                and x > 0 for x in p)
             for p in curve)
         if not ok:
             raise ValueError(f"{source}: allreduce_busbw must be a list of [bytes, busbw] pairs "
@@ -213,16 +215,23 @@ def load_hardware(name_or_path: str | Path) -> Hardware:
     key = str(name_or_path)
     if key in HARDWARE:
         return HARDWARE[key]
-    path = Path(key)
-    if not path.is_file():
-        raise ValueError(f"unknown hardware {key!r}: not a file, and known profiles are "
-                         f"{sorted(HARDWARE)}")
-    if path.suffix == ".json":
-        data = json.loads(path.read_text())
-    elif path.suffix == ".toml":
-        data = tomllib.loads(path.read_text())
-    else:
-        raise ValueError(f"{path}: hardware files must be .json or .toml")
+    path = Path(key).expanduser()
+    if not path.exists():
+        raise ValueError(f"unknown hardware {key!r}: no such file, and the built-in profiles are "
+                         f"{', '.join(sorted(HARDWARE))}")
+    if path.is_dir():
+        raise ValueError(f"hardware file {path} is a folder, not a .json or .toml file")
+    if path.suffix not in (".json", ".toml"):
+        raise ValueError(f"hardware file {path}: must be .json or .toml")
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except OSError as e:
+        raise ValueError(f"hardware file {path}: cannot read it ({e.strerror})") from None
+    except ValueError as e:  # JSON, TOML and UTF-8 decoding errors
+        kind = "JSON" if path.suffix == ".json" else "TOML"
+        raise ValueError(f"hardware file {path}: not valid {kind} ({e})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a table/object of hardware fields")
-    return _from_mapping(data, path.stem, str(path))
+        raise ValueError(f"hardware file {path}: expected a table/object of hardware fields, got "
+                         f"{type(data).__name__}")
+    return _from_mapping(data, path.stem, f"hardware file {path}")
