@@ -10,20 +10,22 @@ import argparse
 import sys
 import time
 
-from helix_jax import distributed
+from helix_jax import checks, distributed, errors
 from helix_jax.config import DTYPES, PRESETS, resolve_model
 from helix_jax.layouts import LAYOUTS, parse_layout
 
 
-def _model_args(p: argparse.ArgumentParser, default_model: str) -> None:
-    """The model, its run shape and the layout: what every command that builds a model takes."""
+def _model_args(p: argparse.ArgumentParser, default_model: str, layout: bool = True) -> None:
+    """The model, its run shape and (unless `layout` is false) the layout: what every command
+    that builds a model takes."""
     p.add_argument("--model", default=default_model, choices=sorted(PRESETS),
                    help=f"model preset (default: {default_model})")
     p.add_argument("--model-file", metavar="FILE.toml",
                    help="a GPT-style model from a TOML file (keys: name, n_layers, d_model, "
                    "n_heads, head_dim, d_ff, vocab; optional n_experts, top_k, capacity_factor, "
                    "causal, ln_eps); overrides --model")
-    _layout_arg(p)
+    if layout:
+        _layout_arg(p)
     p.add_argument("--batch", type=int, help="batch size (default: the preset's)")
     p.add_argument("--seq", type=int, help="sequence length (default: the preset's)")
     p.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the preset's)")
@@ -40,6 +42,21 @@ def _model_args(p: argparse.ArgumentParser, default_model: str) -> None:
 def _layout_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", default="helix", help="layout spec, e.g. helix:m=4,n=4,core=seq_a2a "
                    "(default: helix; `helix layouts` lists them)")
+
+
+def _partitioner_arg(p: argparse.ArgumentParser, both: bool = False) -> None:
+    choices = ("shard_map", "gspmd") + (("both",) if both else ())
+    p.add_argument("--partitioner", default="shard_map", choices=choices,
+                   help="shard_map: the hand-written collectives (default); gspmd: the same model "
+                   "under jax.jit with the layout's shardings, XLA choosing the collectives"
+                   + ("; both: compile both and compare them side by side" if both else ""))
+
+
+def _check_partitioner(layout, partitioner: str) -> None:
+    """A clear error, before jax starts, for a layout the partitioner cannot run."""
+    from helix_jax.gspmd import check_partitioner
+
+    check_partitioner(layout, "gspmd" if partitioner == "both" else partitioner)
 
 
 def _config(args: argparse.Namespace):
@@ -83,6 +100,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_forward(args: argparse.Namespace) -> int:
     cfg, layout = _model_and_layout(args)
+    _check_partitioner(layout, args.partitioner)
+    checks.output_file(args.out, "--out")
+    checks.output_dir(args.profile, "--profile")
+    if args.params:  # a bad file fails here, before jax starts
+        from helix_jax import npz
+
+        arrays, _ = npz.load(args.params)
     if (rc := distributed.start(args, layout.devices)) is not None:
         return rc  # this process launched --num-processes local processes, which did the work
 
@@ -92,19 +116,22 @@ def cmd_forward(args: argparse.Namespace) -> int:
     from helix_jax import model as M
     from helix_jax import npz
 
-    sharded = M.Sharded.build(cfg, layout)
+    sharded = M.Sharded.build(cfg, layout, partitioner=args.partitioner)
     if args.params:
-        arrays, _ = npz.load(args.params)
-        params = sharded.place(npz.flat_to_params(arrays, M.param_shapes(cfg), args.params))
-    else:
-        params = sharded.init(args.seed)
+        host_params = npz.flat_to_params(arrays, M.param_shapes(cfg), f"--params {args.params}")
+    start = time.perf_counter()  # compiled for abstract arguments: nothing allocated yet
+    forward = sharded.forward_fn().lower(*sharded.abstract_inputs()).compile()
+    compile_s = time.perf_counter() - start
+    checks.check_fits([forward], sharded.mesh, f"forward of {cfg.name} on {layout.spec}",
+                      checks.WAY_OUT,
+                      host_extra=checks.host_copies(cfg, M.param_shapes(cfg) if args.out else None))
+    params = sharded.place(host_params) if args.params else sharded.init(args.seed)
     x_host = M.random_input(cfg, args.seed)  # the same on every process
     x = distributed.global_array(x_host, sharded.input_sharding)
-    start = time.perf_counter()
-    forward = sharded.forward_fn().lower(params, x).compile()
     distributed.barrier("forward compiled")  # run the first collective only once all compiled
+    start = time.perf_counter()
     y, stats = jax.block_until_ready(forward(params, x))
-    first = time.perf_counter() - start
+    first = compile_s + time.perf_counter() - start
     times = []
     import contextlib
 
@@ -125,7 +152,8 @@ def cmd_forward(args: argparse.Namespace) -> int:
     print(f"model    {cfg.name}: {cfg.n_layers} layers, {cfg.n_heads}x{cfg.head_dim} heads, "
           f"D {cfg.d_model}, F {cfg.d_ff}" + (f", {cfg.n_experts} experts top-{cfg.top_k}"
                                               if cfg.is_moe else "") + f", {cfg.dtype}")
-    print(f"layout   {layout.spec}")
+    print(f"layout   {layout.spec}" + (f" (partitioner {args.partitioner}: XLA chose the "
+                                           f"collectives)" if args.partitioner == "gspmd" else ""))
     print(f"mesh     {mesh} on {layout.devices} {jax.devices()[0].platform} device(s)"
           f"{distributed.describe()}")
     print(f"shapes   input {tuple(x.shape)} -> output {tuple(y.shape)}, causal={cfg.causal}")
@@ -152,25 +180,30 @@ def cmd_forward(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     cfg, layout = _model_and_layout(args)
-    from helix_jax.decode import check_prompt
-
-    check_prompt(args.prompt_len, cfg.seq)
-    _check_output(args.out)
-    if args.generate is not None and (args.generate < 1 or not cfg.vocab):
+    checks.prompt_len(args.prompt_len, cfg.seq)
+    checks.output_file(args.out, "--out")
+    if args.generate is not None and not cfg.vocab:
         raise ValueError("--generate N needs N >= 1 and a model file with vocab > 0")
+    if args.generate is not None and args.prompt_len + args.generate > cfg.seq:
+        raise ValueError(f"--prompt-len {args.prompt_len} + --generate {args.generate} is more "
+                         f"than --seq {cfg.seq}; raise --seq or generate fewer tokens")
     if (rc := distributed.start(args, layout.devices)) is not None:
         return rc
     import numpy as np
 
     from helix_jax import model as M
     from helix_jax import npz
-    from helix_jax.decode import generate, run_decode
+    from helix_jax.decode import compile_decode, generate, run_decode
 
     sharded = M.Sharded.build(cfg, layout)
+    programs = compile_decode(sharded, args.prompt_len)  # abstract: nothing allocated yet
+    checks.check_fits(list(programs[:2]), sharded.mesh, f"decode of {cfg.name} on {layout.spec}",
+                      checks.WAY_OUT,
+                      host_extra=checks.host_copies(cfg, M.param_shapes(cfg) if args.out else None))
     params = sharded.init(args.seed)
     x_host = M.random_input(cfg, args.seed)
     x = distributed.global_array(x_host, sharded.input_sharding)
-    run = run_decode(sharded, params, x, args.prompt_len)
+    run = run_decode(sharded, params, x, args.prompt_len, programs=programs)
     if not distributed.is_main():
         return 0
     steps = cfg.seq - args.prompt_len
@@ -260,43 +293,58 @@ def cmd_project(args: argparse.Namespace) -> int:
     from helix_jax.analysis.hardware import load_hardware
 
     hw = load_hardware(args.hardware)
-    _check_output(args.json)
+    checks.output_file(args.json, "--json")
     if args.mode != "train" and args.remat != "none":
         raise ValueError(f"--remat {args.remat} applies to --mode train only")
     from helix_jax.devices import ensure_host_devices
 
+    from helix_jax.analysis.project import check_partitioner
+
+    check_partitioner(cfg, layout, args.mode, "gspmd" if args.partitioner == "both"
+                      else args.partitioner)
     ensure_host_devices(min(layout.devices, 64) if args.mode == "train" else layout.devices)
     import json
 
     from helix_jax.analysis.project import project
 
     chunks = None if args.batch_chunks == "auto" else int(args.batch_chunks)
-    result = project(cfg, layout, hw, batch_chunks=chunks, mode=args.mode, remat=args.remat,
-                     progress=lambda msg: print(f"  {msg}", file=sys.stderr))
-    print_projection(result)
+    progress = lambda msg: print(f"  {msg}", file=sys.stderr)  # noqa: E731
+    if args.partitioner == "both":
+        from helix_jax.analysis.partitioners import project_both
+        from helix_jax.report.partitioners import print_comparison
+
+        result = project_both(cfg, layout, hw, batch_chunks=chunks, mode=args.mode,
+                              remat=args.remat, progress=progress)
+        print_comparison(result)
+    else:
+        result = project(cfg, layout, hw, batch_chunks=chunks, mode=args.mode, remat=args.remat,
+                         progress=progress, partitioner=args.partitioner)
+        print_projection(result)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        with checks.atomic_output(args.json) as tmp:
+            tmp.write_text(json.dumps(result, indent=1))
         print(f"wrote {args.json}")
     return 0
 
 
-def _check_output(path: str | None) -> None:
-    """An output file's folder must exist before any work starts."""
-    from pathlib import Path
-
-    if path and not Path(path).expanduser().resolve().parent.is_dir():
-        raise ValueError(f"cannot write {path}: folder {Path(path).parent} does not exist; "
-                         f"create it or choose another path")
+def _check_output(path: str | None, flag: str = "--out") -> None:
+    """An output file's folder must exist and be writable before any work starts."""
+    checks.output_file(path, flag)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg, layout = _model_and_layout(args)
+    _check_partitioner(layout, args.partitioner)
     o = layout.options
     if o.get("schedule", "gpipe") != "gpipe" or o.get("virtual", 1) > 1 or o.get("tp_overlap"):
         raise ValueError(f"{layout.spec}: helix train runs the GPipe schedule without overlap; "
                          f"schedule=1f1b, virtual=V and tp_overlap are priced by `helix project "
                          f"--mode train` only")
+    checks.output_dir(args.checkpoint_dir, "--checkpoint-dir")
+    checks.output_file(args.log, "--log")
+    checks.output_dir(args.profile, "--profile")
+    if args.resume and not args.checkpoint_dir:
+        raise ValueError("--resume needs --checkpoint-dir: the folder to resume from")
     if (rc := distributed.start(args, layout.devices)) is not None:
         return rc  # this process launched --num-processes local processes, which did the work
     from pathlib import Path
@@ -304,15 +352,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from helix_jax.model import Sharded
     from helix_jax.train import TrainConfig, train
 
+    # the log goes where it was asked, or beside the checkpoints; never into the working folder
     log = args.log or (str(Path(args.checkpoint_dir) / "train_log.jsonl") if args.checkpoint_dir
-                       else "train_log.jsonl")
+                       else None)
     main = distributed.is_main()
-    if args.checkpoint_dir and main:
-        Path(args.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-    sharded = Sharded.build(cfg, layout)
+    sharded = Sharded.build(cfg, layout, partitioner=args.partitioner)
     echo = print if main else (lambda *_: None)
     echo(f"training {cfg.name} on {layout.describe()}{distributed.describe()} for {args.steps} "
-         f"steps (batch {cfg.batch} x seq {cfg.seq}); log: {log}")
+         f"steps (batch {cfg.batch} x seq {cfg.seq}); log: {log or 'none (--log FILE keeps one)'}")
     result = train(sharded, TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed),
                    checkpoint_dir=args.checkpoint_dir, save_every=args.save_every,
                    resume=args.resume, log_path=log if main else None,
@@ -334,12 +381,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from helix_jax.analysis.hardware import load_hardware
 
     load_hardware(args.base)  # a clear error before any measuring
+    checks.output_file(args.out, "--out")
     from helix_jax.calibrate import cmd_calibrate as run
 
     return run(args)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    from helix_jax.analysis.hardware import load_hardware
+
+    checks.output_dir(args.out, "--out")
+    load_hardware(args.hardware)  # a clear error before any work
     from helix_jax.devices import ensure_host_devices
 
     ensure_host_devices(16)  # the paper's layouts are 16-device meshes
@@ -348,8 +400,31 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return reproduce.cmd_reproduce(args)
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    if args.context is not None:
+        if args.mode not in ("prefill", "decode"):
+            raise ValueError("--context applies to --mode prefill or decode")
+        if args.context < 2:
+            raise ValueError(f"--context {args.context} must be at least 2")
+        args.seq = args.context
+    from helix_jax.report.planning import run_plan
+
+    return run_plan(args, _config(args), "helix " + " ".join(args.argv))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, `helix: error: ...`, exit 2 (subcommands inherit it)."""
+
+    def error(self, message: str):
+        self.exit(errors.USAGE, f"helix: error: {message} (see `{self.prog} --help`)\n")
+
+
+_DEBUG_HELP = "on an error, also print the Python traceback"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="helix", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="helix", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("forward", help="run one forward pass of a model on a layout")
@@ -360,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=3, help="timed runs after the first (default 3)")
     p.add_argument("--profile", help="write a jax profiler trace of the timed runs to this "
                    "directory (TensorBoard, or perfetto_trace.json.gz for ui.perfetto.dev)")
+    _partitioner_arg(p)
     distributed.add_args(p)
     p.set_defaults(func=cmd_forward)
 
@@ -393,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-chunks", default="auto",
                    help="walk the batch in this many chunks (default auto: fewest that fit memory)")
     p.add_argument("--json", help="write the full read-out to this JSON file")
+    _partitioner_arg(p, both=True)
     p.set_defaults(func=cmd_project)
 
     p = sub.add_parser("train", help="train a model on a layout on the synthetic task, with "
@@ -409,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", help="JSON-lines log (default: CHECKPOINT_DIR/train_log.jsonl)")
     p.add_argument("--profile", help="write a jax profiler trace of the steps to this directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _partitioner_arg(p)
     distributed.add_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -418,6 +496,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_reproduce_args(p)
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("plan", help="which layout should I use? every legal layout for N "
+                       "devices compiled (pruned by cheap bounds first), priced and ranked")
+    _model_args(p, "paper-dense", layout=False)
+    from helix_jax.report.planning import add_plan_args
+
+    add_plan_args(p)
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("calibrate", help="measure this machine's accelerator (matmul rates, memory "
                        "bandwidth, attention kernels) and write a hardware profile")
@@ -432,17 +518,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("layouts", help="list the layouts").set_defaults(func=cmd_layouts)
     sub.add_parser("models", help="list the model presets").set_defaults(func=cmd_models)
+    for command in sub.choices.values():  # --debug also after the subcommand
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=_DEBUG_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit 0; 2 for a usage error (a flag, value or file that cannot work,
+    found before any work); 1 for a failure at run time; one line `helix: error: ...` on stderr
+    either way, and the traceback too with --debug."""
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the launcher re-runs this command
     try:
+        checks.check_ranges(args.command, vars(args))
         rc = args.func(args)
-    except ValueError as e:
-        print(f"helix: error: {e}", file=sys.stderr)
-        rc = 2
+    except (Exception, KeyboardInterrupt) as e:
+        rc = errors.report(e, debug=args.debug)
     return distributed.finish(rc)
 
 

@@ -1,14 +1,22 @@
-"""Collectives over logical axis names, for use inside `jax.shard_map`.
+"""Collectives over logical axis names, for use inside `jax.shard_map`, and sharding constraints
+for the same modules run as one global program under GSPMD.
 
 The model's math names logical axes ("heads", "head_dim", "mlp", ...); `Comm` turns them into mesh
 axes through the layout's rules. A collective over logical axes that the layout does not shard is
 the identity, so one forward pass serves every layout, the single device included.
+
+With `mesh` set (the `gspmd` partitioner) the modules see the whole arrays, as on one device: every
+collective is the identity and every shard index 0. What the layout's rules say then reaches XLA's
+SPMD partitioner through `constrain`, a `with_sharding_constraint` at the points the modules name
+(q, k, v, attention and MLP outputs, MoE dispatch, the residual stream); inside shard_map
+`constrain` is the identity. Both partitioners read the same rules, in `Layout.pspec`.
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,18 +49,64 @@ def vary_like(tree, *refs):
 
 @dataclass(frozen=True)
 class Comm:
-    """The layout as seen from inside the shard_map body."""
+    """The layout as seen from inside the shard_map body, or (with `mesh`) from a global program."""
 
     layout: Layout
     # Activation recompute in the backward pass: "none", "selective" (the attention core) or
     # "full" (each layer's forward); read by the modules through this view of the run.
     remat: str = "none"
+    # The gspmd partitioner's mesh: the modules see whole arrays, collectives are identities and
+    # `constrain` pins the layout's shardings. None inside shard_map.
+    mesh: Any = None
+
+    @property
+    def global_view(self) -> bool:
+        """True when the modules run on whole arrays and XLA partitions them (gspmd)."""
+        return self.mesh is not None
 
     def axes(self, *logical: str) -> tuple[str, ...]:
-        return self.layout.mesh_axes(*logical)
+        """The mesh axes a collective over `logical` runs on: none in the global view."""
+        return () if self.global_view else self.layout.mesh_axes(*logical)
 
     def size(self, *logical: str) -> int:
-        return self.layout.size(*logical)
+        """How many shards of `logical` this view holds one of: 1 in the global view."""
+        return 1 if self.global_view else self.layout.size(*logical)
+
+    def groups(self, *logical: str) -> int:
+        """How many of the layout's shards of `logical` this view's arrays hold: 1 inside
+        shard_map (a device holds one), all of them in the global view. Math that is defined per
+        shard (the MoE capacity per token shard) runs once per group, so both views agree."""
+        return self.layout.size(*logical) if self.global_view else 1
+
+    def constrain(self, x, *logical: str | None, first: tuple[int, ...] = ()):
+        """Pin `x`'s sharding to the layout's rule for dims named `logical` (gspmd); identity
+        inside shard_map. Dims listed in `first` claim their mesh axes before the others (a mesh
+        axis shards one dim at most), e.g. tokens grouped by shard with experts on some of the
+        same axes."""
+        if not self.global_view:
+            return x
+        from jax.sharding import NamedSharding
+
+        return jax.lax.with_sharding_constraint(
+            x, NamedSharding(self.mesh, self.spec(logical, first)))
+
+    def spec(self, logical: tuple[str | None, ...], first: tuple[int, ...] = ()):
+        """The PartitionSpec of dims named `logical`, dims in `first` served first."""
+        from jax.sharding import PartitionSpec as P
+
+        order = list(first) + [i for i in range(len(logical)) if i not in first]
+        used: set[str] = set()
+        dims: list = [None] * len(logical)
+        for i in order:
+            axes = tuple(a for a in self.layout.mesh_axes(logical[i]) if a not in used)
+            used.update(axes)
+            dims[i] = None if not axes else axes[0] if len(axes) == 1 else axes
+        return P(*dims)
+
+    def residual(self, x):
+        """The residual stream [B, S, D]: batch over the data axes, the sequence split under
+        sequence parallelism (gspmd; identity inside shard_map)."""
+        return self.constrain(x, "batch", "act_seq", None)
 
     def index(self, *logical: str) -> jax.Array:
         """This device's shard index along the logical axes (0 when they are not sharded)."""
@@ -111,6 +165,8 @@ class Comm:
         Under sequence parallelism (logical `act_seq` sharded) this is a reduce-scatter along the
         sequence onto the same axes; otherwise an all-reduce.
         """
+        if self.global_view:  # whole arrays: nothing to sum; say where the result lives
+            return self.residual(partial)
         axes = self.axes(*logical)
         seq_axes = self.axes("act_seq")
         if not seq_axes:
@@ -122,4 +178,6 @@ class Comm:
 
     def gather_seq(self, x):
         """Undo sequence parallelism before a layer that needs whole sequences."""
+        if self.global_view:
+            return self.constrain(x, "batch", None, None)
         return self.all_gather(x, "act_seq", axis=1)

@@ -2,9 +2,14 @@
 
 Parameters travel as a plain nested dict of float32 arrays (what optax, orbax and the npz files
 see); `logical_axes` gives the matching tree of logical axis names, and the layout maps those to
-PartitionSpecs. The forward pass is one `jax.shard_map` over the whole mesh, so every collective in
-the program is one the model asked for through `Comm`.
-"""
+PartitionSpecs. Two partitioners run the same modules:
+
+  shard_map  (default) the forward pass is one `jax.shard_map` over the whole mesh, so every
+             collective in the program is one the model asked for through `Comm`;
+  gspmd      the modules run on whole arrays under `jax.jit` with the layout's parameter and input
+             shardings and sharding constraints at the points the modules name (`Comm.constrain`);
+             XLA's SPMD partitioner chooses every collective. Pipelines (their schedule is
+             hand-written) and the KV-cache steps (prefill, decode) stay shard_map."""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from helix_jax.comm import Comm
 from helix_jax.config import ModelConfig
+from helix_jax.gspmd import check_partitioner
 from helix_jax.layouts import Layout
 from helix_jax.nn.stats import combine_stats
 from helix_jax.nn.transformer import Transformer
@@ -77,14 +83,17 @@ class Sharded:
     mesh: Mesh
     batch_chunks: int = 1
     remat: str = "none"  # activation recompute in training: none | selective | full
+    partitioner: str = "shard_map"  # shard_map (hand-written collectives) | gspmd (XLA's)
 
     @classmethod
     def build(cls, cfg: ModelConfig, layout: Layout, devices=None,
-              batch_chunks: int = 1, remat: str = "none") -> Sharded:
+              batch_chunks: int = 1, remat: str = "none",
+              partitioner: str = "shard_map") -> Sharded:
         layout.validate(cfg)
         if remat not in REMAT:
             raise ValueError(f"remat={remat!r} is not one of {', '.join(REMAT)}")
-        sharded = cls(cfg, layout, layout.make_mesh(devices), batch_chunks, remat)
+        check_partitioner(layout, partitioner)
+        sharded = cls(cfg, layout, layout.make_mesh(devices), batch_chunks, remat, partitioner)
         rows = cfg.batch // layout.size(*sharded.rest_axes) if sharded.rest_axes else cfg.batch
         if batch_chunks < 1 or rows % batch_chunks:
             shards = layout.size(*sharded.rest_axes) if sharded.rest_axes else 1
@@ -124,9 +133,14 @@ class Sharded:
         return tuple(a for a in self.rest_axes if a not in working)
 
     @property
+    def gspmd(self) -> bool:
+        return self.partitioner == "gspmd"
+
+    @property
     def comm(self) -> Comm:
         rules = {**self.layout.rules, "spread": self.spread_axes}
-        return Comm(dataclasses.replace(self.layout, rules=rules), remat=self.remat)
+        return Comm(dataclasses.replace(self.layout, rules=rules), remat=self.remat,
+                    mesh=self.mesh if self.gspmd else None)
 
     @property
     def param_specs(self) -> Params:
@@ -191,11 +205,46 @@ class Sharded:
         _, (y, stats) = jax.lax.scan(chunk, None, x.reshape(self.batch_chunks, rows, *x.shape[1:]))
         return y.reshape(x.shape[0], *y.shape[2:]), combine_stats(stats)
 
+    def global_forward(self, params: Params, x: jax.Array):
+        """The gspmd program: whole arrays, the layout's shardings as constraints. With batch
+        chunks, chunk c holds rows c, c + K, ... of each device's rows at rest (as under
+        shard_map), gathered into the layout's working sharding, and each device keeps its rows
+        of the output. The chunk is picked along an unsharded axis: a reshape that moved the
+        sharded one would make XLA replicate the whole batch."""
+        model, comm = nnx.merge(graphdef(self.cfg), params), self.comm
+        if self.batch_chunks == 1 and not self.spread_axes:
+            return model(x, comm)
+        K, n = self.batch_chunks, self.layout.size_of(self.rest_axes)
+        rows, tail = x.shape[0] // (n * K), x.shape[1:]
+
+        def pin(t, *spec):
+            return jax.lax.with_sharding_constraint(t, NamedSharding(self.mesh, P(*spec)))
+
+        rest = self.input_spec[0]
+        xs = pin(x.reshape(n, K, rows, *tail), rest, None, None, *self.input_spec[1:])
+        dt = jnp.dtype(self.cfg.dtype)
+        out = pin(jnp.zeros((n, K, rows, self.cfg.seq, self.cfg.d_model), dt),
+                  rest, None, None, *self.x_spec[1:])
+
+        def chunk(out, c):
+            xc = jax.lax.dynamic_index_in_dim(xs, c, axis=1, keepdims=False)  # [n, rows, ...]
+            xc = pin(xc.reshape(n * rows, *tail), *self.step_input_spec[:1],
+                     *self.input_spec[1:])
+            y, stats = model(xc, comm)
+            y = pin(y.reshape(n, rows, *y.shape[1:]), rest, None, *self.x_spec[1:])
+            return jax.lax.dynamic_update_index_in_dim(out, y.astype(dt), c, axis=1), stats
+
+        out, stats = jax.lax.scan(chunk, out, jnp.arange(K))
+        return out.reshape(x.shape[0], *out.shape[3:]), combine_stats(stats)
+
     def forward_fn(self):
         """(params, x) -> (y, stats), jit-compiled; y [B, S, D] in the compute dtype."""
-        body = jax.shard_map(self.local_forward, mesh=self.mesh,
-                             in_specs=(self.param_specs, self.input_spec),
-                             out_specs=(self.x_spec, self.stats_specs))
+        if self.gspmd:
+            body = self.global_forward
+        else:
+            body = jax.shard_map(self.local_forward, mesh=self.mesh,
+                                 in_specs=(self.param_specs, self.input_spec),
+                                 out_specs=(self.x_spec, self.stats_specs))
         return jax.jit(body, in_shardings=(self.param_shardings, self.input_sharding),
                        out_shardings=(self.x_sharding,
                                       jax.tree.map(lambda s: NamedSharding(self.mesh, s),
@@ -212,6 +261,8 @@ class Sharded:
         a vocabulary only, one batch chunk."""
         if not self.cfg.vocab:
             raise ValueError(f"{self.cfg.name} has no vocabulary (vocab = 0): it has no token loss")
+        if self.gspmd:
+            return self.local_token_loss  # whole arrays: the step's jit partitions it
         spec = self.input_spec
         return jax.shard_map(self.local_token_loss, mesh=self.mesh,
                              in_specs=(self.param_specs, spec, spec),
@@ -256,6 +307,9 @@ class Sharded:
     def step_fn(self):
         """(params, cache, x [B, T, D] or tokens [B, T], pos) -> (y [B, T, D], cache, stats):
         T new tokens at positions pos.., the cache updated in place (donated)."""
+        if self.gspmd:
+            raise ValueError(f"{self.layout.spec}: prefill and decode steps run under "
+                             f"--partitioner shard_map only")
         cache_specs = {"k": self.cache_spec, "v": self.cache_spec}
         body = jax.shard_map(self.local_step, mesh=self.mesh,
                              in_specs=(self.param_specs, cache_specs, self.step_input_spec, P()),

@@ -10,6 +10,7 @@ to f32, so on CPU their bytes come out 2x (see docs/jax-notes.md).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -74,13 +75,67 @@ class Collective:
         return self.result_bytes if self.op == "all-gather" else self.operand_bytes
 
 
+_MESH_GROUPS = re.compile(r"replica_groups=((?:maximal_)?mesh\[[^\]]*\]"
+                          r"(?:,\s*device_ids=\((?:[^()]|\([^()]*\))*\))?\s*\{[^}]*\})")
+_IOTA_IDS = re.compile(r"^\[([\d,]+)\](?:T\(([\d,]+)\))?$")
+_MESH_AXIS = re.compile(r"'?([^'=,\[\]\s]+)'?=(\d+)")
+_GROUP_AXIS = re.compile(r"'?([^':,\s]+)'?(?::\((\d+)\)(\d+))?")
+
+
+def parse_mesh_groups(value: str) -> tuple[tuple[int, ...], ...]:
+    """Expand XLA's mesh-axes replica groups, `mesh['a'=4,'b'=4] {'b'}` (devices that differ
+    only along the listed axes form a group). Axes may be sub-axes `'a':(pre)size` (axis a of size
+    n seen as [pre, size, n/(pre·size)], major first); the mesh may list `device_ids=(...)`
+    (iota or explicit) when the devices are not numbered in mesh order."""
+    head, _, axes_text = value.rpartition("{")
+    if head.startswith("maximal_mesh"):
+        return ((int(re.search(r"device_id=(\d+)", head).group(1)),),)
+    mesh_text, _, ids_text = head.partition("device_ids=")
+    sizes = [(name, int(n)) for name, n in _MESH_AXIS.findall(mesh_text[:mesh_text.index("]")])]
+    total = int(np.prod([n for _, n in sizes]))
+    ids_text = ids_text.strip().strip(",").strip()
+    ids_text = ids_text[1:ids_text.rindex(")")].strip() if ids_text.startswith("(") else ids_text
+    iota = _IOTA_IDS.match(ids_text.replace(" ", ""))
+    if not ids_text:
+        ids = np.arange(total)
+    elif "<=" in ids_text:
+        ids = np.array(parse_replica_groups(f"[1,{total}]{ids_text[ids_text.index('<='):]}")[0])
+    elif iota:  # [dims]T(perm): arange reshaped to dims, transposed by perm, in that order
+        dims_ = [int(x) for x in iota.group(1).split(",")]
+        ids = np.arange(total).reshape(dims_)
+        if iota.group(2):
+            ids = ids.transpose([int(x) for x in iota.group(2).split(",")])
+        ids = ids.reshape(-1)
+    else:
+        ids = np.array([int(x) for x in re.findall(r"\d+", ids_text)])
+    dims, grouped = [], []  # every axis split into [pre, size, rest] where a sub-axis names it
+    subs = {name: (int(pre), int(size)) if pre else None
+            for name, pre, size in _GROUP_AXIS.findall(axes_text.rstrip("} ")) if name}
+    for name, n in sizes:
+        if name in subs and subs[name] is not None:
+            pre, size = subs[name]
+            dims += [pre, size, n // (pre * size)]
+            grouped.append(len(dims) - 2)
+        else:
+            dims.append(n)
+            if name in subs:
+                grouped.append(len(dims) - 1)
+    grid = ids.reshape(dims)
+    rest = [d for d in range(len(dims)) if d not in grouped]
+    rows = grid.transpose(rest + grouped).reshape(-1, int(np.prod([dims[d] for d in grouped])))
+    return tuple(tuple(int(x) for x in row) for row in rows)
+
+
 def parse_replica_groups(value: str, num_devices: int | None = None) -> tuple[tuple[int, ...], ...]:
-    """Expand a `replica_groups=` value: `{{0,1},{2,3}}`, iota `[4,4]<=[16]`, `[4,4]<=[4,4]T(1,0)`.
+    """Expand a `replica_groups=` value: `{{0,1},{2,3}}`, iota `[4,4]<=[16]`, `[4,4]<=[4,4]T(1,0)`,
+    or mesh axes `mesh['a'=4,'b'=4] {'b'}` (`parse_mesh_groups`).
 
     Iota `[G,S]<=[dims]T(perm)` means arange(prod(dims)).reshape(dims).transpose(perm).reshape(G,S).
     An empty `{}` means one group of all devices: `range(num_devices)`, or () if that is unknown.
     """
     value = value.strip()
+    if value.startswith(("mesh[", "maximal_mesh[")):
+        return parse_mesh_groups(value)
     if value.startswith("["):
         head, _, tail = value.partition("<=")
         group_shape = [int(x) for x in head.strip("[]").split(",")]
@@ -138,6 +193,8 @@ def _collective(mod: HloModule, ins: Instruction, runs: tuple[int, bool]) -> Col
     if is_async:
         results = _async_results(results, len(operands), op)
     groups_text = attribute(ins.attrs, "replica_groups")
+    if groups_text is not None and "mesh[" in groups_text:  # the value runs past a space
+        groups_text = _MESH_GROUPS.search(ins.attrs).group(1)
     pairs_text = attribute(ins.attrs, "source_target_pairs")
     dims_text = attribute(ins.attrs, "dimensions")
     groups = parse_replica_groups(groups_text, mod.num_devices) if groups_text is not None else ()

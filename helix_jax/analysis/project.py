@@ -31,6 +31,7 @@ from helix_jax.analysis.flops import matmul_flops
 from helix_jax.analysis.formulas import DTYPE_BYTES, expected_comm_bytes
 from helix_jax.analysis.hardware import Hardware
 from helix_jax.analysis.roofline import compute_time
+from helix_jax.analysis.sites import collective_sites
 from helix_jax.analysis.terms import (
     analysed_config,
     build_sharded,
@@ -41,6 +42,7 @@ from helix_jax.analysis.terms import (
     score_blocks,
 )
 from helix_jax.config import ModelConfig
+from helix_jax.gspmd import check_partitioner as check_layout
 from helix_jax.layouts import Layout
 
 MODES = ("forward", "train", "prefill", "decode")
@@ -68,7 +70,7 @@ def chunk_candidates(cfg: ModelConfig, layout: Layout) -> list[int]:
 
 def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
         progress: Callable[[str], None] | None = None, mode: str = "forward",
-        remat: str = "none"):
+        remat: str = "none", partitioner: str = "shard_map"):
     """The fewest batch chunks whose program fits `capacity_bytes` per device; when none fits,
     the most chunked one (its memory is reported, and `fits` is false).
 
@@ -77,7 +79,7 @@ def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
     valid = []
     for k in chunk_candidates(cfg, layout):
         try:
-            valid.append(build_sharded(cfg, layout, k, remat))
+            valid.append(build_sharded(cfg, layout, k, remat, partitioner))
         except ValueError:  # this chunking does not divide the batch or its microbatches
             continue
     if not valid:
@@ -89,7 +91,8 @@ def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
             program = compile_program(valid[i], mode)
             compiled[i] = (program, read_memory(program)["total_bytes"])
             if progress:
-                progress(f"{layout.spec}: batch_chunks={valid[i].batch_chunks} -> "
+                progress(f"{layout.spec}{_under(partitioner)}: "
+                         f"batch_chunks={valid[i].batch_chunks} -> "
                          f"{compiled[i][1] / 1e9:.1f} GB per device")
         return compiled[i][1]
 
@@ -137,23 +140,50 @@ def _timing(cfg: ModelConfig, layout: Layout, hw: Hardware, compute: dict, price
     }
 
 
+def _under(partitioner: str) -> str:
+    return "" if partitioner == "shard_map" else f" under {partitioner}"
+
+
+def check_partitioner(cfg: ModelConfig, layout: Layout, mode: str, partitioner: str) -> None:
+    """A ValueError, before any compiling, for what the gspmd partitioner does not run."""
+    check_layout(layout, partitioner)
+    if partitioner == "shard_map":
+        return
+    if mode in ("prefill", "decode"):
+        raise ValueError(f"{layout.spec}: --mode {mode} (KV-cache steps) runs under "
+                         f"--partitioner shard_map only")
+    if mode == "train" and _composed(layout):
+        raise ValueError(f"{layout.spec}: its training step is composed from one data replica "
+                         f"by formula (the distributed optimizer), which runs under --partitioner "
+                         f"shard_map only; use dp=1 under gspmd")
+
+
+def _composed(layout: Layout) -> bool:
+    """Whether a training step on this layout is composed rather than compiled whole."""
+    tp_pp = layout.kind == "tp-pp" and (layout.size("layers") > 1 or layout.size("batch") > 1)
+    return tp_pp or layout.devices > MAX_WHOLE_DEVICES
+
+
 def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | None = None,
             progress: Callable[[str], None] | None = None, mode: str = "forward",
-            remat: str = "none") -> dict:
-    """The full read-out and projection of `cfg` on `layout` priced on `hw` (see module doc)."""
+            remat: str = "none", partitioner: str = "shard_map") -> dict:
+    """The full read-out and projection of `cfg` on `layout` priced on `hw` (see module doc).
+    `partitioner` "gspmd" compiles the same model with XLA choosing the collectives
+    (helix_jax/model.py): forward and whole training steps only."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     layout.validate(cfg)
+    check_partitioner(cfg, layout, mode, partitioner)
     if mode in ("prefill", "decode"):
         return project_step(cfg, layout, hw, mode)
-    composed = layout.kind == "tp-pp" and (layout.size("layers") > 1 or layout.size("batch") > 1)
-    if mode == "train" and (composed or layout.devices > MAX_WHOLE_DEVICES):
+    if mode == "train" and _composed(layout):
         return project_composed(cfg, layout, hw, remat=remat, progress=progress)
     analysed = analysed_config(cfg)
     if batch_chunks is None:
-        sharded, compiled = fit(analysed, layout, hw.hbm_capacity_bytes, progress, mode, remat)
+        sharded, compiled = fit(analysed, layout, hw.hbm_capacity_bytes, progress, mode, remat,
+                                partitioner)
     else:
-        sharded = build_sharded(analysed, layout, batch_chunks, remat)
+        sharded = build_sharded(analysed, layout, batch_chunks, remat, partitioner)
         compiled = compile_program(sharded, mode)
     return read_out(cfg, layout, hw, sharded, compiled, mode)
 
@@ -176,6 +206,7 @@ def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled, 
         "layout": layout.spec,
         "hardware": hw.name,
         "mode": mode,
+        "partitioner": sharded.partitioner,
         "remat": sharded.remat,
         "devices": layout.devices,
         "mesh": layout.axis_sizes,
@@ -185,7 +216,8 @@ def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled, 
         "batch_chunks": sharded.batch_chunks,
         "accumulation_steps": accumulation,
         "tokens_per_step": cfg.batch * cfg.seq,
-        "compiled": f"the whole {mode} program of all {layout.devices} devices",
+        "compiled": f"the whole {mode} program of all {layout.devices} devices"
+                    + (", partitioned by XLA (gspmd)" if sharded.partitioner == "gspmd" else ""),
         "extended_by_formula": [],
         "flops_per_device": flops["flops"],
         "flops_note": ("upper bound: runtime-skipped causal blocks counted"
@@ -206,6 +238,7 @@ def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled, 
                         if mode == "train" else f"one of {sharded.batch_chunks} batch chunks")
                      + "; on CPU f32 upcasts make this err high)"),
         "collectives": priced["rows"],
+        "collective_sites": collective_sites(hlo, layout, hw),
         "comm_bytes_per_device": priced["comm"],
         "comm_bytes_by_op": dict(by_op),
         "expected_comm_bytes_by_op": (expected_comm_bytes(

@@ -25,7 +25,8 @@ def analysed_config(cfg: ModelConfig) -> ModelConfig:
     return cfg.replace(dtype="float16") if cfg.dtype == "bfloat16" else cfg
 
 
-def build_sharded(cfg: ModelConfig, layout: Layout, batch_chunks: int, remat: str = "none"):
+def build_sharded(cfg: ModelConfig, layout: Layout, batch_chunks: int, remat: str = "none",
+                  partitioner: str = "shard_map"):
     """The sharded model (ValueError when this chunking does not fit the batch)."""
     from helix_jax.devices import devices_for
     from helix_jax.model import Sharded
@@ -34,7 +35,8 @@ def build_sharded(cfg: ModelConfig, layout: Layout, batch_chunks: int, remat: st
     if len(devices) < layout.devices:
         raise RuntimeError(f"{layout.spec} needs {layout.devices} devices; jax has "
                            f"{len(devices)}. Run through `helix project` (it sets up host devices).")
-    return Sharded.build(cfg, layout, devices=devices, batch_chunks=batch_chunks, remat=remat)
+    return Sharded.build(cfg, layout, devices=devices, batch_chunks=batch_chunks, remat=remat,
+                         partitioner=partitioner)
 
 
 def axis_groups(layout: Layout, axes: tuple[str, ...]) -> set[frozenset[int]]:

@@ -121,10 +121,31 @@ def combine_partials(o: Array, lse: Array, comm: Comm, *logical: str) -> Array:
     return num / jnp.moveaxis(den, 1, 2)[..., None]
 
 
+QKV_AXES = ("batch", None, "heads", "head_dim")  # q, k, v and the attention output [B, S, H, d]
+
+
+def global_core(q: Array, k: Array, v: Array, comm: Comm, *, core: str, **blocks) -> Array:
+    """The attention core under gspmd: whole q, k, v [B, S, H, d]; the layout's rules say only
+    where the arrays live and XLA chooses the collectives. seq_a2a asks for the query-sequence
+    split (queries split along S over the head-dim axes, k and v with the whole head dim);
+    score_psum and qk_gather leave the scores unconstrained (the same program: what XLA picks for
+    QKᵀ is the finding); kvp splits keys and values along the sequence."""
+    if core == "seq_a2a" and comm.groups("head_dim") > 1:
+        q = comm.constrain(q, "batch", "head_dim", "heads", None)
+        k, v = (comm.constrain(t, "batch", None, "heads", None) for t in (k, v))
+        o = attend(q, k, v, **blocks)
+        return comm.constrain(o, "batch", "head_dim", "heads", None)
+    if comm.groups("kv_seq") > 1:
+        k, v = (comm.constrain(t, "batch", "kv_seq", "heads", "head_dim") for t in (k, v))
+    return attend(q, k, v, **blocks)
+
+
 def attention_core(q: Array, k: Array, v: Array, comm: Comm, *, core: str, causal: bool,
                    q_block: int = 0, kv_block: int = 0) -> Array:
     """Attention on head-dim-sharded q, k, v [B, S, h, d/m] -> o [B, S, h, d/m]."""
     blocks = dict(causal=causal, q_block=q_block, kv_block=kv_block)
+    if comm.global_view:
+        return global_core(q, k, v, comm, core=core, **blocks)
     if not comm.axes("head_dim"):
         return attend(q, k, v, **blocks)
     if core == "score_psum":
@@ -201,13 +222,14 @@ class Attention(nnx.Module):
         self.scale = cfg.head_dim**-0.5
         self.blocks = (cfg.q_block, cfg.kv_block)
 
-    def _project(self, h: Array) -> tuple[Array, Array, Array]:
+    def _project(self, h: Array, comm: Comm) -> tuple[Array, Array, Array]:
         dt = h.dtype
-        q, k, v = (jnp.einsum("bsD,Dhk->bshk", h, w[...].astype(dt))
+        q, k, v = (comm.constrain(jnp.einsum("bsD,Dhk->bshk", h, w[...].astype(dt)), *QKV_AXES)
                    for w in (self.wq, self.wk, self.wv))
         return q * jnp.asarray(self.scale, dt), k, v
 
     def _out(self, o: Array, comm: Comm) -> Array:
+        o = comm.constrain(o, *QKV_AXES)
         partial = jnp.einsum("bshk,hkD->bsD", o, self.wo[...].astype(o.dtype))
         return comm.reduce_out(partial, "heads", "head_dim")
 
@@ -216,10 +238,10 @@ class Attention(nnx.Module):
         p = me (mod K); every query attends over them, and the partial outputs combine exactly."""
         K, me = comm.size("kv_seq"), comm.index("kv_seq")
         B, S, D = h.shape
-        q, _, _ = self._project(h)
+        q, _, _ = self._project(h, comm)
         mine = jax.lax.dynamic_index_in_dim(h.reshape(B, S // K, K, D), me, axis=2,
                                             keepdims=False)  # [B, S/K, D]
-        _, k, v = self._project(mine)
+        _, k, v = self._project(mine, comm)
         with jax.named_scope("attention_core"):  # one fused kernel on a GPU: see roofline
             o, lse = attend(q, k, v, causal=self.causal,
                             key_positions=jnp.arange(S // K) * K + me, return_lse=True,
@@ -232,7 +254,7 @@ class Attention(nnx.Module):
         and values are written into the stacked cache {"k", "v"} [L, B, C, h, d] (this device's
         part) in place, and the queries attend over the layer's cache up to them. Returns
         ([B, T, D], cache). Prefill is T = P tokens at 0, a decode step one token."""
-        q, k, v = self._project(h)
+        q, k, v = self._project(h, comm)
         K = comm.size("kv_seq")
         me = comm.index("kv_seq") if K > 1 else 0
         cache = {n: write_cache(cache[n], new, layer, pos, active, K, me)
@@ -253,7 +275,7 @@ class Attention(nnx.Module):
         if comm.axes("kv_seq"):
             return self._kv_parallel(h, comm)
         dt = h.dtype
-        q, k, v = (jnp.einsum("bsD,Dhk->bshk", h, w[...].astype(dt))
+        q, k, v = (comm.constrain(jnp.einsum("bsD,Dhk->bshk", h, w[...].astype(dt)), *QKV_AXES)
                    for w in (self.wq, self.wk, self.wv))
         def core(q, k, v):
             with jax.named_scope("attention_core"):  # one fused kernel on a GPU: see roofline

@@ -26,5 +26,6 @@ class MLP(nnx.Module):
     def __call__(self, h: jax.Array, comm: Comm) -> jax.Array:  # h: [B, S, D] -> [B, S, D]
         dt = h.dtype
         u = jax.nn.gelu(h @ self.w1[...].astype(dt) + self.b1[...].astype(dt))
+        u = comm.constrain(u, "batch", None, "mlp")  # the hidden layer where its weights are
         partial = u @ self.w2[...].astype(dt)  # a partial sum over the `mlp` shards
         return comm.reduce_out(partial, "mlp") + self.b2[...].astype(dt)

@@ -106,6 +106,7 @@ class MoE(nnx.Module):
         dt = x.dtype
         w1, b1, w2, b2 = (p[...].astype(dt) for p in (self.w1, self.b1, self.w2, self.b2))
         u = jax.nn.gelu(jnp.einsum("end,edf->enf", x, w1) + b1[:, None, :])
+        u = comm.constrain(u, "expert", "batch", "expert_mlp", first=(0,))
         out = jnp.einsum("enf,efd->end", u, w2)
         if comm.axes("expert_mlp"):
             b2 = jnp.where(comm.index("expert_mlp") == 0, b2, jnp.zeros_like(b2))

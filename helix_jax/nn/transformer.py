@@ -32,13 +32,14 @@ class Block(nnx.Module):
             self.mlp = MLP(cfg, rngs=rngs)
 
     def __call__(self, x: jax.Array, comm: Comm) -> tuple[jax.Array, Stats]:  # x: [B, S, D]
-        x = x + self.attn(comm.gather_seq(self.ln1(x)), comm)
+        x = comm.residual(x)
+        x = comm.residual(x + self.attn(comm.gather_seq(self.ln1(x)), comm))
         h = comm.gather_seq(self.ln2(x))
         if hasattr(self, "moe"):
             y, stats = self.moe(h, comm)
         else:
             y, stats = self.mlp(h, comm), {}
-        return x + y, stats
+        return comm.residual(x + y), stats
 
 
 def block_step(block: Block, x: jax.Array, cache: dict, layer: jax.Array, pos: jax.Array,
@@ -68,7 +69,10 @@ def stack_modules(modules: list[nnx.Module]) -> nnx.Module:
 
 
 def gather_fsdp(module: nnx.Module, comm: Comm) -> nnx.Module:
-    """Under FSDP, all-gather the parameter dimensions that are split only for storage."""
+    """Under FSDP, all-gather the parameter dimensions that are split only for storage.
+
+    Under gspmd the parameters' storage sharding alone carries the rule: XLA gathers each one
+    where it is used, as this does (and again in the backward, as FSDP does)."""
     fsdp = set(comm.axes("fsdp"))
     if not fsdp:
         return module
@@ -103,13 +107,13 @@ class Transformer(nnx.Module):
     def __call__(self, x: jax.Array, comm: Comm) -> tuple[jax.Array, Stats]:
         if hasattr(self, "embed"):
             x = gather_fsdp(self.embed, comm)(x, comm, self.dtype)
-        x = x.astype(self.dtype)
+        x = comm.residual(x.astype(self.dtype))
         if comm.axes("layers"):
             from helix_jax.parallel.pipeline import gpipe
             x, stats = gpipe(self.run_layers, x, comm)
         else:
             x, stats = self.run_layers(x, comm)
-        return gather_fsdp(self.final_ln, comm)(x), stats
+        return comm.residual(gather_fsdp(self.final_ln, comm)(comm.residual(x))), stats
 
     def run_layers(self, x: jax.Array, comm: Comm) -> tuple[jax.Array, Stats]:
         """Apply this device's stacked layers in order; stats come back stacked per layer."""

@@ -50,6 +50,7 @@ class LMHead(nnx.Module):
 
     def __call__(self, h: Array, labels: Array, comm: Comm) -> Array:
         logits = (h @ self.w[...].astype(h.dtype)).astype(jnp.float32)  # [B, S, V/t]
+        logits = comm.constrain(logits, "batch", None, "vocab")
         top = jax.lax.stop_gradient(logits.max(-1))
         top = comm.pmax(top, "vocab")
         z = logits - top[..., None]

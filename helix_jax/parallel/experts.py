@@ -112,6 +112,62 @@ def exchange(send: Array, experts: ExpertFn, comm: Comm, chunks: int) -> Array:
     return jnp.concatenate(outs, axis=1) if chunks > 1 else outs[0]
 
 
+def token_groups(comm: Comm) -> int:
+    """How many groups of tokens the global view fills buffers for: one per token shard, times
+    the microbatches a layout with a `layers` axis runs (tp-pp keeps them at pp = 1), so each
+    group holds the tokens one device's MoE call sees under shard_map (`tokens_per_shard`)."""
+    micro = comm.option("microbatches", 1) if comm.layout.mesh_axes("layers") else 1
+    return comm.groups("batch") * micro
+
+
+def apply_experts_global(h: Array, expert_idx: Array, weights: Array, experts: ExpertFn,
+                         comm: Comm, *, n_experts: int, capacity_factor: float
+                         ) -> tuple[Array, Array]:
+    """`apply_experts` on whole arrays (gspmd): the same buffers, written as one program.
+
+    The tokens form G groups, one per token shard of the layout (`token_groups`), and each
+    group fills its own [E, C, D] buffers with the capacity of its shard, exactly as a device does
+    under shard_map, so both partitioners drop the same assignments. The constraints say where
+    the buffers are: filled where their tokens are, run where their experts are, and (experts
+    on the token axes, as in ep) combined where the tokens are; XLA moves them in between. With
+    `ep:chunks=K` the slots go in K pieces, each constrained on its own, as under shard_map.
+    """
+    B, S, D = h.shape
+    T, k = expert_idx.shape
+    G = token_groups(comm)
+    n = T // G
+    cap = capacity(n, k, n_experts, capacity_factor)
+    t = comm.constrain(h.reshape(G, n, D), "batch", None, None)
+    idx, w = expert_idx.reshape(G, n, k), weights.reshape(G, n, k)
+    pos = jax.vmap(buffer_positions, in_axes=(0, None))(idx, n_experts)
+    dropped = jnp.sum(pos >= cap, axis=-1).astype(jnp.float32).reshape(T)
+    a2a = dispatch_mode(comm.layout.mesh_axes("expert"),
+                        comm.layout.mesh_axes("batch")) == "all_to_all"
+    chunks = comm.option("chunks", 1) if a2a else 1
+    buffer = -(-cap // chunks) * chunks  # as `apply_experts`: C padded to a multiple of K
+
+    def table(i: Array, p: Array) -> tuple[Array, Array]:
+        s = slot_table(i, p, cap, buffer, 0, n_experts)
+        return s.token, s.flat
+
+    token, flat = jax.vmap(table)(idx, pos)  # [G, E, C], [G, n, k]
+    send = comm.constrain(jax.vmap(gather_tokens)(t, token), "batch", None, None, None)
+    at_experts = ("batch", "expert", None, None)
+    outs = []
+    for piece in jnp.split(send, chunks, axis=2):  # K pieces, each moved on its own
+        c = piece.shape[2]
+        recv = comm.constrain(piece, *at_experts, first=(1,))  # [G, E, C/K, D]
+        out = experts(recv.transpose(1, 0, 2, 3).reshape(n_experts, G * c, D))
+        out = comm.constrain(out.reshape(n_experts, G, c, D).transpose(1, 0, 2, 3),
+                             *at_experts, first=(1,))
+        if a2a:
+            out = comm.constrain(out, "batch", None, None, None)  # back where the tokens are
+        outs.append(out)
+    out = jnp.concatenate(outs, axis=2) if chunks > 1 else outs[0]
+    y = jax.vmap(lambda o, tk, fl, wt: combine(o, Slots(tk, fl), wt))(out, token, flat, w)
+    return comm.reduce_out(y.reshape(B, S, D)), dropped
+
+
 def apply_experts(h: Array, expert_idx: Array, weights: Array, experts: ExpertFn, comm: Comm, *,
                   n_experts: int, capacity_factor: float) -> tuple[Array, Array]:
     """Send the tokens of h [B, S, D] to their experts and back: (y, dropped).
@@ -121,6 +177,9 @@ def apply_experts(h: Array, expert_idx: Array, weights: Array, experts: ExpertFn
     slice under sequence parallelism), in h's dtype. dropped: [T] float32, how many of each
     token's k assignments were over capacity.
     """
+    if comm.global_view:
+        return apply_experts_global(h, expert_idx, weights, experts, comm, n_experts=n_experts,
+                                    capacity_factor=capacity_factor)
     B, S, D = h.shape
     T, k = expert_idx.shape
     t = h.reshape(T, D)
