@@ -234,7 +234,7 @@ def print_projection(r: dict) -> None:
 
     console = Console(width=None if sys.stdout.isatty() else 110)
     mesh = " x ".join(f"{a}={n}" for a, n in r["mesh"].items())
-    console.print(f"[bold]{r['model']}[/] on [bold]{r['layout']}[/] [{mesh}], batch {r['batch']} x "
+    console.print(f"[bold]{r['model']}[/] on [bold]{r['layout']}[/] \\[{mesh}], batch {r['batch']} x "
                   f"seq {r['seq']} {r['dtype']}, priced on {r['hardware']}; "
                   f"batch_chunks={r['batch_chunks']}; intra-node axes: "
                   f"{', '.join(r['intra_node_axes']) or 'none'}")

@@ -81,10 +81,11 @@ def random_params(cfg: ModelConfig, seed: int = 0) -> dict:
 
 
 def run_layout(cfg: ModelConfig, layout: str, params=None, seed: int = 0,
-               grads: bool = True) -> dict:
+               grads: bool = True, partitioner: str = "shard_map") -> dict:
     """Output `y` [B, S, D] (float32), MoE `stats` and, with `grads`, the gradients of
     sum(y * ct) (ct a fixed random cotangent) w.r.t. the parameters and (embedding inputs) the
-    input, all on the host: {"y", "stats", "grads": {"params", "x"}}."""
+    input, all on the host: {"y", "stats", "grads": {"params", "x"}, "params", "x"}.
+    `partitioner`: "shard_map" (the hand-written collectives) or "gspmd" (XLA's)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -92,13 +93,15 @@ def run_layout(cfg: ModelConfig, layout: str, params=None, seed: int = 0,
     from helix_jax.layouts import parse_layout
     from helix_jax.model import Sharded, random_input
 
-    sharded = Sharded.build(cfg, parse_layout(layout))
-    params = sharded.place(random_params(cfg, seed) if params is None else params)
+    sharded = Sharded.build(cfg, parse_layout(layout), partitioner=partitioner)
+    host_params = random_params(cfg, seed) if params is None else params
+    params = sharded.place(host_params)
     x = random_input(cfg, seed)
     forward = sharded.forward_fn()
+    inputs = {"params": host_params, "x": np.asarray(x)}
     if not grads:
         y, stats = forward(params, x)
-        return {"y": np.asarray(y, np.float32), "stats": jax.device_get(stats)}
+        return {"y": np.asarray(y, np.float32), "stats": jax.device_get(stats), **inputs}
     ct = jax.random.normal(jax.random.key(seed + 7), x.shape[:2] + (cfg.d_model,), jnp.float32)
     tokens = jnp.issubdtype(x.dtype, jnp.integer)
 
@@ -110,7 +113,7 @@ def run_layout(cfg: ModelConfig, layout: str, params=None, seed: int = 0,
     (_, (y, stats)), g = jax.jit(jax.value_and_grad(loss, argnums=argnums, has_aux=True))(params, x)
     g = {"params": g} if tokens else {"params": g[0], "x": g[1]}
     return {"y": np.asarray(y, np.float32), "stats": jax.device_get(stats),
-            "grads": jax.device_get(g)}
+            "grads": jax.device_get(g), **inputs}
 
 
 @functools.lru_cache(maxsize=8)
@@ -162,18 +165,22 @@ def assert_trees_close(ref, got, rtol: float, what: str = "") -> None:
 
 
 def assert_layout_equivalent(model: str | Path | ModelConfig, layout: str, *, grads: bool = True,
-                             rtol: float = 1e-5, seed: int = 0, **overrides) -> None:
+                             rtol: float = 1e-5, seed: int = 0, partitioner: str = "shard_map",
+                             **overrides) -> dict:
     """Assert that `model` on `layout` computes what it computes on `single`: the outputs and,
     with `grads`, the gradients w.r.t. every parameter (and the input), within `rtol` of each
-    leaf's scale. `overrides` change the config (e.g. causal=False, capacity_factor=16.0).
-    On failure the message names the worst parameter and its error."""
+    leaf's scale. `overrides` change the config (e.g. causal=False, capacity_factor=16.0);
+    `partitioner="gspmd"` checks XLA's partitioning of the same layout instead of ours.
+    On failure the message names the worst parameter and its error. Returns the layout's run."""
     cfg = model_config(model, **overrides)
     ref = _reference(cfg, seed, grads)
-    got = run_layout(cfg, layout, seed=seed, grads=grads)
-    where = f"{cfg.name} on {layout} differs from single: "
+    got = run_layout(cfg, layout, seed=seed, grads=grads, partitioner=partitioner)
+    how = "" if partitioner == "shard_map" else f" ({partitioner})"
+    where = f"{cfg.name} on {layout}{how} differs from single: "
     assert_trees_close({"output": ref["y"]}, {"output": got["y"]}, rtol, where)
     if grads:
         assert_trees_close(ref["grads"], got["grads"], rtol, where + "gradient ")
+    return got
 
 
 # ------------------------------------------------------------------------------ collectives
