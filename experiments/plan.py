@@ -1,0 +1,278 @@
+"""Which layout should I use? `helix plan` for the paper's two models and for the Megatron-LM
+configurations of the validation set. Writes results/plan.{json,md,png}.
+
+  paper     paper-dense and paper-moe on 16 GPUs, on h100-paper and dgx-h100, for a forward pass,
+            a training step and a decode step (batch 1024, context 10,000). Each h100-paper
+            forward and training search runs cold (an empty cache) and then again warm (the same
+            inputs), and both times are recorded with the machine's load; the dgx-h100 searches
+            re-price the programs the h100-paper ones compiled. The warm time is that of the
+            `helix plan` command in a new process (jax's start included).
+  megatron  each Megatron-LM row of experiments/validate_measured.py (same model, GPU count,
+            batch, sequence, dtype; dgx-h100; training steps), searched over Megatron's own space
+            (tp-pp: tensor, pipeline and data parallelism, microbatches, schedule, virtual
+            stages, sequence parallelism, TP overlap, remat), with the published layout
+            projected beside the best.
+
+    python experiments/plan.py [--out results] [--only paper|megatron] [--cache-dir D]
+
+Afterwards the README's planner block is rewritten from results/plan.json (`--no-readme` to skip).
+"""
+
+from __future__ import annotations
+
+from helix_jax.analysis.plan_cache import use_fast_codegen
+
+use_fast_codegen()  # before jax starts: see plan_cache.FAST_CODEGEN_FLAGS
+from helix_jax.devices import ensure_host_devices
+
+ensure_host_devices(96)  # whole programs of up to 64 devices; composed stages of up to 96 heads
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from helix_jax.analysis.hardware import load_hardware
+from helix_jax.analysis.plan import compare, option_changes, paper_anchors, plan
+from helix_jax.analysis.plan_cache import ProgramCache
+from helix_jax.config import load_model_file, resolve_model
+from helix_jax.report.fmt import num, pct
+from helix_jax.report.planning import draw_pareto, plan_report, readme_block, replace_readme_block
+from helix_jax.report.provenance import generated_by, markdown_header
+
+HERE = Path(__file__).resolve().parent
+PAPER = [(model, hw, mode) for hw in ("h100-paper", "dgx-h100")
+         for model in ("paper-dense", "paper-moe") for mode in ("forward", "train", "decode")]
+TIMED = {("h100-paper", "forward"), ("h100-paper", "train")}  # cold, then warm
+
+
+def megatron_rows() -> list[dict]:
+    """The Megatron-LM rows of the validation script (its ROWS, as the script defines them)."""
+    spec = importlib.util.spec_from_file_location("validate_measured",
+                                                  HERE / "validate_measured.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return [r for r in module.ROWS if r["source"] == module.MEGATRON]
+
+
+def conditions() -> dict:
+    return {"load_average_1min": os.getloadavg()[0], "cpus": os.cpu_count()}
+
+
+def run(cfg, hw_name: str, devices: int, mode: str, cache_dir: Path, command: str, **kw) -> dict:
+    """One search: its report (plan_report), the wall time and the machine's load."""
+    before = conditions()
+    p = plan(cfg, load_hardware(hw_name), devices, mode, cache=ProgramCache(cache_dir),
+             progress=True, all_remat=False, **kw)  # as `helix plan` searches by default
+    out = plan_report(p, command)
+    out["conditions"] = {"before": before, "after": conditions()}
+    out["_plan"] = p  # dropped before writing
+    return out
+
+
+def warm_run(command: str, cache_dir: Path) -> dict:
+    """The same search again as the command a user types, in a new process, on the cache the
+    cold search filled: its wall time (process start, jax import and the search)."""
+    import shlex
+    import subprocess
+
+    out = cache_dir / "warm.json"
+    before = conditions()
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "helix_jax.cli", *shlex.split(command)[1:],
+                    "--cache-dir", str(cache_dir), "--json", str(out), "--no-progress"],
+                   check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    warm = json.loads(out.read_text())
+    return {"seconds": seconds, "search_seconds": warm["seconds"], "cache": warm["cache"],
+            "best": warm["best"], "conditions": {"before": before, "after": conditions()}}
+
+
+def paper_section(cache_dir: Path) -> list[dict]:
+    runs = []
+    for model, hw, mode in PAPER:
+        cfg = resolve_model(model)
+        command = (f"helix plan --model {model} --hardware {hw} --devices 16 --mode {mode}")
+        r = run(cfg, hw, 16, mode, cache_dir, command, anchors=paper_anchors(cfg), max_micro=4,
+                jobs=2)
+        if (hw, mode) in TIMED:
+            r["warm"] = warm_run(command, cache_dir)
+        runs.append(r)
+        print(f"{model} {mode} on {hw}: {r['best']} in {r['seconds']:.0f} s"
+              + (f" (warm {r['warm']['seconds']:.1f} s)" if "warm" in r else ""), flush=True)
+    return runs
+
+
+def megatron_section(cache_dir: Path) -> list[dict]:
+    runs = []
+    for row in megatron_rows():
+        cfg = load_model_file(HERE / "models" / f"{row['model']}.toml").replace(
+            batch=row["batch"], seq=row["seq"], dtype=row["dtype"])
+        from helix_jax.layouts import parse_layout
+
+        devices = parse_layout(row["layout"]).devices
+        published = f"{row['layout']}@{row['remat']}"
+        command = (f"helix plan --model-file experiments/models/{row['model']}.toml --hardware "
+                   f"{row['hardware']} --devices {devices} --mode train --batch {row['batch']} "
+                   f"--seq {row['seq']} --dtype {row['dtype']} --kinds tp-pp")
+        r = run(cfg, row["hardware"], devices, "train", cache_dir, command, kinds=("tp-pp",),
+                anchors=((published, "published (Megatron-LM)"),), max_micro=4, jobs=2)
+        p = r["_plan"]
+        anchor = p.anchors[0] if p.anchors else None
+        r["megatron"] = {"label": row["label"], "measured_s": row["measured"],
+                         "published": anchor, "devices": devices}
+        if anchor:
+            pub = p.rows[anchor]
+            r["megatron"].update({
+                "published_projected_s": pub.step if pub.projection else None,
+                "published_fits": pub.projection["fits"] if pub.projection else None,
+                "published_status": pub.status,
+                "changes": option_changes(pub.candidate, p.best.candidate) if p.best else [],
+                "best_vs_published": compare(p, anchor) if p.best else None})
+        runs.append(r)
+        print(f"Megatron {row['label']} on {devices} GPUs: {r['best']} in {r['seconds']:.0f} s",
+              flush=True)
+    return runs
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _top(r: dict, k: int = 5) -> list[str]:
+    rows = {c["label"]: c for c in r["candidates"]}
+    out = ["| # | layout | step s | tokens/s | MFU | GB/device | dominant |", "|---|---|---|---|---|---|---|"]
+    for i, label in enumerate(r["ranking"][:k], 1):
+        s = rows[label]["projection"]
+        dom = s["dominant"]
+        out.append(f"| {i} | `{label}` | {num(s['step_seconds'])} | {num(s['tokens_per_s'])} | "
+                   f"{pct(s['mfu'])} | {s['memory_bytes'] / 1e9:.1f} | {dom} "
+                   f"{pct(s['terms'][dom] / s['step_seconds'], 0)} |")
+    return out
+
+
+def _counts(r: dict) -> str:
+    n = r["counts"]
+    return (f"{n['considered']} legal candidates ({n['illegal']} illegal); pruned "
+            f"{n['pruned_memory']} by memory and {n['pruned_time']} by time; projected "
+            f"{n['projected']} ({n['fit']} fit); {r['cache']['compiles']} programs compiled in "
+            f"{r['seconds']:.0f} s")
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Which layout should I use? `helix plan`", "",
+             markdown_header(report["generated_by"]), "",
+             "Every legal layout of the model on the GPUs, pruned by lower bounds on memory and "
+             "step time, compiled on fake devices and priced (docs/plan.md). Bounds never exceed "
+             "a projection: `bound violations` counts projections that came in under their "
+             "bounds (none expected).", ""]
+    paper = [r for r in report["runs"] if "megatron" not in r]
+    if paper:
+        lines += ["## The paper's models on 16 GPUs", "",
+                  "| model | mode | hardware | best | step s | tokens/s | margin over runner-up | "
+                  "candidates: legal / projected / fit | bound violations | cold s | warm s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in paper:
+            best = next((c for c in r["candidates"] if c["label"] == r["best"]), None)
+            s = best["projection"] if best else None
+            n, margin = r["counts"], r["margin_over_runner_up"]
+            warm = f"{r['warm']['seconds']:.1f}" if "warm" in r else "–"
+            lines.append(
+                f"| {r['model']} | {r['mode']} | {r['hardware']} | `{r['best']}` | "
+                f"{num(s['step_seconds']) if s else '–'} | {num(s['tokens_per_s']) if s else '–'} | "
+                f"{pct(margin) if margin is not None else '–'} | {n['considered']} / "
+                f"{n['projected']} / {n['fit']} | {len(r['bound_violations'])} | "
+                f"{r['seconds']:.0f} | {warm} |")
+        lines += ["", "Cold: an empty cache; warm: the same search again (every projection "
+                  "reused). The dgx-h100 searches re-price the programs that the h100-paper "
+                  "searches compiled. Machine load during each run is in plan.json "
+                  "(`conditions`).", ""]
+        for r in paper:
+            lines += [f"### {r['model']}, {r['mode']}, {r['hardware']}", "", _counts(r) + ".", "",
+                      *_top(r), "", "Why: " + r["why"] + ".", ""]
+    mega = [r for r in report["runs"] if "megatron" in r]
+    if mega:
+        lines += ["## Megatron-LM's published configurations (dgx-h100, training steps)", "",
+                  "The published layout (experiments/validate_measured.py) is projected beside "
+                  "the best the planner finds in Megatron's own space (`--kinds tp-pp`).", "",
+                  "| row | GPUs | measured s | published layout | its projection s | best found | "
+                  "its projection s | what changed |", "|---|---|---|---|---|---|---|---|"]
+        for r in mega:
+            m = r["megatron"]
+            best = next((c for c in r["candidates"] if c["label"] == r["best"]), None)
+            step = best["projection"]["step_seconds"] if best else None
+            pub = m.get("published_projected_s")
+            lines.append(f"| {m['label']} | {m['devices']} | {m['measured_s']} | `{m['published']}` | "
+                         f"{num(pub)}{'' if m.get('published_fits', True) else ' (does not fit)'} | "
+                         f"`{r['best']}` | {num(step)} | {', '.join(m.get('changes') or []) or '–'} |")
+        lines.append("")
+        for r in mega:
+            lines += [f"### {r['megatron']['label']}", "", _counts(r) + ".", "", *_top(r), "",
+                      "Why: " + r["why"] + ".", ""]
+    lines += ["![Pareto charts](plan.png)", ""]
+    return "\n".join(lines)
+
+
+def chart(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in runs if r["hardware"] == "h100-paper" and r["mode"] in ("forward", "train")
+             and "megatron" not in r]
+    cols = 2
+    rows = (len(shown) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, 5 * rows), squeeze=False)
+    for ax, r in zip(axes.flat, shown):
+        draw_pareto(ax, r["_plan"], f"{r['model']} {r['mode']} on 16 x {r['hardware']}")
+    for ax in list(axes.flat)[len(shown):]:
+        ax.axis("off")
+    fig.suptitle("helix plan: memory per device against step time, every candidate", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="results", help="output folder (default: results)")
+    parser.add_argument("--only", choices=("paper", "megatron"))
+    parser.add_argument("--cache-dir", help="plan cache (default: a new empty folder, so that "
+                        "the recorded cold times are cold)")
+    parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if not out.is_dir():
+        raise SystemExit(f"plan: output folder {out} does not exist; create it")
+    cache_dir = Path(args.cache_dir) if args.cache_dir else Path(tempfile.mkdtemp(prefix="plan-"))
+    start = time.perf_counter()
+    runs = (paper_section(cache_dir) if args.only != "megatron" else []) + \
+        (megatron_section(cache_dir) if args.only != "paper" else [])
+    command = "python experiments/plan.py" + (f" --only {args.only}" if args.only else "")
+    seconds = time.perf_counter() - start
+    if args.only != "megatron":  # the charts show the paper's searches
+        chart(runs, out / "plan.png")
+    for r in runs:
+        r.pop("_plan")
+    kept = []
+    if args.only and (out / "plan.json").is_file():  # keep the other section's runs
+        kept = [r for r in json.loads((out / "plan.json").read_text())["runs"]
+                if ("megatron" in r) == (args.only == "paper")]
+    runs = [r for r in runs if "megatron" not in r] + [r for r in kept if "megatron" not in r] + \
+        [r for r in runs if "megatron" in r] + [r for r in kept if "megatron" in r]
+    report = {"generated_by": generated_by(command), "seconds": seconds, "runs": runs}
+    (out / "plan.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "plan.md").write_text(markdown(report))
+    print(f"wrote {out / 'plan.json'}, plan.md, plan.png in {report['seconds']:.0f} s")
+    if not args.no_readme and out.resolve() == (HERE.parent / "results").resolve():
+        readme = HERE.parent / "README.md"
+        readme.write_text(replace_readme_block(readme.read_text(), readme_block(report)))
+        print(f"rewrote the planner block of {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

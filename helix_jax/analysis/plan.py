@@ -1,0 +1,477 @@
+"""`helix plan`: which layout should I use? Every legal layout of a model on N devices, pruned by
+cheap lower bounds, compiled and priced by `project`, ranked.
+
+1. `plan_space.enumerate_candidates`: each layout kind x every factorisation of N, with the options
+   that matter in the mode; illegal ones (`Layout.validate`) are counted by reason.
+2. `plan_bounds.bounds`: a lower bound on each candidate's memory and step time, from arithmetic.
+   A candidate whose memory bound exceeds the profile's capacity cannot fit and is pruned; the
+   rest are projected in the order of their time bound, and one whose time bound exceeds the
+   fastest step found so far (that fits) cannot win and is pruned. Bounds never exceed the
+   projection, so pruning never drops the best; every projected candidate is checked against
+   its bounds and a violation is reported (`bound_violations`).
+3. `project` prices each survivor, its compiles going through `plan_cache.ProgramCache`, so a
+   second run (another hardware profile, another batch with the same microbatch) re-prices
+   without recompiling.
+4. The result: every candidate with its status, bounds and (when projected) its step time,
+   tokens/s, MFU, memory and what its step is made of (`step_terms`); the ranking of those that
+   fit; the best's margin over the runner-up; how the best compares with named layouts (the
+   paper's, a published configuration) and with any layout the user asks about.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import sys
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from helix_jax.analysis.hardware import Hardware, hardware_to_dict
+from helix_jax.analysis.plan_bounds import Bounds, bounds
+from helix_jax.analysis.plan_cache import ProgramCache
+from helix_jax.analysis.plan_space import (
+    Candidate,
+    default_gspmd,
+    enumerate_candidates,
+    parse_candidate,
+)
+from helix_jax.config import ModelConfig
+
+TERMS = ("compute", "HBM", "exposed NVLink", "exposed InfiniBand", "pipeline bubble")
+# The paper's layouts on 16 devices: what the best is explained against by default.
+PAPER_ANCHORS = (("tp-pp", "the paper's baseline (TP=8 x PP=2)"),
+                 ("helix", "the paper's method for dense models (m=4 x n=4)"),
+                 ("ep", "the paper's method for MoE models (EP=16)"))
+
+
+def paper_anchors(cfg: ModelConfig) -> tuple[tuple[str, str], ...]:
+    """The paper's layouts for this kind of model: tp-pp and helix (dense) or ep (MoE)."""
+    skip = "helix" if cfg.is_moe else "ep"
+    return tuple(a for a in PAPER_ANCHORS if a[0] != skip)
+
+
+@dataclass
+class Row:
+    """One candidate in a plan: its bounds, status and (when projected) its projection."""
+
+    candidate: Candidate
+    bounds: Bounds | None = None
+    status: str = "pending"
+    projection: dict | None = None
+    error: str | None = None
+    role: str | None = None  # why it is always projected: an anchor or an --explain target
+    pruned_by: str | None = None
+
+    @property
+    def step(self) -> float:
+        return self.projection["projected"]["step_seconds"] if self.projection else math.inf
+
+
+@dataclass
+class Plan:
+    """A finished plan: every row by label, the ranking, and what the run cost."""
+
+    cfg: ModelConfig
+    hw: Hardware
+    devices: int
+    mode: str
+    rows: dict[str, Row]
+    illegal: Counter
+    ranking: list[str]
+    prune: bool
+    seconds: float
+    cache: ProgramCache
+    gspmd: bool
+    anchors: list[str] = field(default_factory=list)
+    explain: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> Row | None:
+        return self.rows[self.ranking[0]] if self.ranking else None
+
+    def counts(self) -> dict[str, int]:
+        status = Counter(r.status for r in self.rows.values())
+        return {"enumerated": len(self.rows) + sum(self.illegal.values()),
+                "illegal": sum(self.illegal.values()), "considered": len(self.rows),
+                "pruned_memory": status["pruned: memory"], "pruned_time": status["pruned: time"],
+                "skipped_recompute": status["skipped: recompute"],
+                "projected": status["ranked"] + status["does not fit"] + status["error"],
+                "fit": status["ranked"], "do_not_fit": status["does not fit"],
+                "errors": status["error"]}
+
+
+# ----------------------------------------------------------------------------- the search
+
+def plan(cfg: ModelConfig, hw: Hardware, devices: int, mode: str, *,
+         kinds: tuple[str, ...] | None = None, prune: bool = True,
+         cache: ProgramCache | None = None, anchors: tuple[tuple[str, str], ...] = (),
+         explain: tuple[str, ...] = (), progress: bool = False,
+         gspmd: bool | None = None, jobs: int = 1, max_micro: int = 0,
+         all_remat: bool = True) -> Plan:
+    """Search the layouts of `cfg` on `devices` devices of `hw` in `mode` (see the module doc).
+
+    `anchors`: (candidate text, role) pairs projected whatever their bounds (those that are not
+    legal here are skipped); `explain`: candidates the user asked about, also always projected
+    (a ValueError if one is not a legal layout of `devices` devices). `jobs` projections run at
+    once (threads: XLA compiles without holding the GIL); `max_micro` > 0 limits the sequences
+    per microbatch of composed training steps (`plan_space`). Without `all_remat`, a training
+    step is not projected when the same layout already fits with less recompute (a policy of the
+    search space, not a bound: recompute usually only adds time, see docs/plan.md)."""
+    start = time.perf_counter()
+    cache = cache or ProgramCache(None)
+    gspmd = default_gspmd(mode) if gspmd is None else gspmd
+    targets = [_checked_target(t, cfg, devices, mode) for t in explain]
+    candidates, illegal = enumerate_candidates(cfg, devices, mode, kinds, gspmd, max_micro)
+    rows = {c.label: Row(c) for c in candidates}
+    named: list[str] = []
+    for text, role in anchors:
+        try:
+            c = _checked_target(text, cfg, devices, mode)
+        except ValueError:
+            continue  # the paper's 16-device layouts do not apply to other device counts
+        rows.setdefault(c.label, Row(c)).role = role
+        named.append(c.label)
+    for c in targets:
+        row = rows.setdefault(c.label, Row(c))
+        row.role = row.role or "asked about"
+    for row in rows.values():
+        try:
+            row.bounds = bounds(row.candidate, cfg, hw, mode)
+        except (ValueError, RuntimeError) as e:  # e.g. too few host devices for its stage
+            row.status, row.error = "error", str(e)
+    queue = []
+    for label, row in rows.items():
+        if row.status != "pending":
+            continue
+        if prune and row.role is None and row.bounds.memory_bytes > hw.hbm_capacity_bytes:
+            row.status = "pruned: memory"
+            row.pruned_by = (f"memory bound {row.bounds.memory_bytes / 1e9:.1f} GB > "
+                             f"{hw.hbm_capacity_bytes / 1e9:.0f} GB")
+        else:
+            queue.append(label)
+    # The named layouts first (projected whatever their bounds, they give a first best to
+    # prune against), then the others in the order of their time bounds; in training, composed
+    # steps (whose memory the formula already says fits) a little earlier, so that a fitting step
+    # is found soon. The order only decides how much is pruned, never what wins.
+    queue.sort(key=lambda label: (rows[label].role is None, rows[label].bounds.seconds
+                                  * (1.0 if rows[label].candidate.composed or mode != "train"
+                                     else 1.1), label))
+    best = math.inf
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(queue), desc=f"plan {mode}", unit="layout", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    waiting = iter(queue)
+    running: dict = {}
+    with cache.hooked(), ThreadPoolExecutor(max(jobs, 1)) as pool:
+        def submit() -> None:  # keep `jobs` projections going; prune at the moment of choosing
+            while len(running) < max(jobs, 1):
+                label = next(waiting, None)
+                if label is None:
+                    return
+                row = rows[label]
+                if row.status != "pending":  # projected already, as another's memory probe
+                    bar.update()
+                    continue
+                if prune and row.role is None:
+                    why = _cannot_fit(row, rows)
+                    if why:
+                        row.status, row.pruned_by = "pruned: memory", why
+                        bar.update()
+                        continue
+                    why = _cannot_win(row, best)
+                    if why:
+                        row.status, row.pruned_by = "pruned: time", why
+                        bar.update()
+                        continue
+                row.status = "projecting"
+                running[pool.submit(_project_task, row, rows, cfg, hw, mode, cache,
+                                    prune and row.role is None,
+                                    not all_remat and row.role is None)] = label
+
+        submit()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                row = rows[running.pop(future)]
+                future.result()
+                bar.set_postfix_str(row.candidate.label[:60], refresh=False)
+                bar.update()
+            # the fastest that fits so far (a task may also have projected its memory probe)
+            best = min((r.step for r in rows.values() if r.status == "ranked"), default=best)
+            submit()
+    bar.close()
+    ranking = sorted((label for label, r in rows.items() if r.status == "ranked"),
+                     key=lambda label: (rows[label].step, label))
+    return Plan(cfg, hw, devices, mode, rows, illegal, ranking, prune,
+                time.perf_counter() - start, cache, gspmd, named, [c.label for c in targets])
+
+
+def _keeps_least(row: Row, rows: dict[str, Row]) -> Row | None:
+    """The projected full-recompute sibling of a whole-program training step (remat none or
+    selective): the same program but for recompute, at the same (its most) batch chunking."""
+    c = row.candidate
+    if not c.train or c.composed or c.remat == "full":
+        return None
+    sibling = rows.get(dataclasses.replace(c, remat="full").label)
+    return sibling if sibling is not None and sibling.projection is not None else None
+
+
+def _cannot_fit(row: Row, rows: dict[str, Row]) -> str | None:
+    """Why `row` cannot fit memory: its full-recompute sibling does not fit even at the most
+    batch chunks (recompute keeps fewer activations and adds no buffer, so the program that
+    recomputes less needs at least as much memory at the same chunking)."""
+    sibling = _keeps_least(row, rows)
+    if sibling is None or sibling.projection["fits"]:
+        return None
+    return (f"{sibling.candidate.label} keeps the least and needs "
+            f"{sibling.projection['memory_bytes_per_device'] / 1e9:.3g} GB at its most batch "
+            f"chunks")
+
+
+def _cannot_win(row: Row, best: float) -> str | None:
+    """Why `row` cannot beat `best` seconds (None if it might)."""
+    if row.bounds.seconds >= best:
+        return f"time bound {row.bounds.seconds:.4g} s >= best {best:.4g} s"
+    return None
+
+
+def _checked_target(text: str, cfg: ModelConfig, devices: int, mode: str) -> Candidate:
+    c = parse_candidate(text, mode)
+    if c.layout.devices != devices:
+        raise ValueError(f"{text!r} is a {c.layout.devices}-device layout, but the plan is for "
+                         f"--devices {devices}")
+    c.layout.validate(cfg)
+    return c
+
+
+def _project_task(row: Row, rows: dict[str, Row], cfg: ModelConfig, hw: Hardware, mode: str,
+                  cache: ProgramCache, prune: bool, least_remat: bool) -> None:
+    """Project `row`, unless (`least_remat`) the same layout already fits with less recompute,
+    or (`prune`) it is a whole-program training step recomputing less than full whose
+    full-recompute sibling, projected first as a memory probe whatever its time bound, does not
+    fit at its most batch chunks."""
+    c = row.candidate
+    if least_remat and c.train and c.remat != "none":
+        for less in {"selective": ("none",), "full": ("none", "selective")}[c.remat]:
+            sibling = rows.get(dataclasses.replace(c, remat=less).label)
+            while sibling is not None and sibling.status == "projecting":
+                time.sleep(0.05)
+            if sibling is not None and sibling.projection and sibling.projection["fits"]:
+                row.status = "skipped: recompute"
+                row.pruned_by = f"{sibling.candidate.label} fits with less recompute"
+                return
+    if prune and c.train and not c.composed and c.remat != "full":
+        probe = rows.get(dataclasses.replace(c, remat="full").label)
+        if probe is not None and probe.status in ("pending", "pruned: time"):
+            probe.status = "projecting"  # the search does not hand it out again
+            _project(probe, cfg, hw, mode, cache)
+        while probe is not None and probe.status == "projecting":  # another task's probe
+            time.sleep(0.05)
+        why = _cannot_fit(row, rows)
+        if why:
+            row.status, row.pruned_by = "pruned: memory", why
+            return
+    _project(row, cfg, hw, mode, cache)
+
+
+def _project(row: Row, cfg: ModelConfig, hw: Hardware, mode: str, cache: ProgramCache) -> None:
+    """Project one candidate (from the priced cache when it was projected before)."""
+    from helix_jax.analysis import project as P
+
+    c = row.candidate
+    description = {"label": c.label, "cfg": dataclasses.asdict(cfg), "mode": mode}
+    key = cache.priced_key(description, hardware_to_dict(hw))
+    result = cache.priced(key)
+    if result is None:
+        kwargs = {"mode": mode, "remat": c.remat}
+        if "partitioner" in inspect.signature(P.project).parameters:
+            kwargs["partitioner"] = c.partitioner
+        try:  # inside `cache.hooked()` (the search holds it)
+            result = P.project(cfg, c.layout, hw, **kwargs)
+        except ValueError as e:
+            result = {"error": str(e)}
+        cache.store_priced(key, result)
+    row.pruned_by = None
+    if "error" in result:
+        row.status, row.error = "error", result["error"]
+        return
+    row.projection = result
+    row.status = "ranked" if result["fits"] else "does not fit"
+
+
+# ----------------------------------------------------------------------------- reading a plan
+
+def step_terms(r: dict, hw: Hardware) -> dict[str, float]:
+    """A projected step split into TERMS (seconds; they add up to the step): compute (matmul
+    and attention kernels), HBM (memory-bound kernels, the optimizer update, a decode step's HBM
+    floor), exposed communication per link and the pipeline bubble."""
+    p, rows = r["projected"], r.get("collectives", [])
+    cb = p["compute_breakdown"]
+    t = dict.fromkeys(TERMS, 0.0)
+
+    def by_link(seconds: float, rows_: list[dict]) -> None:
+        total = sum(x["seconds"] for x in rows_)
+        for x in rows_:
+            if total > 0:
+                key = "exposed InfiniBand" if x["link"] == "ib" else "exposed NVLink"
+                t[key] += seconds * x["seconds"] / total
+
+    if "pipeline_seconds" in p:  # composed from one stage's program
+        keep = 1 - (p["bubble_seconds"] / p["pipeline_seconds"] if p["pipeline_seconds"] else 0)
+        t["compute"] = (cb["matmul_seconds"] + cb["attention_seconds"]) * keep
+        t["HBM"] = cb["memory_seconds"] * keep + p["optimizer_seconds"]
+        by_link(p["tensor_comm_exposed_seconds"] * keep, rows)
+        t["pipeline bubble"] = p["bubble_seconds"]
+        mesh = r["mesh"]
+        tp, pp, dp = mesh.get("tensor", 1), mesh.get("stage", 1), mesh.get("data", 1)
+        G = hw.gpus_per_node
+        t["exposed InfiniBand" if tp >= G else "exposed NVLink"] += p["pipeline_send_seconds"]
+        dp_nodes = dp if tp * pp >= G else max(1, dp * tp * pp // G)
+        t["exposed InfiniBand" if dp_nodes > 1 else "exposed NVLink"] += \
+            p["data_parallel_exposed_seconds"]
+        return t
+    t["compute"] = cb["matmul_seconds"] + cb["attention_seconds"]
+    t["HBM"] = cb["memory_seconds"]
+    if "hbm_floor_seconds" in p:  # prefill / decode: never below the HBM floor
+        by_link(p["comm_seconds"], rows)
+        t["HBM"] += max(p["step_seconds"] - p["compute_seconds"] - p["comm_seconds"], 0.0)
+        return t
+    overlapped = p.get("data_parallel_comm_seconds", 0.0) > 0  # training: behind the backward
+    data = [x for x in rows if x.get("data_parallel") and overlapped]
+    other = [x for x in rows if not (x.get("data_parallel") and overlapped)]
+    hidden = (p["comm_seconds"] - p.get("data_parallel_comm_seconds", 0.0)
+              + p.get("data_parallel_exposed_seconds", 0.0) - p["exposed_comm_seconds"])
+    a2a = [x for x in other if x["op"] == "all-to-all"]
+    by_link(sum(x["seconds"] for x in other), other)
+    by_link(-hidden, a2a)
+    by_link(p.get("data_parallel_exposed_seconds", 0.0), data)
+    return t
+
+
+def dominant(terms: dict[str, float]) -> str:
+    return max(TERMS, key=lambda k: terms[k])
+
+
+def top_collectives(r: dict, k: int = 3) -> list[dict]:
+    """The `k` collectives that take the most time, with what they are."""
+    rows = sorted(r.get("collectives", []), key=lambda x: -x["seconds"])[:k]
+    return [{"op": x["op"], "group_size": x["group_size"], "link": x["link"],
+             "count": x["count"], "payload_bytes": x["payload_bytes_per_device"],
+             "seconds": x["seconds"], "data_parallel": x.get("data_parallel", False)}
+            for x in rows]
+
+
+def summary(row: Row, hw: Hardware) -> dict | None:
+    """The numbers a table shows for one projected candidate."""
+    r = row.projection
+    if r is None:
+        return None
+    p = r["projected"]
+    terms = step_terms(r, hw)
+    return {"step_seconds": p["step_seconds"], "tokens_per_s": p["tokens_per_s"],
+            "mfu": p["mfu"], "memory_bytes": r["memory_bytes_per_device"], "fits": r["fits"],
+            "fits_why": r.get("fits_why"), "terms": terms, "dominant": dominant(terms),
+            "batch_chunks": r.get("batch_chunks"), "compiled": r.get("compiled"),
+            "tpot_ms": p.get("tpot_ms"), "top_collectives": top_collectives(r)}
+
+
+def compare(plan_: Plan, label: str, against: str | None = None) -> dict:
+    """How candidate `label` stands against `against` (default: the best): the step times and,
+    term by term, where the time goes differently; the term that costs it most, with the
+    collective behind it when that term is communication."""
+    row = plan_.rows[label]
+    ref = plan_.rows[against] if against else plan_.best
+    out: dict = {"label": label, "status": row.status, "role": row.role,
+                 "against": ref.candidate.label if ref else None}
+    if row.projection is None or ref is None or ref.projection is None:
+        return out
+    mine, theirs = step_terms(row.projection, plan_.hw), step_terms(ref.projection, plan_.hw)
+    deltas = {k: mine[k] - theirs[k] for k in TERMS}
+    worst = max(TERMS, key=lambda k: deltas[k])
+    link = {"exposed NVLink": "nvlink", "exposed InfiniBand": "ib"}.get(worst)
+    op = None
+    if link:
+        on_link = [x for x in row.projection.get("collectives", []) if x["link"] == link]
+        if on_link:
+            op = max(on_link, key=lambda x: x["seconds"])["op"]
+    out.update({"step_seconds": row.step, "against_step_seconds": ref.step,
+                "slower_by": row.step / ref.step - 1, "deltas": deltas, "main_term": worst,
+                "main_delta_seconds": deltas[worst], "main_op": op,
+                "fits": row.projection["fits"], "memory_bytes": row.projection[
+                    "memory_bytes_per_device"], "terms": mine})
+    return out
+
+
+def option_changes(frm: Candidate, to: Candidate) -> list[str]:
+    """What changes from one candidate to another: 'pp 2 -> 4', 'remat none -> selective'."""
+    if frm.layout.kind != to.layout.kind:
+        return [f"layout {frm.layout.spec} -> {to.layout.spec}"]
+    a, b = frm.layout.options, to.layout.options
+    # options that the target's projection does not read are no change
+    moot = {"schedule", "virtual", "tp_overlap"} if not to.composed else {"place"}
+    out = [f"{k} {_text(a.get(k))} -> {_text(b.get(k))}" for k in b
+           if a.get(k) != b.get(k) and not (to.train and k in moot)]
+    if frm.remat != to.remat:
+        out.append(f"remat {frm.remat} -> {to.remat}")
+    if frm.partitioner != to.partitioner:
+        out.append(f"partitioner {frm.partitioner} -> {to.partitioner}")
+    return out
+
+
+def _text(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def bound_violations(plan_: Plan) -> list[dict]:
+    """Projected candidates whose projection came in under a lower bound (should be none)."""
+    out = []
+    for label, row in plan_.rows.items():
+        if row.projection is None or row.bounds is None:
+            continue
+        step, memory = row.step, row.projection["memory_bytes_per_device"]
+        least = _keeps_least(row, plan_.rows)
+        least_chunked = least is not None and least.projection.get("batch_chunks") == \
+            row.projection.get("batch_chunks")
+        memory_floor = max(row.bounds.memory_bytes, least.projection["memory_bytes_per_device"]
+                           if least_chunked else 0.0)
+        if step < row.bounds.seconds * (1 - 1e-9) or memory < memory_floor * (1 - 1e-9):
+            out.append({"label": label, "step_seconds": step, "bound_seconds": row.bounds.seconds,
+                        "memory_bytes": memory, "bound_memory_bytes": memory_floor,
+                        "full_recompute_sibling": least.candidate.label if least_chunked
+                        else None})
+    return out
+
+
+def to_json(plan_: Plan) -> dict:
+    """The whole plan as plain data (what `--json` writes, less the provenance)."""
+    best = plan_.best
+    runner = plan_.rows[plan_.ranking[1]] if len(plan_.ranking) > 1 else None
+    cfg = plan_.cfg
+    return {
+        "model": cfg.name, "config": dataclasses.asdict(cfg), "mode": plan_.mode,
+        "devices": plan_.devices, "hardware": plan_.hw.name,
+        "capacity_bytes": plan_.hw.hbm_capacity_bytes, "batch": cfg.batch, "seq": cfg.seq,
+        "prune": plan_.prune, "gspmd_candidates": plan_.gspmd, "counts": plan_.counts(),
+        "illegal_by_reason": dict(plan_.illegal.most_common()),
+        "best": best.candidate.label if best else None,
+        "runner_up": runner.candidate.label if runner else None,
+        "margin_over_runner_up": (runner.step / best.step - 1) if runner else None,
+        "ranking": plan_.ranking,
+        "anchors": [compare(plan_, a) for a in plan_.anchors],
+        "explain": [compare(plan_, e) for e in plan_.explain],
+        "bound_violations": bound_violations(plan_),
+        "seconds": plan_.seconds,
+        "cache": {"dir": str(plan_.cache.root) if plan_.cache.root else None,
+                  **dataclasses.asdict(plan_.cache.stats)},
+        "candidates": [
+            {"label": label, "spec": r.candidate.layout.spec, "kind": r.candidate.layout.kind,
+             "remat": r.candidate.remat, "partitioner": r.candidate.partitioner,
+             "composed": r.candidate.composed, "status": r.status, "role": r.role,
+             "bounds": r.bounds.to_json() if r.bounds else None,
+             "projection": summary(r, plan_.hw), "error": r.error, "pruned_by": r.pruned_by}
+            for label, r in plan_.rows.items()],
+    }

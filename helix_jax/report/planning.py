@@ -1,0 +1,411 @@
+"""`helix plan` as a reader sees it: the ranked table, the one-line reason the best wins, `--explain`
+for any layout, the JSON and the Pareto chart of memory per device against step time.
+
+The search itself is `helix_jax.analysis.plan`; this module only formats what it found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from helix_jax.report.fmt import gb, num, pct
+
+if TYPE_CHECKING:  # the analysis (and jax) load when a plan runs, not when the CLI starts
+    from helix_jax.analysis.plan import Plan
+
+SHORT_TERM = {"compute": "compute", "HBM": "HBM", "exposed NVLink": "NVLink",
+              "exposed InfiniBand": "InfiniBand", "pipeline bubble": "bubble"}
+
+
+def add_plan_args(p: argparse.ArgumentParser) -> None:
+    """`helix plan`'s options besides the model's (which the CLI adds)."""
+    p.add_argument("--hardware", default="h100-paper",
+                   help="hardware profile name or file (default h100-paper)")
+    p.add_argument("--devices", type=int, default=16, help="GPUs to plan for (default 16)")
+    p.add_argument("--mode", default="forward", choices=("forward", "train", "prefill", "decode"),
+                   help="what one step is (default forward)")
+    p.add_argument("--context", type=int, help="prefill/decode: the KV cache's length")
+    p.add_argument("--top", type=int, default=10, help="rows of the ranked table (default 10)")
+    p.add_argument("--explain", action="append", default=[], metavar="LAYOUT",
+                   help="say why this layout (spec[@remat][@gspmd]) is where it is; repeatable")
+    p.add_argument("--kinds", help="only these layout kinds, comma-separated (default: all)")
+    p.add_argument("--no-prune", dest="prune", action="store_false",
+                   help="project every legal candidate (no bounds-based pruning)")
+    p.add_argument("--max-micro", type=int, default=4,
+                   help="training steps composed from one pipeline stage: microbatches of at "
+                   "most this many sequences (default 4; 0: every divisor of the batch)")
+    p.add_argument("--partitioners", default="auto", choices=("auto", "shard_map", "both"),
+                   help="candidates under XLA's gspmd partitioner beside the hand-written ones: "
+                   "auto (default) in forward passes only, or never, or in every mode")
+    p.add_argument("--all-remat", action="store_true",
+                   help="training: also project recompute policies a layout does not need to "
+                   "fit (by default a layout that fits with less recompute is not tried with more)")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="projections compiled at once (default 2)")
+    p.add_argument("--cache-dir", help="compiled programs and projections are kept here "
+                   "(default $HELIX_PLAN_CACHE or ~/.cache/helix_jax/plan)")
+    p.add_argument("--no-cache", action="store_true", help="keep nothing on disk")
+    p.add_argument("--json", help="write the whole plan to this JSON file")
+    p.add_argument("--chart", help="write the Pareto chart here (default: next to --json)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# ----------------------------------------------------------------------------- sentences
+
+def describe_best(plan: Plan) -> str:
+    """'dp: compute 3.06 s of its 3.06 s step, no exposed communication'."""
+    from helix_jax.analysis.plan import TERMS, step_terms
+
+    best = plan.best
+    if best is None:
+        return "nothing fits"
+    t = step_terms(best.projection, plan.hw)
+    main = max(TERMS, key=lambda k: t[k])
+    comm = t["exposed NVLink"] + t["exposed InfiniBand"]
+    text = f"{main} {num(t[main])} s of its {num(best.step)} s step"
+    if comm <= 0.01 * best.step:
+        text += ", no exposed communication"
+    else:
+        text += f", {num(comm)} s exposed communication"
+    return f"{best.candidate.label}: {text}"
+
+
+def loses_line(c: dict) -> str:
+    """'tp-pp loses 6.4 s to exposed InfiniBand (all-reduce); 3.7x slower'."""
+    label = c["label"]
+    if c.get("step_seconds") is None:
+        return f"{label}: {c['status']}"
+    if c["slower_by"] <= 0:
+        return f"{label} is the best"
+    what = c["main_term"] + (f" ({c['main_op']})" if c.get("main_op") else "")
+    text = (f"{label} loses {num(c['main_delta_seconds'])} s to {what}, "
+            f"{num(1 + c['slower_by'])}x the step")
+    if not c["fits"]:
+        text += f", and does not fit ({gb(c['memory_bytes'])})"
+    return text
+
+
+def reason_line(plan: Plan) -> str:
+    """The one line saying why the best wins against the named layouts."""
+    from helix_jax.analysis.plan import compare
+
+    if plan.best is None:
+        return "no candidate fits"
+    others = [compare(plan, a) for a in plan.anchors if a != plan.ranking[0]]
+    lines = [loses_line(c) for c in others]
+    return describe_best(plan) + ("; " + "; ".join(lines) if lines else "")
+
+
+def explain_lines(plan: Plan, label: str) -> list[str]:
+    """Why candidate `label` is where it is: status, rank, its step term by term against the
+    best, memory, its heaviest collectives and, for a pruned one, the bound that pruned it."""
+    from helix_jax.analysis.plan import compare, option_changes, summary
+
+    row = plan.rows[label]
+    out = [f"{label} ({row.role or 'candidate'}): {row.status}"
+           + (f" ({row.pruned_by})" if row.pruned_by else "")]
+    if row.bounds is not None:
+        out.append(f"  lower bounds: {num(row.bounds.seconds)} s per step (compute "
+                   f"{num(row.bounds.compute_seconds)} s + communication "
+                   f"{num(row.bounds.comm_seconds)} s), {gb(row.bounds.memory_bytes)} per device")
+    if row.error:
+        out.append(f"  error: {row.error}")
+    s = summary(row, plan.hw)
+    if s is None:
+        return out
+    rank = plan.ranking.index(label) + 1 if label in plan.ranking else None
+    out.append(f"  step {num(s['step_seconds'])} s = " + " + ".join(
+        f"{SHORT_TERM[k]} {num(v)}" for k, v in s["terms"].items() if v > 0)
+        + f"; {num(s['tokens_per_s'])} tokens/s, MFU {pct(s['mfu'])}"
+        + (f"; rank {rank} of {len(plan.ranking)}" if rank else ""))
+    out.append(f"  memory {gb(s['memory_bytes'])} per device: "
+               + (s["fits_why"] or ("fits" if s["fits"] else "does not fit")))
+    best = plan.best
+    if best is not None and best.candidate.label != label:
+        c = compare(plan, label)
+        gaps = sorted(((d, k) for k, d in c["deltas"].items() if abs(d) > 1e-3 * best.step),
+                      reverse=True)
+        out.append(f"  against the best {best.candidate.label} ({num(best.step)} s): "
+                   + ", ".join(f"{SHORT_TERM[k]} {'+' if d > 0 else ''}{num(d)} s"
+                               for d, k in gaps))
+        changes = option_changes(row.candidate, best.candidate)
+        if changes and row.candidate.layout.kind == best.candidate.layout.kind:
+            out.append("  the best changes: " + ", ".join(changes))
+    for x in s["top_collectives"]:
+        out.append(f"  {x['op']} over {x['group_size']} on {x['link']}: {x['count']} x "
+                   f"{x['payload_bytes'] / 1e6:,.1f} MB, {num(x['seconds'])} s"
+                   + (" (data-parallel, may overlap)" if x["data_parallel"] else ""))
+    return out
+
+
+# ----------------------------------------------------------------------------- terminal
+
+def print_plan(plan: Plan, top: int = 10) -> None:
+    """The ranked table and the sentences (what `helix plan` prints)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from helix_jax.analysis.plan import summary
+
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    cfg, n = plan.cfg, plan.counts()
+    console.print(
+        f"[bold]{cfg.name}[/] {plan.mode}, batch {cfg.batch} x seq {cfg.seq} {cfg.dtype}, on "
+        f"{plan.devices} devices of [bold]{plan.hw.name}[/] ({gb(plan.hw.hbm_capacity_bytes, 0)} "
+        f"each)")
+    console.print(
+        f"candidates: {n['considered']} legal of {n['enumerated']} enumerated ({n['illegal']} "
+        f"illegal); pruned {n['pruned_memory']} by the memory bound and {n['pruned_time']} by "
+        f"the time bound"
+        + (f", {n['skipped_recompute']} not tried with more recompute than they need"
+           if n["skipped_recompute"] else "")
+        + f"; projected {n['projected']}: {n['fit']} fit, {n['do_not_fit']} do not"
+        + (f", {n['errors']} failed" if n["errors"] else "")
+        + f". {plan.seconds:.0f} s, {plan.cache.stats.compiles} programs compiled, "
+        f"{plan.cache.stats.program_hits} from the cache"
+        + (f", {plan.cache.stats.priced_hits} projections reused" if plan.cache.stats.priced_hits
+           else ""))
+    table = Table(title=f"fastest {min(top, len(plan.ranking))} of the {len(plan.ranking)} "
+                        f"that fit")
+    for col in ("#", "layout", "step s", "tokens/s", "MFU", "GB/device", "dominant", "vs best"):
+        table.add_column(col, justify="left" if col in ("layout", "dominant") else "right",
+                         overflow="fold")
+    best = plan.best
+    for i, label in enumerate(plan.ranking[:top], 1):
+        s = summary(plan.rows[label], plan.hw)
+        dom = s["dominant"]
+        table.add_row(str(i), label, num(s["step_seconds"]), num(s["tokens_per_s"]),
+                      pct(s["mfu"]), f"{s['memory_bytes'] / 1e9:.1f}",
+                      f"{dom} {pct(s['terms'][dom] / s['step_seconds'], 0)}",
+                      "best" if i == 1 else f"+{pct(s['step_seconds'] / best.step - 1)}")
+    console.print(table)
+    if best is None:
+        console.print("[red]no candidate fits[/]: " + _closest(plan))
+        return
+    if len(plan.ranking) > 1:
+        runner = plan.rows[plan.ranking[1]]
+        console.print(f"best {best.candidate.label}: {pct(runner.step / best.step - 1)} faster than "
+                      f"the runner-up {runner.candidate.label}")
+    console.print("why: " + reason_line(plan))
+    for label in plan.explain:
+        console.print("\n".join(explain_lines(plan, label)))
+
+
+def _closest(plan: Plan) -> str:
+    projected = [r for r in plan.rows.values() if r.projection is not None]
+    if not projected:
+        return "nothing could be projected"
+    low = min(projected, key=lambda r: r.projection["memory_bytes_per_device"])
+    return (f"the least memory is {low.candidate.label}'s: "
+            f"{gb(low.projection['memory_bytes_per_device'])} per device")
+
+
+# ----------------------------------------------------------------------------- files
+
+def plan_report(plan: Plan, command: str) -> dict:
+    """The plan's JSON with provenance, the reason line and the explanations as text."""
+    from helix_jax.analysis.plan import to_json
+    from helix_jax.report.provenance import generated_by
+
+    out = {"generated_by": generated_by(command), **to_json(plan)}
+    out["why"] = reason_line(plan)
+    out["explain_text"] = {label: explain_lines(plan, label) for label in plan.explain}
+    return out
+
+
+def pareto_chart(plan: Plan, path: str | Path, title: str | None = None) -> None:
+    """The Pareto chart of one plan (`draw_pareto`) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    draw_pareto(ax, plan, title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def draw_pareto(ax, plan: Plan, title: str | None = None) -> None:
+    """Memory per device against step time for every candidate: projected ones at their
+    projection (fitting or not), pruned ones at their lower bounds; the best marked."""
+    groups = {"fits": ([], [], "o", "#4C72B0"), "does not fit": ([], [], "x", "#8C8C8C"),
+              "pruned (at its lower bounds)": ([], [], ".", "#DD8452")}
+    for r in plan.rows.values():
+        if r.projection is not None:
+            key = "fits" if r.projection["fits"] else "does not fit"
+            x, y = r.step, r.projection["memory_bytes_per_device"] / 1e9
+        elif r.bounds is not None and r.status.startswith("pruned"):
+            key = "pruned (at its lower bounds)"
+            x, y = r.bounds.seconds, r.bounds.memory_bytes / 1e9
+        else:
+            continue
+        groups[key][0].append(x)
+        groups[key][1].append(y)
+    for name, (xs, ys, marker, color) in groups.items():
+        if xs:
+            ax.scatter(xs, ys, marker=marker, color=color, s=14 if marker == "." else 22,
+                       alpha=0.55 if marker == "." else 0.85, label=f"{name} ({len(xs)})")
+    front = _pareto_front(plan)
+    if front:
+        ax.step([x for x, _ in front], [y for _, y in front], where="post", color="#4C72B0",
+                lw=1, alpha=0.6, label="Pareto front of those that fit")
+    best = plan.best
+    if best is not None:
+        bx, by = best.step, best.projection["memory_bytes_per_device"] / 1e9
+        ax.scatter([bx], [by], marker="*", s=260, color="#C44E52", zorder=5,
+                   label=f"chosen: {best.candidate.label}")
+    for label in plan.anchors:
+        r = plan.rows[label]
+        if r.projection is not None and (best is None or label != best.candidate.label):
+            ax.annotate(label, (r.step, r.projection["memory_bytes_per_device"] / 1e9),
+                        fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.axhline(plan.hw.hbm_capacity_bytes / 1e9, color="#C44E52", ls="--", lw=1,
+               label=f"capacity {gb(plan.hw.hbm_capacity_bytes, 0)}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("step time, seconds (log)")
+    ax.set_ylabel("memory per device, GB (log)")
+    cfg = plan.cfg
+    ax.set_title(title or f"helix plan: {cfg.name} {plan.mode} on {plan.devices} x {plan.hw.name}",
+                 fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(True, which="both", alpha=0.25)
+
+
+def _pareto_front(plan: Plan) -> list[tuple[float, float]]:
+    points = sorted((r.step, r.projection["memory_bytes_per_device"] / 1e9)
+                    for r in plan.rows.values() if r.status == "ranked")
+    front, low = [], float("inf")
+    for x, y in points:
+        if y < low:
+            front.append((x, y))
+            low = y
+    return front
+
+
+# ----------------------------------------------------------------------------- the command
+
+def run_plan(args: argparse.Namespace, cfg, command: str) -> int:
+    """`helix plan` after the CLI has read the model: check every input, search, print, write."""
+    import json
+
+    from helix_jax.analysis.hardware import load_hardware
+    from helix_jax.layouts import LAYOUTS
+
+    hw = load_hardware(args.hardware)
+    if args.devices < 1:
+        raise ValueError(f"--devices {args.devices} must be at least 1")
+    if args.top < 1:
+        raise ValueError(f"--top {args.top} must be at least 1")
+    if args.jobs < 1 or args.max_micro < 0:
+        raise ValueError(f"--jobs {args.jobs} must be at least 1 and --max-micro "
+                         f"{args.max_micro} at least 0")
+    kinds = None
+    if args.kinds:
+        kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+        unknown = [k for k in kinds if k not in LAYOUTS]
+        if unknown or not kinds:
+            raise ValueError(f"--kinds {args.kinds!r}: unknown kind(s) {unknown}; choose from "
+                             f"{', '.join(LAYOUTS)}")
+    for path in (args.json, args.chart):
+        if path and not Path(path).expanduser().resolve().parent.is_dir():
+            raise ValueError(f"cannot write {path}: folder {Path(path).parent} does not exist")
+    from helix_jax.analysis.plan_space import MAX_WHOLE_DEVICES, parse_candidate
+
+    for text in args.explain:  # read before any work: a typo is an error, not a wasted run
+        c = parse_candidate(text, args.mode)
+        if c.layout.devices != args.devices:
+            raise ValueError(f"--explain {text!r} is a {c.layout.devices}-device layout, but "
+                             f"--devices is {args.devices}")
+        c.layout.validate(cfg)
+    from helix_jax.analysis.plan_cache import ProgramCache, default_dir, use_fast_codegen
+    from helix_jax.devices import ensure_host_devices
+
+    use_fast_codegen()
+    train = args.mode == "train"
+    # training steps of more devices are composed from one stage on at most `heads` devices
+    ensure_host_devices(min(args.devices, max(MAX_WHOLE_DEVICES, cfg.n_heads)) if train
+                        else args.devices)
+    from helix_jax.analysis.plan import paper_anchors
+    from helix_jax.analysis.plan import plan as search
+
+    cache = ProgramCache(None if args.no_cache else (args.cache_dir or default_dir()))
+    anchors = paper_anchors(cfg) if args.devices == 16 else ()
+    result = search(cfg, hw, args.devices, args.mode, kinds=kinds, prune=args.prune,
+                    cache=cache, anchors=anchors, explain=tuple(args.explain),
+                    progress=not args.no_progress, jobs=args.jobs, max_micro=args.max_micro,
+                    all_remat=args.all_remat,
+                    gspmd={"auto": None, "shard_map": False, "both": True}[args.partitioners])
+    print_plan(result, args.top)
+    chart = args.chart or (str(Path(args.json).with_suffix(".png")) if args.json else None)
+    if args.json:
+        Path(args.json).write_text(json.dumps(plan_report(result, command), indent=1) + "\n")
+        print(f"wrote {args.json}")
+    if chart:
+        pareto_chart(result, chart)
+        print(f"wrote {chart}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- the README
+
+PLAN_START, PLAN_END = "<!-- plan:start -->", "<!-- plan:end -->"
+
+
+def readme_block(report: dict) -> str:
+    """The README's planner block, from results/plan.json (`experiments/plan.py` writes both;
+    tests/test_plan.py checks that they agree)."""
+    lines = ["**Which layout should I use?** `helix plan` compiles and prices every legal layout "
+             "for the GPUs it is given, after pruning those whose lower bounds rule them out "
+             "([results/plan.md](results/plan.md), from `python experiments/plan.py`; "
+             "[docs/plan.md](docs/plan.md)). On 16 GPUs of `h100-paper`:", "",
+             "| model | step | best layout | step s | tokens/s | MFU | legal layouts | "
+             "projected | search s (cold / warm) |", "|---|---|---|---|---|---|---|---|---|"]
+    paper = [r for r in report["runs"] if "megatron" not in r and r["hardware"] == "h100-paper"]
+    for r in paper:
+        best = next((c for c in r["candidates"] if c["label"] == r["best"]), None)
+        if best is None:
+            continue
+        s, n = best["projection"], r["counts"]
+        warm = f"{r['warm']['seconds']:.0f}" if "warm" in r else "–"
+        lines.append(f"| {r['model']} | {r['mode']} | `{r['best']}` | {num(s['step_seconds'])} | "
+                     f"{num(s['tokens_per_s'])} | {pct(s['mfu'])} | {n['considered']} | "
+                     f"{n['projected']} | {r['seconds']:.0f} / {warm} |")
+    trains = [r for r in paper if r["mode"] == "train" and r["best"]]
+    if trains:
+        lines += [""] + [f"Training {r['model']}: {r['why']}." for r in trains]
+    mega = [r for r in report["runs"] if "megatron" in r]
+    if mega:
+        parts = []
+        for r in mega:
+            m = r["megatron"]
+            best = next((c for c in r["candidates"] if c["label"] == r["best"]), None)
+            if best is None or m.get("published_projected_s") is None:
+                parts.append(f"{m['label']}: no layout fits")
+                continue
+            step, pub = best["projection"]["step_seconds"], m["published_projected_s"]
+            changes = ", ".join(m.get("changes") or []) or "nothing"
+            parts.append(f"{m['label']} on {m['devices']} GPUs: published {num(pub)} s, best "
+                         f"{num(step)} s ({pct(1 - step / pub)} less; changed: {changes})")
+        lines += ["", "Megatron-LM's published training configurations (dgx-h100, the same "
+                  "model, GPUs, batch and sequence; searched over tp-pp): " + "; ".join(parts)
+                  + "."]
+    return "\n".join(lines)
+
+
+def replace_readme_block(text: str, block: str) -> str:
+    """`text` with the planner block replaced (or put after the numbers block the first time)."""
+    wrapped = f"{PLAN_START}\n{block}\n{PLAN_END}"
+    if PLAN_START in text and PLAN_END in text:
+        head, rest = text.split(PLAN_START, 1)
+        return head + wrapped + rest.split(PLAN_END, 1)[1]
+    anchor = "<!-- numbers:end -->"
+    if anchor not in text:
+        raise ValueError("README.md has no '<!-- numbers:end -->' marker to put the plan after")
+    head, rest = text.split(anchor, 1)
+    return head + anchor + "\n\n" + wrapped + rest

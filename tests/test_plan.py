@@ -1,0 +1,194 @@
+"""`helix plan`: the search space holds only legal layouts, the bounds never prune the best, the
+disk cache re-prices without compiling, and bad input is a one-line error."""
+
+import dataclasses
+import json
+
+import jax
+import pytest
+
+from helix_jax import cli
+from helix_jax.analysis import collectives, load_hardware, matmul_flops
+from helix_jax.analysis.plan import TERMS, bound_violations, plan, step_terms
+from helix_jax.analysis.plan_cache import ProgramCache
+from helix_jax.analysis.plan_space import enumerate_candidates, parse_candidate, short_spec
+from helix_jax.analysis.project import compile_program
+from helix_jax.config import resolve_model
+from helix_jax.layouts import parse_layout
+from helix_jax.model import Sharded
+
+HW = load_hardware("h100-paper")
+# Small enough to compile every candidate: 4 devices (forward) or 2 (training), batch 4 or 2.
+TINY = resolve_model("tiny-dense").replace(batch=4, seq=32, dtype="float16")
+# Links slow enough that bytes, not latency, price the collectives of so small a model: the time
+# bounds then come close to the projections, and prune.
+SLOW = dataclasses.replace(HW, name="slow-links", nvlink_bytes_per_s=1e8, ib_bytes_per_s=1e8,
+                           latency_nvlink_s=0.0, latency_ib_s=0.0, flops_per_s=1e12,
+                           peak_flops_per_s=1e12)
+
+
+@pytest.mark.parametrize("model, mode", [("tiny-dense", "forward"), ("tiny-moe", "train"),
+                                         ("tiny-moe", "decode")])
+def test_enumeration_yields_only_legal_layouts_and_each_builds(model, mode):
+    cfg = resolve_model(model)
+    candidates, illegal = enumerate_candidates(cfg, 16, mode, gspmd=False)
+    labels = [c.label for c in candidates]
+    assert len(labels) == len(set(labels)) >= 40
+    layouts = {c.layout.spec: c.layout for c in candidates}
+    for layout in layouts.values():
+        assert layout.devices == 16
+        Sharded.build(cfg, layout)  # raises for an illegal layout
+        assert parse_candidate(short_spec(layout), mode).layout == layout
+    # tiny models have head_dim 8: helix with m=16 head-dim shards is illegal and counted
+    assert any("head_dim" in reason for reason in illegal)
+    assert not any(s.startswith("helix:m=16") or ",m=16" in s for s in layouts)
+    paper = {"tiny-dense": ("tp-pp", "helix"), "tiny-moe": ("tp-pp", "ep")}[model]
+    assert {parse_layout(p).spec for p in paper} <= set(layouts) or mode != "forward"
+    if mode == "train":  # remat is an option of training steps only
+        assert {c.remat for c in candidates} == {"none", "selective", "full"}
+    else:
+        assert {c.remat for c in candidates} == {"none"}
+
+
+def test_placement_does_not_change_the_program():
+    """The program cache leaves `place` out of its keys: only pricing sees the placement."""
+    programs = [compile_program(Sharded.build(TINY, parse_layout(
+        f"tp-pp:tp=2,pp=2,microbatches=2,place={place}")), "forward").as_text()
+        for place in ("tensor-inner", "stage-inner")]
+    (a, b) = [sorted((c.op, c.replica_groups, c.source_target_pairs, c.payload_bytes,
+                      c.trip_count) for c in collectives(p)) for p in programs]
+    assert a == b and a
+    assert matmul_flops(programs[0]) == matmul_flops(programs[1])
+
+
+def _check_plan(p):
+    assert bound_violations(p) == []
+    for row in p.rows.values():
+        if row.projection is not None:  # the terms add up to the step
+            terms = step_terms(row.projection, p.hw)
+            assert set(terms) == set(TERMS)
+            assert sum(terms.values()) == pytest.approx(row.step, rel=1e-6)
+
+
+def test_pruning_never_drops_the_true_best_forward():
+    """Every candidate projected (no pruning) against the pruned search: the same best step,
+    no projection under its bounds, pruning by the memory and the time bounds."""
+    hw = dataclasses.replace(SLOW, hbm_capacity_bytes=1.5e6)
+    cache = ProgramCache(None)  # one in-memory cache: the pruned run reuses the programs
+    full = plan(TINY, hw, 4, "forward", prune=False, cache=cache, gspmd=False, jobs=2)
+    pruned = plan(TINY, hw, 4, "forward", prune=True, cache=cache, gspmd=False, jobs=2)
+    _check_pruned(full, pruned, ("memory bound", "time bound"))
+
+
+def test_training_search_prunes_safely_and_the_cache_re_prices_without_compiling(
+        tmp_path, monkeypatch):
+    """Training steps, composed (pp=2) and whole programs (tp=2), every one projected, then
+    searched with pruning: the same best. With fast links the whole programs have the lowest
+    time bounds, but those with full recompute do not fit, so neither do those that recompute
+    less. Runs after the first reuse the disk cache: nothing is compiled (jax's compile is
+    counted), and another profile is priced from the stored HLO."""
+    compiles = []
+    original = jax.stages.Lowered.compile
+
+    def counting(self, *args, **kwargs):
+        compiles.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", counting)
+    hw = dataclasses.replace(SLOW, hbm_capacity_bytes=3.9e6, nvlink_bytes_per_s=1e12,
+                             ib_bytes_per_s=1e12)
+    cfg, kinds = TINY.replace(batch=2), ("tp-pp",)
+
+    def search(hw, prune):
+        return plan(cfg, hw, 2, "train", kinds=kinds, prune=prune, cache=ProgramCache(tmp_path),
+                    gspmd=False, jobs=2)
+
+    full = search(hw, prune=False)
+    assert full.cache.stats.compiles == len(compiles) > 0
+    compiles.clear()
+    pruned = search(hw, prune=True)
+    _check_pruned(full, pruned, ("keeps the least", "time bound"))
+    again = search(hw, prune=False)
+    assert compiles == [] and pruned.cache.stats.compiles == again.cache.stats.compiles == 0
+    assert again.cache.stats.priced_hits == again.counts()["projected"] == len(full.rows)
+    assert again.ranking == full.ranking
+    least = plan(cfg, hw, 2, "train", kinds=kinds, cache=ProgramCache(tmp_path), gspmd=False,
+                 all_remat=False)  # the CLI's default: no more recompute than a layout needs
+    skipped = [r for r in least.rows.values() if r.status == "skipped: recompute"]
+    assert skipped and compiles == []
+    for row in skipped:
+        sibling = least.rows[row.pruned_by.split(" fits")[0]]
+        assert sibling.projection["fits"] and sibling.candidate.layout == row.candidate.layout
+    other = dataclasses.replace(hw, name="slower-links", nvlink_bytes_per_s=1e8)
+    moved = search(other, prune=False)  # another profile: priced anew from the stored programs
+    assert compiles == [] and moved.cache.stats.compiles == 0
+    assert moved.cache.stats.program_hits > 0 and moved.cache.stats.priced_hits == 0
+    label = "tp-pp:tp=2,pp=1,microbatches=1@none"  # tensor-parallel: its all-reduces slow down
+    assert moved.rows[label].projection["hardware"] == "slower-links"
+    assert moved.rows[label].step > full.rows[label].step
+
+
+def _check_pruned(full, pruned, rules):
+    for p in (full, pruned):
+        _check_plan(p)
+    fits = [r for r in full.rows.values() if r.status == "ranked"]
+    assert fits and len(fits) < len(full.rows)  # the capacity leaves some out
+    assert pruned.best.step == full.best.step
+    assert pruned.counts()["projected"] < full.counts()["projected"]
+    reasons = " ".join(r.pruned_by for r in pruned.rows.values() if r.pruned_by)
+    for rule in rules:
+        assert rule in reasons, rule
+    for label, row in pruned.rows.items():  # what was pruned by memory really does not fit
+        if row.status == "pruned: memory":
+            assert full.rows[label].status == "does not fit", label
+
+
+def test_helix_plan_end_to_end(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    rc = cli.main(["plan", "--model", "tiny-dense", "--batch", "2", "--dtype", "float16",
+                   "--devices", "2", "--kinds", "dp,helix", "--explain", "helix:m=2,n=1",
+                   "--json", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "fastest" in text and "why: " in text and "helix:m=2,n=1 (asked about)" in text
+    report = json.loads(out.read_text())
+    assert report["generated_by"]["command"].startswith("helix plan --model tiny-dense")
+    assert report["best"] == report["ranking"][0]
+    assert report["counts"]["considered"] == len(report["candidates"])
+    assert report["explain"][0]["label"] == "helix:m=2,n=1"
+    assert (tmp_path / "plan.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--devices", "0"], "--devices 0 must be at least 1"),
+    (["--top", "0"], "--top 0 must be at least 1"),
+    (["--explain", "helix:m=4,n=2"], "is a 8-device layout, but --devices is 16"),
+    (["--explain", "dp@full"], "applies to --mode train only"),
+    (["--explain", "dp@fast", "--mode", "train"], "cannot read @fast"),
+    (["--explain", "nonsense"], "unknown layout 'nonsense'"),
+    (["--kinds", "dp,nope"], "unknown kind(s) ['nope']"),
+    (["--json", "/no/such/folder/plan.json"], "does not exist"),
+    (["--hardware", "no-such-gpu"], "unknown hardware"),
+    (["--context", "100"], "--context applies to --mode prefill or decode"),
+    (["--model-file", "/no/such.toml"], "no such file"),
+])
+def test_bad_inputs_are_one_line_errors(argv, message, capsys):
+    assert cli.main(["plan", "--model", "tiny-dense", "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("helix: error:") and "\n" not in err and message in err, err
+
+
+def test_readme_quotes_the_committed_plan():
+    """The README's planner block is what results/plan.json says (experiments/plan.py writes
+    both)."""
+    from pathlib import Path
+
+    from helix_jax.report.planning import readme_block, replace_readme_block
+
+    root = Path(__file__).resolve().parent.parent
+    report = json.loads((root / "results" / "plan.json").read_text())
+    text = (root / "README.md").read_text()
+    assert "<!-- plan:start -->" in text
+    assert replace_readme_block(text, readme_block(report)) == text
+    for run in report["runs"]:  # the search never projected anything under its bounds
+        assert run["bound_violations"] == [], (run["model"], run["mode"], run["hardware"])
