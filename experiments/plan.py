@@ -9,8 +9,9 @@ configurations of the validation set. Writes results/plan.{json,md,png}.
             `helix plan` command in a new process (jax's start included).
   megatron  each Megatron-LM row of experiments/validate_measured.py (same model, GPU count,
             batch, sequence, dtype; dgx-h100; training steps), searched over Megatron's own space
-            (tp-pp: tensor, pipeline and data parallelism, microbatches, schedule, virtual
-            stages, sequence parallelism, TP overlap, remat), with the published layout
+            (tp-pp: tensor parallelism inside a node, pipeline and data parallelism, schedule,
+            virtual stages, sequence parallelism, TP overlap, remat) with micro-batches of one
+            sequence, as the published runs are assumed to use, and the published layout
             projected beside the best.
 
     python experiments/plan.py [--out results] [--only paper|megatron] [--cache-dir D]
@@ -118,9 +119,11 @@ def megatron_section(cache_dir: Path) -> list[dict]:
         published = f"{row['layout']}@{row['remat']}"
         command = (f"helix plan --model-file experiments/models/{row['model']}.toml --hardware "
                    f"{row['hardware']} --devices {devices} --mode train --batch {row['batch']} "
-                   f"--seq {row['seq']} --dtype {row['dtype']} --kinds tp-pp")
+                   f"--seq {row['seq']} --dtype {row['dtype']} --kinds tp-pp --max-micro 1 "
+                   f"--max-tp 8")
         r = run(cfg, row["hardware"], devices, "train", cache_dir, command, kinds=("tp-pp",),
-                anchors=((published, "published (Megatron-LM)"),), max_micro=4, jobs=2)
+                anchors=((published, "published (Megatron-LM)"),), max_micro=1, max_tp=8,
+                jobs=2)
         p = r["_plan"]
         anchor = p.anchors[0] if p.anchors else None
         r["megatron"] = {"label": row["label"], "measured_s": row["measured"],
@@ -153,6 +156,21 @@ def _top(r: dict, k: int = 5) -> list[str]:
     return out
 
 
+def _nothing_fits(r: dict) -> str:
+    projected = [c for c in r["candidates"] if c["projection"]]
+    low = min(projected, key=lambda c: c["projection"]["memory_bytes"], default=None)
+    if low is None:
+        return "Nothing fits, and nothing was projected."
+    pruned = [c["bounds"]["memory_bytes"] for c in r["candidates"]
+              if c["status"] == "pruned: memory" and c["bounds"]]
+    text = (f"Nothing fits: the least memory per device of those projected is "
+            f"`{low['label']}`'s, {low['projection']['fits_why']}")
+    if pruned:
+        text += (f"; the {len(pruned)} pruned by memory need at least {min(pruned) / 1e9:.1f} GB "
+                 f"per device by their lower bound")
+    return text + "."
+
+
 def _counts(r: dict) -> str:
     n = r["counts"]
     return (f"{n['considered']} legal candidates ({n['illegal']} illegal); pruned "
@@ -180,7 +198,8 @@ def markdown(report: dict) -> str:
             n, margin = r["counts"], r["margin_over_runner_up"]
             warm = f"{r['warm']['seconds']:.1f}" if "warm" in r else "–"
             lines.append(
-                f"| {r['model']} | {r['mode']} | {r['hardware']} | `{r['best']}` | "
+                f"| {r['model']} | {r['mode']} | {r['hardware']} | "
+                f"{'`' + r['best'] + '`' if r['best'] else 'nothing fits'} | "
                 f"{num(s['step_seconds']) if s else '–'} | {num(s['tokens_per_s']) if s else '–'} | "
                 f"{pct(margin) if margin is not None else '–'} | {n['considered']} / "
                 f"{n['projected']} / {n['fit']} | {len(r['bound_violations'])} | "
@@ -191,7 +210,8 @@ def markdown(report: dict) -> str:
                   "(`conditions`).", ""]
         for r in paper:
             lines += [f"### {r['model']}, {r['mode']}, {r['hardware']}", "", _counts(r) + ".", "",
-                      *_top(r), "", "Why: " + r["why"] + ".", ""]
+                      *(_top(r) if r["best"] else [_nothing_fits(r)]), "",
+                      "Why: " + r["why"] + ".", ""]
     mega = [r for r in report["runs"] if "megatron" in r]
     if mega:
         lines += ["## Megatron-LM's published configurations (dgx-h100, training steps)", "",

@@ -18,7 +18,7 @@ from helix_jax.layouts import parse_layout
 from helix_jax.model import Sharded
 
 HW = load_hardware("h100-paper")
-# Small enough to compile every candidate: 4 devices (forward) or 2 (training), batch 4 or 2.
+# Small enough to compile every candidate: 2 devices, batch 4 (forward) or 1 (training).
 TINY = resolve_model("tiny-dense").replace(batch=4, seq=32, dtype="float16")
 # Links slow enough that bytes, not latency, price the collectives of so small a model: the time
 # bounds then come close to the projections, and prune.
@@ -75,8 +75,8 @@ def test_pruning_never_drops_the_true_best_forward():
     no projection under its bounds, pruning by the memory and the time bounds."""
     hw = dataclasses.replace(SLOW, hbm_capacity_bytes=1.5e6)
     cache = ProgramCache(None)  # one in-memory cache: the pruned run reuses the programs
-    full = plan(TINY, hw, 4, "forward", prune=False, cache=cache, gspmd=False, jobs=2)
-    pruned = plan(TINY, hw, 4, "forward", prune=True, cache=cache, gspmd=False, jobs=2)
+    full = plan(TINY, hw, 2, "forward", prune=False, cache=cache, gspmd=False, jobs=2)
+    pruned = plan(TINY, hw, 2, "forward", prune=True, cache=cache, gspmd=False, jobs=2)
     _check_pruned(full, pruned, ("memory bound", "time bound"))
 
 
@@ -97,7 +97,8 @@ def test_training_search_prunes_safely_and_the_cache_re_prices_without_compiling
     monkeypatch.setattr(jax.stages.Lowered, "compile", counting)
     hw = dataclasses.replace(SLOW, hbm_capacity_bytes=3.9e6, nvlink_bytes_per_s=1e12,
                              ib_bytes_per_s=1e12)
-    cfg, kinds = TINY.replace(batch=2), ("tp-pp",)
+    # one sequence of 33 positions: no data parallelism, no sequence parallelism (33 is odd)
+    cfg, kinds = TINY.replace(batch=1, seq=33), ("tp-pp",)
 
     def search(hw, prune):
         return plan(cfg, hw, 2, "train", kinds=kinds, prune=prune, cache=ProgramCache(tmp_path),

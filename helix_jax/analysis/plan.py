@@ -109,7 +109,7 @@ def plan(cfg: ModelConfig, hw: Hardware, devices: int, mode: str, *,
          kinds: tuple[str, ...] | None = None, prune: bool = True,
          cache: ProgramCache | None = None, anchors: tuple[tuple[str, str], ...] = (),
          explain: tuple[str, ...] = (), progress: bool = False,
-         gspmd: bool | None = None, jobs: int = 1, max_micro: int = 0,
+         gspmd: bool | None = None, jobs: int = 1, max_micro: int = 0, max_tp: int = 0,
          all_remat: bool = True) -> Plan:
     """Search the layouts of `cfg` on `devices` devices of `hw` in `mode` (see the module doc).
 
@@ -117,14 +117,16 @@ def plan(cfg: ModelConfig, hw: Hardware, devices: int, mode: str, *,
     legal here are skipped); `explain`: candidates the user asked about, also always projected
     (a ValueError if one is not a legal layout of `devices` devices). `jobs` projections run at
     once (threads: XLA compiles without holding the GIL); `max_micro` > 0 limits the sequences
-    per microbatch of composed training steps (`plan_space`). Without `all_remat`, a training
+    per microbatch of composed training steps and `max_tp` > 0 tp-pp's tensor parallelism
+    (`plan_space`). Without `all_remat`, a training
     step is not projected when the same layout already fits with less recompute (a policy of the
     search space, not a bound: recompute usually only adds time, see docs/plan.md)."""
     start = time.perf_counter()
     cache = cache or ProgramCache(None)
     gspmd = default_gspmd(mode) if gspmd is None else gspmd
     targets = [_checked_target(t, cfg, devices, mode) for t in explain]
-    candidates, illegal = enumerate_candidates(cfg, devices, mode, kinds, gspmd, max_micro)
+    candidates, illegal = enumerate_candidates(cfg, devices, mode, kinds, gspmd, max_micro,
+                                              max_tp)
     rows = {c.label: Row(c) for c in candidates}
     named: list[str] = []
     for text, role in anchors:
@@ -148,8 +150,8 @@ def plan(cfg: ModelConfig, hw: Hardware, devices: int, mode: str, *,
             continue
         if prune and row.role is None and row.bounds.memory_bytes > hw.hbm_capacity_bytes:
             row.status = "pruned: memory"
-            row.pruned_by = (f"memory bound {row.bounds.memory_bytes / 1e9:.1f} GB > "
-                             f"{hw.hbm_capacity_bytes / 1e9:.0f} GB")
+            row.pruned_by = (f"memory bound {row.bounds.memory_bytes / 1e9:.3g} GB > "
+                             f"{hw.hbm_capacity_bytes / 1e9:.3g} GB")
         else:
             queue.append(label)
     # The named layouts first (projected whatever their bounds, they give a first best to

@@ -165,10 +165,11 @@ def _tp_pp_specs(cfg: ModelConfig, tp: int, pp: int, dp: int, mode: str,
 
 def enumerate_candidates(cfg: ModelConfig, devices: int, mode: str,
                          kinds: tuple[str, ...] | None = None, gspmd: bool | None = None,
-                         max_micro: int = 0) -> tuple[list[Candidate], Counter]:
+                         max_micro: int = 0, max_tp: int = 0) -> tuple[list[Candidate], Counter]:
     """The legal candidates for `devices` devices in `mode`, and the count of illegal ones by
     reason (the first clause of `Layout.validate`'s message, numbers left out). `max_micro` > 0
-    keeps composed training steps to microbatches of at most that many sequences."""
+    keeps composed training steps to microbatches of at most that many sequences; `max_tp` > 0
+    keeps tp-pp's tensor parallelism to at most that many devices."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     if devices < 1:
@@ -181,6 +182,8 @@ def enumerate_candidates(cfg: ModelConfig, devices: int, mode: str,
     for spec in _specs(cfg, devices, mode, max_micro):
         layout = parse_layout(spec)
         if kinds and layout.kind not in kinds:
+            continue
+        if max_tp and layout.kind == "tp-pp" and layout.options["tp"] > max_tp:
             continue
         if layout.spec in seen:
             continue

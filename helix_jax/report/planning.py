@@ -37,6 +37,8 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-micro", type=int, default=4,
                    help="training steps composed from one pipeline stage: microbatches of at "
                    "most this many sequences (default 4; 0: every divisor of the batch)")
+    p.add_argument("--max-tp", type=int, default=0,
+                   help="tp-pp: tensor parallelism over at most this many GPUs (default 0: any)")
     p.add_argument("--partitioners", default="auto", choices=("auto", "shard_map", "both"),
                    help="candidates under XLA's gspmd partitioner beside the hand-written ones: "
                    "auto (default) in forward passes only, or never, or in every mode")
@@ -302,9 +304,9 @@ def run_plan(args: argparse.Namespace, cfg, command: str) -> int:
         raise ValueError(f"--devices {args.devices} must be at least 1")
     if args.top < 1:
         raise ValueError(f"--top {args.top} must be at least 1")
-    if args.jobs < 1 or args.max_micro < 0:
-        raise ValueError(f"--jobs {args.jobs} must be at least 1 and --max-micro "
-                         f"{args.max_micro} at least 0")
+    if args.jobs < 1 or args.max_micro < 0 or args.max_tp < 0:
+        raise ValueError(f"--jobs {args.jobs} must be at least 1, --max-micro {args.max_micro} "
+                         f"and --max-tp {args.max_tp} at least 0")
     kinds = None
     if args.kinds:
         kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
@@ -339,7 +341,7 @@ def run_plan(args: argparse.Namespace, cfg, command: str) -> int:
     result = search(cfg, hw, args.devices, args.mode, kinds=kinds, prune=args.prune,
                     cache=cache, anchors=anchors, explain=tuple(args.explain),
                     progress=not args.no_progress, jobs=args.jobs, max_micro=args.max_micro,
-                    all_remat=args.all_remat,
+                    all_remat=args.all_remat, max_tp=args.max_tp,
                     gspmd={"auto": None, "shard_map": False, "both": True}[args.partitioners])
     print_plan(result, args.top)
     chart = args.chart or (str(Path(args.json).with_suffix(".png")) if args.json else None)
