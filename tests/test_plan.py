@@ -160,6 +160,32 @@ def test_helix_plan_end_to_end(tmp_path, capsys):
     assert (tmp_path / "plan.png").stat().st_size > 0
 
 
+def test_a_kv_cache_no_layout_can_hold_is_explained_with_the_batch_that_could():
+    """Weights and KV cache beyond all the devices together: every candidate is pruned without a
+    compile, and the plan says why and which batch could fit, from the cache's size by formula."""
+    from helix_jax.analysis.plan import nothing_fits
+    from helix_jax.analysis.plan_bounds import whole_model_floor
+
+    cfg = TINY.replace(batch=8)
+    kv_per_sequence = cfg.n_layers * 2 * cfg.seq * cfg.n_heads * cfg.head_dim * 2  # k and v, fp16
+    roomy = whole_model_floor(cfg, HW, 2, "decode")
+    assert roomy.cache_bytes_per_sequence == kv_per_sequence
+    # room for the weights and 5 sequences' caches on the 2 devices together
+    small = dataclasses.replace(HW, hbm_capacity_bytes=(roomy.state_bytes + 5.5 * kv_per_sequence) / 2)
+    floor = whole_model_floor(cfg, small, 2, "decode")
+    assert floor.max_batch == 5 and floor.total_bytes > floor.capacity_bytes
+    p = plan(cfg, small, 2, "decode", cache=ProgramCache(None), gspmd=False)
+    assert p.best is None and p.counts()["projected"] == 0 and p.cache.stats.compiles == 0
+    text = nothing_fits(p)
+    assert "so no layout can fit" in text and "at most batch 5 could" in text, text
+    # at batch 5 the floor fits, and what the compiled programs need besides is what is said
+    p = plan(cfg.replace(batch=5), small, 2, "decode", cache=ProgramCache(None), gspmd=False)
+    assert whole_model_floor(p.cfg, small, 2, "decode").total_bytes <= floor.capacity_bytes
+    text = nothing_fits(p)
+    assert "no layout can fit" not in text and "the least memory of those projected is" in text
+    assert "MB per device against" in text, text
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--devices", "0"], "--devices 0 must be at least 1"),
     (["--top", "0"], "--top 0 must be at least 1"),

@@ -30,7 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from helix_jax.analysis.hardware import Hardware, hardware_to_dict
-from helix_jax.analysis.plan_bounds import Bounds, bounds
+from helix_jax.analysis.plan_bounds import Bounds, bounds, whole_model_floor
 from helix_jax.analysis.plan_cache import ProgramCache
 from helix_jax.analysis.plan_space import (
     Candidate,
@@ -38,6 +38,7 @@ from helix_jax.analysis.plan_space import (
     enumerate_candidates,
     parse_candidate,
 )
+from helix_jax.checks import gb
 from helix_jax.config import ModelConfig
 
 TERMS = ("compute", "HBM", "exposed NVLink", "exposed InfiniBand", "pipeline bubble")
@@ -252,6 +253,17 @@ def _checked_target(text: str, cfg: ModelConfig, devices: int, mode: str) -> Can
 
 def _project_task(row: Row, rows: dict[str, Row], cfg: ModelConfig, hw: Hardware, mode: str,
                   cache: ProgramCache, prune: bool, least_remat: bool) -> None:
+    """`_search_task`, never leaving `row` (which other tasks may wait on) projecting."""
+    try:
+        _search_task(row, rows, cfg, hw, mode, cache, prune, least_remat)
+    finally:
+        if row.status == "projecting":
+            row.status = "error"
+            row.error = row.error or "the projection stopped without a result"
+
+
+def _search_task(row: Row, rows: dict[str, Row], cfg: ModelConfig, hw: Hardware, mode: str,
+                 cache: ProgramCache, prune: bool, least_remat: bool) -> None:
     """Project `row`, unless (`least_remat`) the same layout already fits with less recompute,
     or (`prune`) it is a whole-program training step recomputing less than full whose
     full-recompute sibling, projected first as a memory probe whatever its time bound, does not
@@ -270,7 +282,11 @@ def _project_task(row: Row, rows: dict[str, Row], cfg: ModelConfig, hw: Hardware
         probe = rows.get(dataclasses.replace(c, remat="full").label)
         if probe is not None and probe.status in ("pending", "pruned: time"):
             probe.status = "projecting"  # the search does not hand it out again
-            _project(probe, cfg, hw, mode, cache)
+            try:
+                _project(probe, cfg, hw, mode, cache)
+            finally:
+                if probe.status == "projecting":
+                    probe.status = "error"
         while probe is not None and probe.status == "projecting":  # another task's probe
             time.sleep(0.05)
         why = _cannot_fit(row, rows)
@@ -294,8 +310,11 @@ def _project(row: Row, cfg: ModelConfig, hw: Hardware, mode: str, cache: Program
             kwargs["partitioner"] = c.partitioner
         try:  # inside `cache.hooked()` (the search holds it)
             result = P.project(cfg, c.layout, hw, **kwargs)
-        except ValueError as e:
+        except ValueError as e:  # this layout cannot run this model (kept: it will not either)
             result = {"error": str(e)}
+        except Exception as e:  # noqa: BLE001 - a compile that failed: reported, not kept
+            row.status, row.error = "error", f"{type(e).__name__}: {e}"[:2000]
+            return
         cache.store_priced(key, result)
     row.pruned_by = None
     if "error" in result:
@@ -448,6 +467,40 @@ def bound_violations(plan_: Plan) -> list[dict]:
     return out
 
 
+def nothing_fits(plan_: Plan) -> str | None:
+    """Why no candidate fits and what might, or None when one does: the model's floor across all
+    the devices (`plan_bounds.Floor`) when even that exceeds them, else the closest candidate."""
+    if plan_.best is not None:
+        return None
+    cfg, n = plan_.cfg, plan_.devices
+    floor = whole_model_floor(cfg, plan_.hw, n, plan_.mode)
+    if floor.total_bytes > floor.capacity_bytes:
+        held = f"the {floor.state} ({gb(floor.state_bytes)})"
+        if floor.cache_bytes_per_sequence:
+            held += (f" and the KV cache of batch {cfg.batch} at context {cfg.seq:,} "
+                     f"({gb(floor.cache_bytes_per_sequence * cfg.batch)})")
+        text = (f"{held} alone need {gb(floor.total_bytes)}, more than the {n} devices hold "
+                f"together ({gb(floor.capacity_bytes)}), so no layout can fit")
+        if floor.cache_bytes_per_sequence and floor.max_batch > 0:
+            return text + (f"; at most batch {floor.max_batch} could (before temporaries): try a "
+                           f"smaller --batch, a shorter --context or more --devices")
+        return text + f"; use at least {floor.min_devices} devices or a smaller model"
+    projected = [r for r in plan_.rows.values() if r.projection is not None]
+    pruned = [r.bounds.memory_bytes for r in plan_.rows.values()
+              if r.status == "pruned: memory" and r.bounds]
+    parts = []
+    if projected:
+        low = min(projected, key=lambda r: r.projection["memory_bytes_per_device"])
+        parts.append(f"the least memory of those projected is {low.candidate.label}'s, "
+                     f"{gb(low.projection['memory_bytes_per_device'])} per device against "
+                     f"{gb(plan_.hw.hbm_capacity_bytes)}")
+    if pruned:
+        parts.append(f"the {len(pruned)} pruned by memory need at least {gb(min(pruned))} per "
+                     f"device by their lower bound")
+    return (("; ".join(parts) or "nothing could be projected")
+            + "; try a smaller --batch or more --devices")
+
+
 def to_json(plan_: Plan) -> dict:
     """The whole plan as plain data (what `--json` writes, less the provenance)."""
     best = plan_.best
@@ -462,6 +515,7 @@ def to_json(plan_: Plan) -> dict:
         "best": best.candidate.label if best else None,
         "runner_up": runner.candidate.label if runner else None,
         "margin_over_runner_up": (runner.step / best.step - 1) if runner else None,
+        "nothing_fits": nothing_fits(plan_),
         "ranking": plan_.ranking,
         "anchors": [compare(plan_, a) for a in plan_.anchors],
         "explain": [compare(plan_, e) for e in plan_.explain],

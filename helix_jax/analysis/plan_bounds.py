@@ -38,6 +38,7 @@ step time = compute + exposed communication (+ bubble, sends, ... when composed)
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 from helix_jax.analysis.compose import activation_bytes_per_layer, in_flight, local_parameter_count
@@ -188,3 +189,58 @@ def _composed(c: Candidate, cfg: ModelConfig, hw: Hardware) -> Bounds:
     compute = chunks_time * per_micro
     comm = chunks_time * tensor + p2p
     return Bounds(memory, compute + comm, compute, comm)
+
+
+@dataclass(frozen=True)
+class Floor:
+    """What every layout must hold across all its devices together: each parameter (and in
+    training its AdamW state) once and, to prefill or decode, every sequence's KV cache once.
+    When this exceeds the devices' capacity no layout can fit, however it shards."""
+
+    state_bytes: float  # the parameters as the step holds them (see `bounds`), once
+    cache_bytes_per_sequence: float  # one sequence's KV cache at the context (0 outside decode)
+    batch: int
+    devices: int
+    capacity_bytes: float  # devices x one device's HBM
+    state: str  # what state_bytes counts, in words
+
+    @property
+    def total_bytes(self) -> float:
+        return self.state_bytes + self.cache_bytes_per_sequence * self.batch
+
+    @property
+    def max_batch(self) -> int:
+        """The largest batch whose floor fits (0: not even one sequence; the batch when the
+        floor is not per sequence)."""
+        room = self.capacity_bytes - self.state_bytes
+        if room < 0:
+            return 0
+        if not self.cache_bytes_per_sequence:
+            return self.batch
+        return int(room // self.cache_bytes_per_sequence)
+
+    @property
+    def min_devices(self) -> int:
+        """The fewest devices of this capacity that could hold the floor."""
+        return math.ceil(self.total_bytes / (self.capacity_bytes / self.devices))
+
+
+def whole_model_floor(cfg: ModelConfig, hw: Hardware, devices: int, mode: str) -> Floor:
+    """The `Floor` of `cfg` in `mode` on `devices` devices of `hw` (bytes per parameter as in
+    `bounds`: 4 to run forward, 12 to train, 16-bit weights to prefill or decode)."""
+    from helix_jax.analysis.project import hbm_floor_bytes
+
+    analysed = analysed_config(cfg)
+    whole = build_sharded(analysed, parse_layout("single"), 1)
+    params = local_parameter_count(whole)
+    elem = DTYPE_BYTES[analysed.dtype]
+    if mode in ("prefill", "decode"):
+        weights = params * elem
+        per_sequence = (hbm_floor_bytes(whole) - weights) / cfg.batch
+        state = "16-bit weights"
+    else:
+        weights = params * (12.0 if mode == "train" else 4.0)
+        per_sequence = 0.0
+        state = ("float32 parameters and AdamW moments" if mode == "train"
+                 else "float32 parameters")
+    return Floor(weights, per_sequence, cfg.batch, devices, devices * hw.hbm_capacity_bytes, state)

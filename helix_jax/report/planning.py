@@ -185,7 +185,9 @@ def print_plan(plan: Plan, top: int = 10) -> None:
                       "best" if i == 1 else f"+{pct(s['step_seconds'] / best.step - 1)}")
     console.print(table)
     if best is None:
-        console.print("[red]no candidate fits[/]: " + _closest(plan))
+        from helix_jax.analysis.plan import nothing_fits
+
+        console.print("[red]no candidate fits[/]: " + nothing_fits(plan))
         return
     if len(plan.ranking) > 1:
         runner = plan.rows[plan.ranking[1]]
@@ -194,15 +196,6 @@ def print_plan(plan: Plan, top: int = 10) -> None:
     console.print("why: " + reason_line(plan))
     for label in plan.explain:
         console.print("\n".join(explain_lines(plan, label)))
-
-
-def _closest(plan: Plan) -> str:
-    projected = [r for r in plan.rows.values() if r.projection is not None]
-    if not projected:
-        return "nothing could be projected"
-    low = min(projected, key=lambda r: r.projection["memory_bytes_per_device"])
-    return (f"the least memory is {low.candidate.label}'s: "
-            f"{gb(low.projection['memory_bytes_per_device'])} per device")
 
 
 # ----------------------------------------------------------------------------- files
@@ -275,7 +268,7 @@ def draw_pareto(ax, plan: Plan, title: str | None = None) -> None:
     cfg = plan.cfg
     ax.set_title(title or f"helix plan: {cfg.name} {plan.mode} on {plan.devices} x {plan.hw.name}",
                  fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best", framealpha=0.85)
     ax.grid(True, which="both", alpha=0.25)
 
 
@@ -359,6 +352,12 @@ def run_plan(args: argparse.Namespace, cfg, command: str) -> int:
 PLAN_START, PLAN_END = "<!-- plan:start -->", "<!-- plan:end -->"
 
 
+def run_mode(r: dict) -> str:
+    """A run's mode from results/plan.json, with its batch when it is not the model's own."""
+    own = r.get("default_batch", r["config"]["batch"])
+    return r["mode"] + (f" (batch {r['batch']})" if r["batch"] != own else "")
+
+
 def readme_block(report: dict) -> str:
     """The README's planner block, from results/plan.json (`experiments/plan.py` writes both;
     tests/test_plan.py checks that they agree)."""
@@ -375,12 +374,16 @@ def readme_block(report: dict) -> str:
             continue
         s, n = best["projection"], r["counts"]
         warm = f"{r['warm']['seconds']:.0f}" if "warm" in r else "–"
-        lines.append(f"| {r['model']} | {r['mode']} | `{r['best']}` | {num(s['step_seconds'])} | "
+        lines.append(f"| {r['model']} | {run_mode(r)} | `{r['best']}` | {num(s['step_seconds'])} | "
                      f"{num(s['tokens_per_s'])} | {pct(s['mfu'])} | {n['considered']} | "
                      f"{n['projected']} | {r['seconds']:.0f} / {warm} |")
     trains = [r for r in paper if r["mode"] == "train" and r["best"]]
     if trains:
         lines += [""] + [f"Training {r['model']}: {r['why']}." for r in trains]
+    unfit = [f"{r['model']} {run_mode(r)}: nothing fits: {r['nothing_fits']}." for r in paper
+             if not r["best"] and r.get("nothing_fits")]
+    if unfit:
+        lines += [""] + unfit
     mega = [r for r in report["runs"] if "megatron" in r]
     if mega:
         parts = []
@@ -392,8 +395,9 @@ def readme_block(report: dict) -> str:
                 continue
             step, pub = best["projection"]["step_seconds"], m["published_projected_s"]
             changes = ", ".join(m.get("changes") or []) or "nothing"
-            parts.append(f"{m['label']} on {m['devices']} GPUs: published {num(pub)} s, best "
-                         f"{num(step)} s ({pct(1 - step / pub)} less; changed: {changes})")
+            fits = "" if m.get("published_fits", True) else " (it does not fit in 80 GB here)"
+            parts.append(f"{m['label']} on {m['devices']} GPUs: published {num(pub)} s{fits}, "
+                         f"best {num(step)} s ({pct(1 - step / pub)} less; changed: {changes})")
         lines += ["", "Megatron-LM's published training configurations (dgx-h100, the same "
                   "model, GPUs, batch and sequence; searched over tp-pp): " + "; ".join(parts)
                   + "."]
