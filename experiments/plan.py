@@ -44,6 +44,7 @@ from helix_jax.analysis.plan import compare, option_changes, paper_anchors, plan
 from helix_jax.analysis.plan_bounds import whole_model_floor
 from helix_jax.analysis.plan_cache import ProgramCache
 from helix_jax.config import load_model_file, resolve_model
+from helix_jax.layouts import parse_layout
 from helix_jax.report.fmt import num, pct
 from helix_jax.report.planning import (
     draw_pareto,
@@ -140,8 +141,6 @@ def megatron_section(cache_dir: Path) -> list[dict]:
     for row in megatron_rows():
         cfg = load_model_file(HERE / "models" / f"{row['model']}.toml").replace(
             batch=row["batch"], seq=row["seq"], dtype=row["dtype"])
-        from helix_jax.layouts import parse_layout
-
         devices = parse_layout(row["layout"]).devices
         published = f"{row['layout']}@{row['remat']}"
         command = (f"helix plan --model-file experiments/models/{row['model']}.toml --hardware "

@@ -137,19 +137,13 @@ def calibrate(base: str = "h100-sxm", quick: bool = False, dtype: str | None = N
 
 
 def cmd_calibrate(args) -> int:
+    """`helix calibrate` once the CLI has checked its options and paths."""
     import json
-    from pathlib import Path
 
-    from helix_jax.checks import output_file
-
-    out = Path(args.out)
-    output_file(out, "--out")
-    if args.repeat < 1 or args.warmup < 0:
-        raise ValueError("--repeat must be >= 1 and --warmup >= 0")
-    profile, raw = calibrate(args.base, args.quick, args.dtype, args.warmup, args.repeat)
     from helix_jax.checks import atomic_output
 
-    with atomic_output(out) as tmp:
+    profile, raw = calibrate(args.base, args.quick, args.dtype, args.warmup, args.repeat)
+    with atomic_output(args.out) as tmp:
         tmp.write_text(json.dumps({**profile, "measurements": raw}, indent=1) + "\n")
     for name, rate in raw["matmul_flops_per_s"].items():
         print(f"matmul {name:<10} {rate / 1e12:10.3f} TFLOP/s")

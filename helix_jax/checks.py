@@ -36,6 +36,8 @@ RANGES: dict[str, tuple[Callable[[object], bool], str]] = {
     "save_every": _at_least(1), "lr": _FINITE_POSITIVE,
     "generate": _at_least(1), "context": _at_least(2), "heartbeat_timeout": _at_least(1),
     "num_processes": _at_least(1), "process_id": _at_least(0),
+    "devices": _at_least(1), "top": _at_least(1), "jobs": _at_least(1),
+    "max_micro": _at_least(0), "max_tp": _at_least(0),
     "batch_chunks": ((lambda v: v == "auto" or (str(v).isdigit() and int(v) >= 1)),
                      "'auto' or a whole number >= 1"),
 }

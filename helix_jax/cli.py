@@ -12,6 +12,7 @@ import time
 
 from helix_jax import checks, distributed, errors
 from helix_jax.config import DTYPES, PRESETS, resolve_model
+from helix_jax.gspmd import check_partitioner
 from helix_jax.layouts import LAYOUTS, parse_layout
 
 
@@ -50,13 +51,6 @@ def _partitioner_arg(p: argparse.ArgumentParser, both: bool = False) -> None:
                    help="shard_map: the hand-written collectives (default); gspmd: the same model "
                    "under jax.jit with the layout's shardings, XLA choosing the collectives"
                    + ("; both: compile both and compare them side by side" if both else ""))
-
-
-def _check_partitioner(layout, partitioner: str) -> None:
-    """A clear error, before jax starts, for a layout the partitioner cannot run."""
-    from helix_jax.gspmd import check_partitioner
-
-    check_partitioner(layout, "gspmd" if partitioner == "both" else partitioner)
 
 
 def _config(args: argparse.Namespace):
@@ -100,7 +94,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_forward(args: argparse.Namespace) -> int:
     cfg, layout = _model_and_layout(args)
-    _check_partitioner(layout, args.partitioner)
+    check_partitioner(layout, args.partitioner)  # before jax starts
     checks.output_file(args.out, "--out")
     checks.output_dir(args.profile, "--profile")
     if args.params:  # a bad file fails here, before jax starts
@@ -282,13 +276,17 @@ def print_projection(r: dict) -> None:
         console.print(f"[red]does not fit[/]: {r['fits_why']}")
 
 
-def cmd_project(args: argparse.Namespace) -> int:
+def _context_as_seq(args: argparse.Namespace) -> None:
+    """`--context` (prefill/decode only; its range is checked with the others) as the length the
+    model is built for."""
     if args.context is not None:
         if args.mode not in ("prefill", "decode"):
             raise ValueError("--context applies to --mode prefill or decode")
-        if args.context < 2:
-            raise ValueError(f"--context {args.context} must be at least 2")
         args.seq = args.context
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    _context_as_seq(args)
     cfg, layout = _model_and_layout(args)
     from helix_jax.analysis.hardware import load_hardware
 
@@ -296,12 +294,10 @@ def cmd_project(args: argparse.Namespace) -> int:
     checks.output_file(args.json, "--json")
     if args.mode != "train" and args.remat != "none":
         raise ValueError(f"--remat {args.remat} applies to --mode train only")
+    from helix_jax.analysis.project import check_partitioner as check_step
     from helix_jax.devices import ensure_host_devices
 
-    from helix_jax.analysis.project import check_partitioner
-
-    check_partitioner(cfg, layout, args.mode, "gspmd" if args.partitioner == "both"
-                      else args.partitioner)
+    check_step(cfg, layout, args.mode, "gspmd" if args.partitioner == "both" else args.partitioner)
     ensure_host_devices(min(layout.devices, 64) if args.mode == "train" else layout.devices)
     import json
 
@@ -327,14 +323,9 @@ def cmd_project(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_output(path: str | None, flag: str = "--out") -> None:
-    """An output file's folder must exist and be writable before any work starts."""
-    checks.output_file(path, flag)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     cfg, layout = _model_and_layout(args)
-    _check_partitioner(layout, args.partitioner)
+    check_partitioner(layout, args.partitioner)  # before jax starts
     o = layout.options
     if o.get("schedule", "gpipe") != "gpipe" or o.get("virtual", 1) > 1 or o.get("tp_overlap"):
         raise ValueError(f"{layout.spec}: helix train runs the GPipe schedule without overlap; "
@@ -401,12 +392,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    if args.context is not None:
-        if args.mode not in ("prefill", "decode"):
-            raise ValueError("--context applies to --mode prefill or decode")
-        if args.context < 2:
-            raise ValueError(f"--context {args.context} must be at least 2")
-        args.seq = args.context
+    _context_as_seq(args)
     from helix_jax.report.planning import run_plan
 
     return run_plan(args, _config(args), "helix " + " ".join(args.argv))

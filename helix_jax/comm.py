@@ -88,20 +88,7 @@ class Comm:
         from jax.sharding import NamedSharding
 
         return jax.lax.with_sharding_constraint(
-            x, NamedSharding(self.mesh, self.spec(logical, first)))
-
-    def spec(self, logical: tuple[str | None, ...], first: tuple[int, ...] = ()):
-        """The PartitionSpec of dims named `logical`, dims in `first` served first."""
-        from jax.sharding import PartitionSpec as P
-
-        order = list(first) + [i for i in range(len(logical)) if i not in first]
-        used: set[str] = set()
-        dims: list = [None] * len(logical)
-        for i in order:
-            axes = tuple(a for a in self.layout.mesh_axes(logical[i]) if a not in used)
-            used.update(axes)
-            dims[i] = None if not axes else axes[0] if len(axes) == 1 else axes
-        return P(*dims)
+            x, NamedSharding(self.mesh, self.layout.pspec(logical, first)))
 
     def residual(self, x):
         """The residual stream [B, S, D]: batch over the data axes, the sequence split under

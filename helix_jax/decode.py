@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from helix_jax import checks
 from helix_jax.model import Sharded
 
 
@@ -39,20 +40,13 @@ class DecodeRun:
         return float(np.percentile(self.step_s, 90)) if self.step_s else float("nan")
 
 
-def check_prompt(prompt_len: int, seq: int) -> None:
-    """A clear error for a prompt that leaves no prefill or no decode step."""
-    from helix_jax.checks import prompt_len as check
-
-    check(prompt_len, seq)
-
-
 def compile_decode(sharded: Sharded, prompt_len: int, step=None) -> tuple:
     """The prefill (P positions) and one-position decode programs, compiled for abstract
     arguments (nothing allocated: their memory can be checked first), and the seconds it took."""
     from jax.sharding import NamedSharding
 
     cfg = sharded.cfg
-    check_prompt(prompt_len, cfg.seq)
+    checks.prompt_len(prompt_len, cfg.seq)
     step = step or sharded.step_fn()
     mesh = sharded.mesh
     cache = jax.ShapeDtypeStruct(sharded.cache_shape(cfg.seq), jnp.dtype(cfg.dtype),
@@ -80,7 +74,7 @@ def run_decode(sharded: Sharded, params, x: jax.Array, prompt_len: int,
     from jax.sharding import NamedSharding
 
     cfg = sharded.cfg
-    check_prompt(prompt_len, cfg.seq)
+    checks.prompt_len(prompt_len, cfg.seq)
     prefill, one, compile_s = programs or compile_decode(sharded, prompt_len, step)
     x_sharding = NamedSharding(sharded.mesh, sharded.step_input_spec)
     cache = sharded.init_cache(cfg.seq)

@@ -62,16 +62,18 @@ class Layout:
         """How many devices a set of mesh axes spans."""
         return math.prod(self.axis_sizes[a] for a in axes)
 
-    def pspec(self, logical: tuple[str | None, ...]):
-        """The PartitionSpec of an array whose dimensions carry these logical names."""
+    def pspec(self, logical: tuple[str | None, ...], first: tuple[int, ...] = ()):
+        """The PartitionSpec of an array whose dimensions carry these logical names. A mesh axis
+        goes to the first dimension that names it, dimensions in `first` served first."""
         from jax.sharding import PartitionSpec as P
 
+        order = list(first) + [i for i in range(len(logical)) if i not in first]
         used: set[str] = set()
-        dims = []
-        for name in logical:
-            axes = tuple(a for a in self.mesh_axes(name) if a not in used)
+        dims: list = [None] * len(logical)
+        for i in order:
+            axes = tuple(a for a in self.mesh_axes(logical[i]) if a not in used)
             used.update(axes)
-            dims.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+            dims[i] = None if not axes else axes[0] if len(axes) == 1 else axes
         return P(*dims)
 
     def make_mesh(self, devices=None):

@@ -100,14 +100,11 @@ def save(path: str | Path, cfg: ModelConfig, params: dict, x, y) -> None:
         np.savez(f, **arrays)
 
 
-_NOT_PARAMS = ("input", "output")  # may hold anything (a diverged model's output)
-
-
 def load(path: str | Path, flag: str = "--params") -> tuple[dict[str, np.ndarray],
                                                           ModelConfig | None]:
     """All arrays of an npz file, and its config if it carries one. A missing, unreadable,
-    garbage or truncated file, a non-numeric or non-finite parameter array, or a config that is
-    not one: a ValueError naming the file (and the array)."""
+    garbage or truncated file, or a config that is not one: a ValueError naming the file. (The
+    parameters' values are checked where they are read as parameters: `flat_to_params`.)"""
     from helix_jax.checks import input_file
 
     path = input_file(path, flag, "an npz file")
@@ -124,9 +121,6 @@ def load(path: str | Path, flag: str = "--params") -> tuple[dict[str, np.ndarray
         raise ValueError(f"{source} is not a readable npz archive ({reason}); write one with "
                          f"`helix forward --out FILE`") from None
     text = arrays.pop("config_json", None)
-    for name, value in arrays.items():
-        if name not in _NOT_PARAMS:
-            _check_values(name, value, source)
     if text is None:
         return arrays, None
     try:

@@ -317,7 +317,7 @@ def train(sharded: Sharded, tc: TrainConfig, checkpoint_dir: str | None = None,
     ckpts = Checkpoints(checkpoint_dir) if exists else None  # creates nothing yet
     start, resumed_from = 0, None
     try:
-        newest = (ckpts.steps() or [None])[0] if ckpts else None
+        newest = ckpts.latest_step() if ckpts else None
         if newest is not None and not resume:
             raise ValueError(f"--checkpoint-dir {checkpoint_dir} already holds checkpoints "
                              f"(newest: step {newest}); pass --resume to continue from it, or "

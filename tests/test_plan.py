@@ -187,8 +187,10 @@ def test_a_kv_cache_no_layout_can_hold_is_explained_with_the_batch_that_could():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--devices", "0"], "--devices 0 must be at least 1"),
-    (["--top", "0"], "--top 0 must be at least 1"),
+    (["--devices", "0"], "--devices must be at least 1, got 0"),
+    (["--top", "0"], "--top must be at least 1, got 0"),
+    (["--max-tp", "-1"], "--max-tp must be at least 0, got -1"),
+    (["--chart", "/no/such/folder/plan.png"], "does not exist"),
     (["--explain", "helix:m=4,n=2"], "is a 8-device layout, but --devices is 16"),
     (["--explain", "dp@full"], "applies to --mode train only"),
     (["--explain", "dp@fast", "--mode", "train"], "cannot read @fast"),

@@ -14,6 +14,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from helix_jax.checks import input_file
+
 
 @dataclass(frozen=True)
 class Hardware:
@@ -219,8 +221,7 @@ def load_hardware(name_or_path: str | Path) -> Hardware:
     if not path.exists():
         raise ValueError(f"unknown hardware {key!r}: no such file, and the built-in profiles are "
                          f"{', '.join(sorted(HARDWARE))}")
-    if path.is_dir():
-        raise ValueError(f"hardware file {path} is a folder, not a .json or .toml file")
+    input_file(path, "hardware file", "a .json or .toml file")
     if path.suffix not in (".json", ".toml"):
         raise ValueError(f"hardware file {path}: must be .json or .toml")
     try:

@@ -21,7 +21,6 @@ cheap lower bounds, compiled and priced by `project`, ranked.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import sys
 import time
@@ -125,14 +124,14 @@ def plan(cfg: ModelConfig, hw: Hardware, devices: int, mode: str, *,
     start = time.perf_counter()
     cache = cache or ProgramCache(None)
     gspmd = default_gspmd(mode) if gspmd is None else gspmd
-    targets = [_checked_target(t, cfg, devices, mode) for t in explain]
+    targets = [checked_target(t, cfg, devices, mode) for t in explain]
     candidates, illegal = enumerate_candidates(cfg, devices, mode, kinds, gspmd, max_micro,
                                               max_tp)
     rows = {c.label: Row(c) for c in candidates}
     named: list[str] = []
     for text, role in anchors:
         try:
-            c = _checked_target(text, cfg, devices, mode)
+            c = checked_target(text, cfg, devices, mode)
         except ValueError:
             continue  # the paper's 16-device layouts do not apply to other device counts
         rows.setdefault(c.label, Row(c)).role = role
@@ -242,27 +241,17 @@ def _cannot_win(row: Row, best: float) -> str | None:
     return None
 
 
-def _checked_target(text: str, cfg: ModelConfig, devices: int, mode: str) -> Candidate:
+def checked_target(text: str, cfg: ModelConfig, devices: int, mode: str) -> Candidate:
+    """`text` (spec[@remat][@partitioner]) as a legal candidate of the plan, else a ValueError."""
     c = parse_candidate(text, mode)
     if c.layout.devices != devices:
-        raise ValueError(f"{text!r} is a {c.layout.devices}-device layout, but the plan is for "
-                         f"--devices {devices}")
+        raise ValueError(f"{text!r} is a {c.layout.devices}-device layout, but --devices is "
+                         f"{devices}")
     c.layout.validate(cfg)
     return c
 
 
 def _project_task(row: Row, rows: dict[str, Row], cfg: ModelConfig, hw: Hardware, mode: str,
-                  cache: ProgramCache, prune: bool, least_remat: bool) -> None:
-    """`_search_task`, never leaving `row` (which other tasks may wait on) projecting."""
-    try:
-        _search_task(row, rows, cfg, hw, mode, cache, prune, least_remat)
-    finally:
-        if row.status == "projecting":
-            row.status = "error"
-            row.error = row.error or "the projection stopped without a result"
-
-
-def _search_task(row: Row, rows: dict[str, Row], cfg: ModelConfig, hw: Hardware, mode: str,
                  cache: ProgramCache, prune: bool, least_remat: bool) -> None:
     """Project `row`, unless (`least_remat`) the same layout already fits with less recompute,
     or (`prune`) it is a whole-program training step recomputing less than full whose
@@ -282,11 +271,7 @@ def _search_task(row: Row, rows: dict[str, Row], cfg: ModelConfig, hw: Hardware,
         probe = rows.get(dataclasses.replace(c, remat="full").label)
         if probe is not None and probe.status in ("pending", "pruned: time"):
             probe.status = "projecting"  # the search does not hand it out again
-            try:
-                _project(probe, cfg, hw, mode, cache)
-            finally:
-                if probe.status == "projecting":
-                    probe.status = "error"
+            _project(probe, cfg, hw, mode, cache)
         while probe is not None and probe.status == "projecting":  # another task's probe
             time.sleep(0.05)
         why = _cannot_fit(row, rows)
@@ -297,7 +282,16 @@ def _search_task(row: Row, rows: dict[str, Row], cfg: ModelConfig, hw: Hardware,
 
 
 def _project(row: Row, cfg: ModelConfig, hw: Hardware, mode: str, cache: ProgramCache) -> None:
-    """Project one candidate (from the priced cache when it was projected before)."""
+    """Project one candidate (from the priced cache when it was projected before). It always
+    ends with a status other tasks can read: a failed compile is an error row, not a stuck one."""
+    try:
+        _project_or_raise(row, cfg, hw, mode, cache)
+    except Exception as e:  # noqa: BLE001 - one layout failing to compile stops no search
+        row.status, row.error = "error", f"{type(e).__name__}: {e}"[:2000]
+
+
+def _project_or_raise(row: Row, cfg: ModelConfig, hw: Hardware, mode: str,
+                      cache: ProgramCache) -> None:
     from helix_jax.analysis import project as P
 
     c = row.candidate
@@ -305,16 +299,11 @@ def _project(row: Row, cfg: ModelConfig, hw: Hardware, mode: str, cache: Program
     key = cache.priced_key(description, hardware_to_dict(hw))
     result = cache.priced(key)
     if result is None:
-        kwargs = {"mode": mode, "remat": c.remat}
-        if "partitioner" in inspect.signature(P.project).parameters:
-            kwargs["partitioner"] = c.partitioner
         try:  # inside `cache.hooked()` (the search holds it)
-            result = P.project(cfg, c.layout, hw, **kwargs)
+            result = P.project(cfg, c.layout, hw, mode=mode, remat=c.remat,
+                               partitioner=c.partitioner)
         except ValueError as e:  # this layout cannot run this model (kept: it will not either)
             result = {"error": str(e)}
-        except Exception as e:  # noqa: BLE001 - a compile that failed: reported, not kept
-            row.status, row.error = "error", f"{type(e).__name__}: {e}"[:2000]
-            return
         cache.store_priced(key, result)
     row.pruned_by = None
     if "error" in result:

@@ -201,7 +201,7 @@ class ProgramCache:
         return _digest({"kind": kind, "cfg": cfg, "layout": layout.kind, "options": options,
                         "mesh": list(layout.mesh_shape), "batch_chunks": sharded.batch_chunks,
                         "remat": remat,
-                        "partitioner": getattr(sharded, "partitioner", "shard_map"),
+                        "partitioner": sharded.partitioner,
                         "args": [repr(a) for a in args],
                         "kwargs": {k: repr(v) for k, v in sorted(kwargs.items())},
                         "code": self._program_code, **self._versions})

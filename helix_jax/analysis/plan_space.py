@@ -13,16 +13,16 @@ For each layout kind, every factorisation of N into its mesh axes and `dp=K` dat
   ep        ep x dp (MoE), chunks 1, 2, 4, 8 in forward and training
   kvp       kvp x tp x dp with kvp > 1
 
-plus, in training, each remat policy, and the gspmd partitioner where `project` takes one and the
-layout runs under it (by default in forward passes only: `default_gspmd`). Options that change neither the program nor its price in a mode are not
-enumerated (a forward pass has no schedule; a composed step ignores placement). Mesh shapes that
-reduce to plain data parallelism (helix m = n = 1, tp-pp tp = pp = 1, ep = 1) are left to `dp`.
+plus, in training, each remat policy, and the gspmd partitioner where the layout runs under it (by
+default in forward passes only: `default_gspmd`). Options that change neither the program nor its
+price in a mode are not enumerated (a forward pass has no schedule; a composed step ignores
+placement). Mesh shapes that reduce to plain data parallelism (helix m = n = 1, tp-pp tp = pp = 1,
+ep = 1) are left to `dp`.
 Every candidate passes `Layout.validate`; what fails is counted by reason.
 """
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -68,18 +68,10 @@ def short_spec(layout: Layout) -> str:
     return f"{layout.kind}:{opts}" if opts else layout.kind
 
 
-def partitioners_supported() -> bool:
-    """Whether `analysis.project.project` takes a `partitioner` argument (gspmd candidates)."""
-    from helix_jax.analysis.project import project
-
-    return "partitioner" in inspect.signature(project).parameters
-
-
 def default_gspmd(mode: str) -> bool:
-    """Whether gspmd candidates join by default: in forward passes, where `project` takes a
-    partitioner. Not in training steps: XLA's choice of collectives has no cheap bound, so each
+    """Whether gspmd candidates join by default: in forward passes. Not in training steps: XLA's choice of collectives has no cheap bound, so each
     would cost a whole training-step compile of its own (`--partitioners both` adds them)."""
-    return mode == "forward" and partitioners_supported()
+    return mode == "forward"
 
 
 def parse_candidate(text: str, mode: str) -> Candidate:
@@ -206,13 +198,12 @@ def _gspmd_runs(cfg: ModelConfig, layout: Layout, mode: str) -> bool:
     """Whether the gspmd partitioner applies (`project.check_partitioner`: not to pipelines,
     composed training steps or KV-cache steps), and gives a program of its own: under gspmd the
     qk_gather core is the same program as score_psum (XLA picks the score reduction)."""
-    from helix_jax.analysis import project
+    from helix_jax.analysis.project import check_partitioner
 
-    check = getattr(project, "check_partitioner", None)
-    if check is None or layout.options.get("core") == "qk_gather":
+    if layout.options.get("core") == "qk_gather":
         return False
     try:
-        check(cfg, layout, mode, "gspmd")
+        check_partitioner(cfg, layout, mode, "gspmd")
     except ValueError:
         return False
     return True

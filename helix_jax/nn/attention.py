@@ -274,9 +274,8 @@ class Attention(nnx.Module):
     def __call__(self, h: Array, comm: Comm) -> Array:  # h: [B, S, D] -> [B, S, D]
         if comm.axes("kv_seq"):
             return self._kv_parallel(h, comm)
-        dt = h.dtype
-        q, k, v = (comm.constrain(jnp.einsum("bsD,Dhk->bshk", h, w[...].astype(dt)), *QKV_AXES)
-                   for w in (self.wq, self.wk, self.wv))
+        q, k, v = self._project(h, comm)
+
         def core(q, k, v):
             with jax.named_scope("attention_core"):  # one fused kernel on a GPU: see roofline
                 return attention_core(q, k, v, comm, core=comm.option("core", "score_psum"),
@@ -285,5 +284,5 @@ class Attention(nnx.Module):
 
         if comm.remat == "selective":  # keep q, k, v and o; recompute scores and softmax
             core = jax.checkpoint(core)
-        o = core(q * jnp.asarray(self.scale, dt), k, v)
+        o = core(q, k, v)
         return self._out(o, comm)

@@ -290,16 +290,13 @@ def run_plan(args: argparse.Namespace, cfg, command: str) -> int:
     import json
 
     from helix_jax.analysis.hardware import load_hardware
+    from helix_jax.analysis.plan import checked_target, paper_anchors
+    from helix_jax.analysis.plan import plan as search
+    from helix_jax.analysis.plan_space import MAX_WHOLE_DEVICES
+    from helix_jax.checks import atomic_output, output_file
     from helix_jax.layouts import LAYOUTS
 
-    hw = load_hardware(args.hardware)
-    if args.devices < 1:
-        raise ValueError(f"--devices {args.devices} must be at least 1")
-    if args.top < 1:
-        raise ValueError(f"--top {args.top} must be at least 1")
-    if args.jobs < 1 or args.max_micro < 0 or args.max_tp < 0:
-        raise ValueError(f"--jobs {args.jobs} must be at least 1, --max-micro {args.max_micro} "
-                         f"and --max-tp {args.max_tp} at least 0")
+    hw = load_hardware(args.hardware)  # option ranges: checks.RANGES, before this runs
     kinds = None
     if args.kinds:
         kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
@@ -307,17 +304,10 @@ def run_plan(args: argparse.Namespace, cfg, command: str) -> int:
         if unknown or not kinds:
             raise ValueError(f"--kinds {args.kinds!r}: unknown kind(s) {unknown}; choose from "
                              f"{', '.join(LAYOUTS)}")
-    for path in (args.json, args.chart):
-        if path and not Path(path).expanduser().resolve().parent.is_dir():
-            raise ValueError(f"cannot write {path}: folder {Path(path).parent} does not exist")
-    from helix_jax.analysis.plan_space import MAX_WHOLE_DEVICES, parse_candidate
-
+    output_file(args.json, "--json")
+    output_file(args.chart, "--chart")
     for text in args.explain:  # read before any work: a typo is an error, not a wasted run
-        c = parse_candidate(text, args.mode)
-        if c.layout.devices != args.devices:
-            raise ValueError(f"--explain {text!r} is a {c.layout.devices}-device layout, but "
-                             f"--devices is {args.devices}")
-        c.layout.validate(cfg)
+        checked_target(text, cfg, args.devices, args.mode)
     from helix_jax.analysis.plan_cache import ProgramCache, default_dir, use_fast_codegen
     from helix_jax.devices import ensure_host_devices
 
@@ -326,8 +316,6 @@ def run_plan(args: argparse.Namespace, cfg, command: str) -> int:
     # training steps of more devices are composed from one stage on at most `heads` devices
     ensure_host_devices(min(args.devices, max(MAX_WHOLE_DEVICES, cfg.n_heads)) if train
                         else args.devices)
-    from helix_jax.analysis.plan import paper_anchors
-    from helix_jax.analysis.plan import plan as search
 
     cache = ProgramCache(None if args.no_cache else (args.cache_dir or default_dir()))
     anchors = paper_anchors(cfg) if args.devices == 16 else ()
@@ -339,7 +327,8 @@ def run_plan(args: argparse.Namespace, cfg, command: str) -> int:
     print_plan(result, args.top)
     chart = args.chart or (str(Path(args.json).with_suffix(".png")) if args.json else None)
     if args.json:
-        Path(args.json).write_text(json.dumps(plan_report(result, command), indent=1) + "\n")
+        with atomic_output(args.json) as tmp:
+            tmp.write_text(json.dumps(plan_report(result, command), indent=1) + "\n")
         print(f"wrote {args.json}")
     if chart:
         pareto_chart(result, chart)
