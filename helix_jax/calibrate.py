@@ -150,7 +150,7 @@ def cmd_calibrate(args) -> int:
     print(f"memory            {raw['memory_bytes_per_s'] / 1e9:10.2f} GB/s")
     for core, rate in raw["attention_flops_per_s"].items():
         print(f"attention {core:<10} {rate / 1e12:7.3f} TFLOP/s")
-    print(f"wrote {out} (use it as --hardware {out})")
+    print(f"wrote {args.out} (use it as --hardware {args.out})")
     return 0
 
 
