@@ -121,7 +121,8 @@ def cmd_forward(args: argparse.Namespace) -> int:
                       host_extra=checks.host_copies(cfg, M.param_shapes(cfg) if args.out else None))
     params = sharded.place(host_params) if args.params else sharded.init(args.seed)
     x_host = M.random_input(cfg, args.seed)  # the same on every process
-    x = distributed.global_array(x_host, sharded.input_sharding)
+    x = distributed.global_array(np.asarray(x_host).astype(sharded.input_dtype),
+                                 sharded.input_sharding)
     distributed.barrier("forward compiled")  # run the first collective only once all compiled
     start = time.perf_counter()
     y, stats = jax.block_until_ready(forward(params, x))
@@ -196,7 +197,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
                       host_extra=checks.host_copies(cfg, M.param_shapes(cfg) if args.out else None))
     params = sharded.init(args.seed)
     x_host = M.random_input(cfg, args.seed)
-    x = distributed.global_array(x_host, sharded.input_sharding)
+    x = distributed.global_array(np.asarray(x_host).astype(sharded.input_dtype),
+                                 sharded.input_sharding)
     run = run_decode(sharded, params, x, args.prompt_len, programs=programs)
     if not distributed.is_main():
         return 0

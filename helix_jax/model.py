@@ -237,18 +237,62 @@ class Sharded:
         out, stats = jax.lax.scan(chunk, out, jnp.arange(K))
         return out.reshape(x.shape[0], *out.shape[3:]), combine_stats(stats)
 
-    def forward_fn(self):
-        """(params, x) -> (y, stats), jit-compiled; y [B, S, D] in the compute dtype."""
+    def forward_fn(self, per_replica: bool = False):
+        """(params, x) -> (y, stats), jit-compiled; y [B, S, D] in the compute dtype.
+
+        `per_replica`: the parameters come as `replica_copies` (a leading axis, one copy per data
+        replica): the gradient w.r.t. them is then each replica's own, not yet summed, so a
+        training step can accumulate its chunks locally and reduce once (shard_map only)."""
         if self.gspmd:
             body = self.global_forward
         else:
-            body = jax.shard_map(self.local_forward, mesh=self.mesh,
-                                 in_specs=(self.param_specs, self.input_spec),
+            local = self.local_forward
+            if per_replica:
+                local = lambda p, x: self.local_forward(_own_copy(p), x)  # noqa: E731
+            body = jax.shard_map(local, mesh=self.mesh,
+                                 in_specs=(self._param_in_specs(per_replica), self.input_spec),
                                  out_specs=(self.x_spec, self.stats_specs))
-        return jax.jit(body, in_shardings=(self.param_shardings, self.input_sharding),
-                       out_shardings=(self.x_sharding,
-                                      jax.tree.map(lambda s: NamedSharding(self.mesh, s),
-                                                   self.stats_specs)))
+        named = lambda tree: jax.tree.map(lambda s: NamedSharding(self.mesh, s), tree)  # noqa: E731
+        return jax.jit(body, in_shardings=(named(self._param_in_specs(per_replica)),
+                                           self.input_sharding),
+                       out_shardings=(self.x_sharding, named(self.stats_specs)))
+
+    # ------------------------------------------------------------------ data-parallel gradients
+
+    @property
+    def replica_axes(self) -> Params:
+        """Per parameter, the data mesh axes it is replicated over (the batch's mesh axes its own
+        spec does not use): the axes its gradient is summed over, once per training step."""
+        batch = self.layout.mesh_axes("batch")
+
+        def axes(spec: P) -> tuple[str, ...]:
+            used = {a for d in spec if d for a in (d if isinstance(d, tuple) else (d,))}
+            return tuple(a for a in batch if a not in used)
+        return jax.tree.map(axes, self.param_specs, is_leaf=lambda s: isinstance(s, P))
+
+    def _replica_specs(self) -> Params:
+        return jax.tree.map(lambda spec, axes: P(axes or None, *spec), self.param_specs,
+                            self.replica_axes, is_leaf=lambda s: isinstance(s, P))
+
+    def _param_in_specs(self, per_replica: bool) -> Params:
+        return self._replica_specs() if per_replica else self.param_specs
+
+    def replica_copies(self, params: Params) -> Params:
+        """Each parameter broadcast to [replicas, ...], one copy per data replica it is replicated
+        over, sharded so that each device holds its replica's copy: no data moves."""
+        def copy(p, spec, axes):
+            n = self.layout.size_of(axes)
+            return jax.lax.with_sharding_constraint(
+                jnp.broadcast_to(p[None], (n, *p.shape)), NamedSharding(self.mesh, spec))
+        return jax.tree.map(copy, params, self._replica_specs(), self.replica_axes,
+                            is_leaf=lambda s: isinstance(s, P))
+
+    def sum_replicas(self, grads: Params) -> Params:
+        """Gradients w.r.t. `replica_copies` summed over the replicas, in the parameters' own
+        shardings: one all-reduce over the data axes per parameter."""
+        return jax.tree.map(
+            lambda g, sh: jax.lax.with_sharding_constraint(g.sum(0), sh), grads,
+            self.param_shardings)
 
     def local_token_loss(self, params: Params, tokens: jax.Array, labels: jax.Array):
         """Per device: tokens and labels [b, S] -> cross-entropy per token [b, S], and stats."""
@@ -256,16 +300,19 @@ class Sharded:
         h, stats = model(tokens, comm)
         return model.loss(h, labels, comm), stats
 
-    def token_loss_fn(self):
+    def token_loss_fn(self, per_replica: bool = False):
         """(params, tokens, labels) -> (cross-entropy per token [B, S] float32, stats); models with
-        a vocabulary only, one batch chunk."""
+        a vocabulary only, one batch chunk. `per_replica` as in `forward_fn`."""
         if not self.cfg.vocab:
             raise ValueError(f"{self.cfg.name} has no vocabulary (vocab = 0): it has no token loss")
         if self.gspmd:
             return self.local_token_loss  # whole arrays: the step's jit partitions it
         spec = self.input_spec
-        return jax.shard_map(self.local_token_loss, mesh=self.mesh,
-                             in_specs=(self.param_specs, spec, spec),
+        local = self.local_token_loss
+        if per_replica:
+            local = lambda p, t, lab: self.local_token_loss(_own_copy(p), t, lab)  # noqa: E731
+        return jax.shard_map(local, mesh=self.mesh,
+                             in_specs=(self._param_in_specs(per_replica), spec, spec),
                              out_specs=(spec, self.stats_specs))
 
     # ------------------------------------------------------------------ KV cache and steps
@@ -328,13 +375,24 @@ class Sharded:
         """The model input as a ShapeDtypeStruct: tokens [B, S] int32 or embeddings [B, S, D]."""
         shape = (batch or self.cfg.batch, self.cfg.seq)
         if self.cfg.vocab:
-            return jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.input_sharding)
-        return jax.ShapeDtypeStruct(shape + (self.cfg.d_model,), jnp.dtype(self.cfg.dtype),
+            return jax.ShapeDtypeStruct(shape, self.input_dtype, sharding=self.input_sharding)
+        return jax.ShapeDtypeStruct(shape + (self.cfg.d_model,), self.input_dtype,
                                     sharding=self.input_sharding)
+
+    @property
+    def input_dtype(self):
+        """The dtype the programs take their input in: int32 tokens, or embeddings in the compute
+        dtype (a float32 host array is cast to it before it is placed)."""
+        return jnp.dtype(jnp.int32 if self.cfg.vocab else self.cfg.dtype)
 
     def abstract_inputs(self) -> tuple[Params, jax.ShapeDtypeStruct]:
         """Parameters and input as ShapeDtypeStructs with shardings: compile without allocating."""
         return self.abstract_params(), self.abstract_input()
+
+
+def _own_copy(params: Params) -> Params:
+    """Inside shard_map: this device's replica copy of each parameter (drop the replica axis)."""
+    return jax.tree.map(lambda p: p[0], params)
 
 
 def random_input(cfg: ModelConfig, seed: int) -> jax.Array:

@@ -70,26 +70,46 @@ def teacher(x: jax.Array) -> jax.Array:
     return (y - y.mean(-1, keepdims=True)) / (y.std(-1, keepdims=True) + 1e-6)
 
 
+# Weight decay by what a parameter is, read from its name (the last key of its path): the
+# matrices (attention projections, FFN and expert weights, the router, embeddings, the LM head)
+# decay; norm scales and biases do not. Stacking per layer or per expert makes a norm scale [L, D]
+# or a bias [L, E, F] look like a matrix, so the number of dimensions cannot decide.
+DECAYED = frozenset({"wq", "wk", "wv", "wo", "w1", "w2", "w3", "router", "table", "w"})
+NOT_DECAYED = frozenset({"scale", "bias", "b1", "b2", "b3", "bq", "bk", "bv", "bo"})
+
+
+def decay_mask(params) -> dict:
+    """True for every parameter AdamW decays (see DECAYED); a parameter of no known kind is an
+    error, so a new one cannot silently pick a side."""
+    def decays(path, _) -> bool:
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name not in DECAYED | NOT_DECAYED:
+            raise ValueError(f"parameter {jax.tree_util.keystr(path)}: no weight-decay rule for "
+                             f"{name!r}; add it to train.DECAYED or train.NOT_DECAYED")
+        return name in DECAYED
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
 def optimizer(tc: TrainConfig) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(0.0, tc.lr, tc.warmup,
                                                   max(tc.decay_steps, tc.warmup + 1),
                                                   end_value=tc.lr / 10)
-    decay_mask = lambda p: jax.tree.map(lambda a: a.ndim >= 2, p)
     return optax.chain(optax.clip_by_global_norm(tc.clip),
                        optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=tc.weight_decay,
                                    mask=decay_mask))
 
 
-def _loss(sharded: Sharded, params, inputs, targets):
+def _loss(sharded: Sharded, params, inputs, targets, per_replica: bool = False):
     """The training loss of one batch and its metrics: cross-entropy against `targets` (labels)
     for a model with a vocabulary, else the mean squared error against `targets` [B, S, D]; plus
-    the Switch load-balancing loss for MoE models."""
+    the Switch load-balancing loss for MoE models. `per_replica`: `params` are the model's
+    `replica_copies` (see `Sharded.forward_fn`)."""
     cfg = sharded.cfg
     if cfg.vocab:
-        per_token, stats = sharded.token_loss_fn()(params, inputs, targets)
+        per_token, stats = sharded.token_loss_fn(per_replica)(params, inputs, targets)
         main = jnp.mean(per_token)
     else:
-        y, stats = sharded.forward_fn()(params, inputs)
+        y, stats = sharded.forward_fn(per_replica)(params, inputs)
         main = jnp.mean(jnp.square(y.astype(jnp.float32) - targets.astype(jnp.float32)))
     aux = jnp.mean(stats["aux_loss"]) if cfg.is_moe else jnp.float32(0)
     metrics = {"ce" if cfg.vocab else "mse": main, "aux_loss": aux,
@@ -107,10 +127,16 @@ def accumulation_steps(sharded: Sharded) -> int:
 def train_step_fn(sharded: Sharded, tx: optax.GradientTransformation):
     """(params, opt_state, inputs, targets) -> (params, opt_state, metrics), jit-compiled with
     donated parameters and optimizer state: forward, backward (with the sharded model's remat),
-    gradient reduction over data replicas (the shard_map transpose emits it), accumulation over
-    `accumulation_steps` chunks of the batch, global-norm clipping and the optimizer update.
-    The same program runs in `helix train` and is compiled abstractly by `helix project --mode
-    train`."""
+    accumulation over `accumulation_steps` chunks of the batch, the gradient reduction over data
+    replicas, global-norm clipping and the optimizer update. The same program runs in `helix
+    train` and is compiled abstractly by `helix project --mode train`.
+
+    Data parallelism as every data-parallel trainer runs it: each replica accumulates its own
+    gradients over the chunks and the replicas' sums are reduced once per step. (Differentiating
+    the shard_map w.r.t. replicated parameters would sum over the replicas inside every chunk;
+    the gradient is taken w.r.t. per-replica copies instead, see `Sharded.replica_copies`.)
+    Parameters sharded over the data axes (`dp:fsdp=true`) are gathered per layer and their
+    gradients reduce-scattered per chunk, as ZeRO-3 / FSDP with sharded gradients do."""
     k = accumulation_steps(sharded)
     cfg = sharded.cfg
     if cfg.batch % k:
@@ -119,6 +145,7 @@ def train_step_fn(sharded: Sharded, tx: optax.GradientTransformation):
     inner = dataclasses.replace(sharded, cfg=cfg.replace(batch=cfg.batch // k), batch_chunks=1)
     data_spec = sharded.input_spec
     mesh = sharded.mesh
+    per_replica = not sharded.gspmd and sharded.layout.size("batch") > 1
 
     def chunk(a, i):  # rows i, i + k, i + 2k, ... of [B, ...]: each device keeps its own rows
         a = a.reshape(a.shape[0] // k, k, *a.shape[1:])
@@ -127,20 +154,24 @@ def train_step_fn(sharded: Sharded, tx: optax.GradientTransformation):
         return jax.lax.dynamic_index_in_dim(a, i, axis=1, keepdims=False)
 
     def step(params, opt_state, inputs, targets):
-        grad_fn = jax.value_and_grad(lambda p, x, t: _loss(inner, p, x, t), has_aux=True)
+        grad_fn = jax.value_and_grad(lambda p, x, t: _loss(inner, p, x, t, per_replica),
+                                     has_aux=True)
+        wrt = inner.replica_copies(params) if per_replica else params
         if k == 1:
-            (loss, metrics), grads = grad_fn(params, inputs, targets)
+            (loss, metrics), grads = grad_fn(wrt, inputs, targets)
         else:
             def acc(total, i):
-                (loss, metrics), g = grad_fn(params, chunk(inputs, i), chunk(targets, i))
+                (loss, metrics), g = grad_fn(wrt, chunk(inputs, i), chunk(targets, i))
                 return jax.tree.map(jnp.add, total, g), (loss, metrics)
 
-            zeros = jax.tree.map(jnp.zeros_like, params)
+            zeros = jax.tree.map(jnp.zeros_like, wrt)
             grads, (loss, metrics) = jax.lax.scan(acc, zeros, jnp.arange(k))
             grads = jax.tree.map(lambda g: g / k, grads)
             loss = loss.mean()
             metrics = {n: v.sum() if n in ("dropped", "routed") else v.mean()
                        for n, v in metrics.items()}
+        if per_replica:
+            grads = inner.sum_replicas(grads)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
