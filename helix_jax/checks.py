@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from helix_jax.limits import MAX_DEVICES
+
 ENV_TEST_HOST_MEMORY = "HELIX_TEST_HOST_MEMORY"  # tests: pretend the host has this many bytes free
 
 # ----------------------------------------------------------------------------- option ranges
@@ -28,15 +30,21 @@ _FINITE_POSITIVE = (lambda v: math.isfinite(v) and v > 0), "a finite number > 0"
 # option dest -> (accepts the value, what it must be). One table for every command, applied to
 # whatever options a command has (None: not given); COMMAND_RANGES overrides it per command.
 # Ranges that depend on the model (--prompt-len < seq, --top-k <= experts) are checked with it.
+def _between(lo: int, hi: int) -> tuple[Callable[[object], bool], str]:
+    return (lambda v: lo <= v <= hi), f"between {lo} and {hi:,}"
+
+
 RANGES: dict[str, tuple[Callable[[object], bool], str]] = {
-    "batch": _at_least(1), "seq": _at_least(1), "q_block": _at_least(0),
-    "kv_block": _at_least(0), "top_k": _at_least(1), "capacity_factor": _FINITE_POSITIVE,
+    "batch": _between(1, 2**20), "seq": _between(1, 2**24), "q_block": _between(0, 2**24),
+    "kv_block": _between(0, 2**24), "top_k": _between(1, 4096),
+    "capacity_factor": ((lambda v: math.isfinite(v) and 0 < v <= 1024), "a number in (0, 1024]"),
     "seed": ((lambda v: 0 <= v < 2**32), "between 0 and 2**32 - 1"),
-    "repeat": _at_least(0), "warmup": _at_least(0), "steps": _at_least(1),
-    "save_every": _at_least(1), "lr": _FINITE_POSITIVE,
-    "generate": _at_least(1), "context": _at_least(2), "heartbeat_timeout": _at_least(1),
-    "num_processes": _at_least(1), "process_id": _at_least(0),
-    "devices": _at_least(1), "top": _at_least(1), "jobs": _at_least(1),
+    "repeat": _between(0, 10_000), "warmup": _between(0, 10_000), "steps": _between(1, 10**9),
+    "save_every": _between(1, 10**9), "lr": _FINITE_POSITIVE,
+    "generate": _between(1, 2**24), "context": _between(2, 2**24),
+    "heartbeat_timeout": _between(1, 86_400),
+    "num_processes": _between(1, 1024), "process_id": _between(0, 1023),
+    "devices": _between(1, MAX_DEVICES), "top": _at_least(1), "jobs": _between(1, 256),
     "max_micro": _at_least(0), "max_tp": _at_least(0),
     "batch_chunks": ((lambda v: v == "auto" or (str(v).isdigit() and int(v) >= 1)),
                      "'auto' or a whole number >= 1"),
@@ -56,7 +64,10 @@ def check_ranges(command: str, options: dict) -> None:
         accepts, what = rule
         if not accepts(value):
             flag = "--" + dest.replace("_", "-")
-            raise ValueError(f"{flag} must be {what}, got {value}")
+            from helix_jax.errors import quote
+
+            raise ValueError(f"{flag} must be {what}, got "
+                             f"{value if len(str(value)) <= 24 else quote(value, 24)}")
 
 
 def prompt_len(prompt_len: int, seq: int) -> None:
@@ -152,8 +163,7 @@ def gb(n_bytes: float) -> str:
     return f"{n_bytes / 1e9:,.1f} GB" if n_bytes >= 1e8 else f"{n_bytes / 1e6:,.1f} MB"
 
 
-WAY_OUT = ("use a smaller --batch/--seq or a smaller model, or price the run without running it: "
-           "`helix project` with the same --model and --layout")
+WAY_OUT = "try a smaller --batch, --seq or model, or price the run with `helix project`"
 
 
 def host_copies(cfg, param_shapes=None) -> int:
@@ -209,10 +219,10 @@ def check_fits(programs: list, mesh, what: str, way_out: str, host_extra: int = 
     if local[0].platform == "cpu":
         need = per_device * n + host_extra
         if need > host:
-            extra = f" + {gb(host_extra)} of host copies" if host_extra else ""
+            extra = f", + {gb(host_extra)} host copies" if host_extra else ""
             raise ValueError(f"{what} needs ~{gb(need)} on this host ({n} devices x "
-                             f"{gb(per_device)} each, read from the compiled program{extra}), "
-                             f"{gb(host)} available; {way_out}")
+                             f"{gb(per_device)} each, from the compiled program{extra}), "
+                             f"{gb(host)} free; {way_out}")
         return
     limits = [(d.memory_stats() or {}).get("bytes_limit", 0) for d in local]
     limit = min((x for x in limits if x), default=0)

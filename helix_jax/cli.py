@@ -221,6 +221,20 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def step_sentence(p: dict) -> str:
+    """'0.058 s = compute 0.033 s + exposed comm 0.021 s + optimizer 0.004 s (...)': every term
+    the step is the sum of (a composed training step prices its optimizer update apart; a whole
+    compiled program has it inside compute)."""
+    terms = [("compute", p["compute_seconds"]), ("exposed comm", p["exposed_comm_seconds"])]
+    if "optimizer_seconds" in p:
+        terms.append(("optimizer", p["optimizer_seconds"]))
+    text = " + ".join(f"{name} {v:.3f} s" for name, v in terms)
+    rest = p["step_seconds"] - sum(v for _, v in terms)
+    if abs(rest) > 1e-9 * max(p["step_seconds"], 1e-12):  # decode: the HBM floor sets the step
+        text = f"max({text}, HBM floor {p.get('hbm_floor_seconds', 0.0):.3f} s)"
+    return f"{p['step_seconds']:.3f} s = {text} (all comm {p['comm_seconds']:.3f} s)"
+
+
 def print_projection(r: dict) -> None:
     """A readable table of one projection (what `helix project` prints)."""
     from rich.console import Console
@@ -260,8 +274,7 @@ def print_projection(r: dict) -> None:
         f"{r['model_flops_per_token']:.3e}\n"
         f"memory/device {gb(r['memory_bytes_per_device'])} ({fits}: {memory})\n"
         f"comm/device   NVLink {gb(comm['nvlink'])}, InfiniBand {gb(comm['ib'])}\n"
-        f"step          {p['step_seconds']:.3f} s = compute {p['compute_seconds']:.3f} s + exposed "
-        f"comm {p['exposed_comm_seconds']:.3f} s (all comm {p['comm_seconds']:.3f} s)\n"
+        f"step          {step_sentence(p)}\n"
         f"projected     {p['tokens_per_s']:,.0f} tokens/s, MFU {p['mfu']:.1%}, "
         + (f"TPOT {p['tpot_ms']:.3f} ms (one decode step)" if mode == "decode" else
            f"TPOT {p['tpot_ms']:.3f} ms (step / seq)"))
@@ -300,7 +313,10 @@ def cmd_project(args: argparse.Namespace) -> int:
     from helix_jax.devices import ensure_host_devices
 
     check_step(cfg, layout, args.mode, "gspmd" if args.partitioner == "both" else args.partitioner)
-    ensure_host_devices(min(layout.devices, 64) if args.mode == "train" else layout.devices)
+    from helix_jax.limits import MAX_WHOLE_DEVICES
+
+    ensure_host_devices(min(layout.devices, MAX_WHOLE_DEVICES) if args.mode == "train"
+                        else layout.devices)
     import json
 
     from helix_jax.analysis.project import project

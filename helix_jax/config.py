@@ -13,6 +13,25 @@ from dataclasses import dataclass
 
 DTYPES = ("float32", "bfloat16", "float16")
 
+# The range of each size a model can have: beyond these no run, compile or projection is
+# possible (a dimension past 2**20 or so already makes every weight matrix larger than any
+# device), so a bad value is refused before anything is built. The largest published models
+# sit far inside (Llama 3.1 405B: 126 layers, D 16384, F 53248, vocab 128256).
+LIMITS: dict[str, tuple[int, int]] = {
+    "n_layers": (1, 4096), "n_heads": (1, 4096), "head_dim": (1, 4096),
+    "d_model": (1, 2**20), "d_ff": (1, 2**22), "vocab": (0, 2**22), "n_experts": (0, 4096),
+    "top_k": (1, 4096), "batch": (1, 2**20), "seq": (1, 2**24), "q_block": (0, 2**24),
+    "kv_block": (0, 2**24),
+}
+
+
+def _short(value) -> str:
+    from helix_jax.errors import quote
+
+    if isinstance(value, int | float) and len(str(value)) <= 24:
+        return str(value)
+    return quote(value, 24)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -42,29 +61,25 @@ class ModelConfig:
     kv_block: int = 0
 
     def __post_init__(self) -> None:
-        positive = ("n_layers", "n_heads", "head_dim", "d_model", "d_ff", "batch", "seq", "top_k")
-        for field in positive:
-            if getattr(self, field) < 1:
-                raise ValueError(f"{self.name}: {field} must be >= 1, got {getattr(self, field)}")
-        if self.vocab < 0:
-            raise ValueError(f"{self.name}: vocab must be >= 0 (0: the model takes embeddings), "
-                             f"got {self.vocab}")
-        if self.n_experts < 0:
-            raise ValueError(f"{self.name}: n_experts must be >= 0, got {self.n_experts}")
+        for field, (lo, hi) in LIMITS.items():
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                what = "vocab = 0: the model takes embeddings; " if field == "vocab" else ""
+                raise ValueError(f"{self.name}: {field} must be a whole number from {lo} to "
+                                 f"{hi:,} ({what}larger cannot be built), got {_short(value)}")
         if self.is_moe and self.top_k > self.n_experts:
             raise ValueError(
                 f"{self.name}: top_k={self.top_k} is more than n_experts={self.n_experts}; "
                 f"use --top-k between 1 and {self.n_experts}")
-        if not (math.isfinite(self.capacity_factor) and self.capacity_factor > 0):
-            raise ValueError(f"{self.name}: capacity_factor must be a finite number > 0, got "
-                             f"{self.capacity_factor}")
-        if not (math.isfinite(self.ln_eps) and self.ln_eps > 0):
-            raise ValueError(f"{self.name}: ln_eps must be a finite number > 0, got {self.ln_eps}")
+        if not (math.isfinite(self.capacity_factor) and 0 < self.capacity_factor <= 1024):
+            raise ValueError(f"{self.name}: capacity_factor must be a number in (0, 1024], got "
+                             f"{_short(self.capacity_factor)}")
+        if not (math.isfinite(self.ln_eps) and 0 < self.ln_eps <= 1):
+            raise ValueError(f"{self.name}: ln_eps must be a number in (0, 1], got "
+                             f"{_short(self.ln_eps)}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"{self.name}: dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        for field in ("q_block", "kv_block"):
-            if getattr(self, field) < 0:
-                raise ValueError(f"{self.name}: {field} must be >= 0 (0: the whole sequence)")
+            raise ValueError(f"{self.name}: dtype {_short(self.dtype)} is not one of "
+                             f"{', '.join(DTYPES)}")
 
     @property
     def is_moe(self) -> bool:
@@ -109,8 +124,10 @@ def resolve_model(name: str, **overrides) -> ModelConfig:
     if name.endswith(".toml"):
         return load_model_file(name).replace(**overrides)
     if name not in PRESETS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(PRESETS)} "
-                         f"(or a model file: --model-file FILE.toml)")
+        from helix_jax.errors import unknown_name
+
+        raise ValueError(f"{unknown_name('model', name, PRESETS)}; `helix models` lists the "
+                         f"presets (or give a model file: --model-file FILE.toml)")
     return PRESETS[name].replace(**overrides)
 
 
@@ -141,8 +158,10 @@ def load_model_file(path) -> ModelConfig:
     allowed = {**MODEL_FILE_KEYS, **MODEL_FILE_OPTIONAL}
     unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise ValueError(f"model file {path}: unknown key(s) {unknown}; allowed: "
-                         f"{', '.join(allowed)}")
+        from helix_jax.errors import unknown_name
+
+        raise ValueError(f"model file {path}: {unknown_name('key', unknown[0], allowed)}"
+                         + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
     missing = [k for k in MODEL_FILE_KEYS if k not in data]
     if missing:
         raise ValueError(f"model file {path}: missing key(s) {missing}")

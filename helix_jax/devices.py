@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from helix_jax.limits import MAX_HOST_DEVICES
+
 _FLAG = "--xla_force_host_platform_device_count"
 _ENV = "JAX_NUM_CPU_DEVICES"  # jax reads every config option from its upper-case env variable
 
@@ -37,10 +39,15 @@ def requested_host_devices() -> int:
 def ensure_host_devices(n: int, exact: bool = False) -> None:
     """Make jax's CPU backend start with at least `n` devices (exactly `n` with `exact`).
 
-    Raises RuntimeError with the way out when jax has already started with too few.
+    Raises RuntimeError with the way out when jax has already started with too few, and
+    ValueError for more than MAX_HOST_DEVICES.
     """
     import jax
 
+    if n > MAX_HOST_DEVICES:
+        raise ValueError(f"{n:,} devices are more than the {MAX_HOST_DEVICES} fake CPU devices a "
+                         f"program is compiled on here; training projections of more are composed "
+                         f"(tp-pp, `helix project --mode train`)")
     current = requested_host_devices()
     if current == n or (not exact and current >= n):
         return

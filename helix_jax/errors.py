@@ -14,7 +14,24 @@ from pathlib import Path
 
 USAGE, FAILURE, INTERRUPTED = 2, 1, 130
 _PACKAGE = str(Path(__file__).resolve().parent)
-_MAX_CHARS = 500
+_MAX_CHARS = 300
+
+
+def quote(value: object, limit: int = 40) -> str:
+    """A value the user gave, quoted for a message: at most `limit` characters of it."""
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[:limit]) + f"... ({len(text):,} characters)"
+
+
+def unknown_name(what: str, name: object, known) -> str:
+    """'unknown layout 'tp_pp' (did you mean 'tp-pp'?)': the bad name, quoted short, and the
+    closest known one; never the whole list (the help or `helix layouts` has it)."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f"unknown {what} {quote(name)}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 class RunError(RuntimeError):

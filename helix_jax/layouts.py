@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from helix_jax.config import ModelConfig
+from helix_jax.errors import quote, unknown_name
+from helix_jax.limits import MAX_DEVICES as MAX_OPTION
 from helix_jax.routing import check_moe
 
 CORES = ("score_psum", "seq_a2a", "qk_gather")
@@ -311,10 +313,10 @@ def _convert(kind: LayoutKind, key: str, text: str) -> Any:
         if isinstance(default, int):
             return int(text)
     except ValueError:
-        raise ValueError(f"layout {kind.name}: option {key}={text!r} must be "
+        raise ValueError(f"layout {kind.name}: option {key}={quote(text)} must be "
                          f"{type(default).__name__} (default {_fmt(default)})") from None
     if key in kind.choices and text not in kind.choices[key]:
-        raise ValueError(f"layout {kind.name}: {key}={text!r} is not one of "
+        raise ValueError(f"layout {kind.name}: {key}={quote(text)} is not one of "
                          f"{', '.join(kind.choices[key])}")
     return text
 
@@ -323,17 +325,24 @@ def parse_layout(spec: str) -> Layout:
     """Parse `kind[:key=value,...]`, e.g. `helix:m=4,n=4,core=seq_a2a`, into a Layout."""
     name, _, rest = spec.strip().partition(":")
     if name not in LAYOUTS:
-        raise ValueError(f"unknown layout {name!r}; choose one of: {', '.join(LAYOUTS)} "
-                         f"(`helix layouts` lists them)")
+        raise ValueError(f"{unknown_name('layout', name, LAYOUTS)}; `helix layouts` lists them")
     kind = LAYOUTS[name]
     opts = dict(kind.defaults)
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
-        if not eq or key not in kind.defaults:
-            known = ", ".join(f"{k}={_fmt(v)}" for k, v in kind.defaults.items()) or "none"
-            raise ValueError(f"layout {name}: cannot read option {item!r}; options are {known}")
+        if not eq:
+            raise ValueError(f"layout {name}: cannot read option {quote(item)}: write key=value "
+                             f"(`helix layouts` lists the options)")
+        if key not in kind.defaults:
+            raise ValueError(f"layout {name}: {unknown_name('option', key, kind.defaults)}; "
+                             f"`helix layouts` lists the options")
         opts[key] = _convert(kind, key, value)
     for key, value in opts.items():
-        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
-            raise ValueError(f"layout {name}: {key}={value} must be >= 1")
-    return kind.build(**opts)
+        if isinstance(value, int) and not isinstance(value, bool) and not 1 <= value <= MAX_OPTION:
+            raise ValueError(f"layout {name}: {key}={_fmt(value)[:12]} must be between 1 and "
+                             f"{MAX_OPTION:,}")
+    layout = kind.build(**opts)
+    if layout.devices > MAX_OPTION:
+        raise ValueError(f"layout {layout.spec}: {layout.devices:,} devices, more than the "
+                         f"{MAX_OPTION:,} any layout may have")
+    return layout

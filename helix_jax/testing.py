@@ -164,19 +164,35 @@ def assert_trees_close(ref, got, rtol: float, what: str = "") -> None:
             f"{len(errors)} leaves off.\nchex: " + " ".join(detail[:6])) from None
 
 
+# The default tolerance of a comparison in each compute dtype: float32 agrees to rounding; a
+# 16-bit run differs from another layout's by its rounding of different partial sums (about
+# 2**-8 relative for bfloat16's 8-bit mantissa, 2**-11 for float16), accumulated over layers.
+RTOL = {"float32": 1e-5, "float16": 5e-3, "bfloat16": 3e-2}
+
+
 def assert_layout_equivalent(model: str | Path | ModelConfig, layout: str, *, grads: bool = True,
-                             rtol: float = 1e-5, seed: int = 0, partitioner: str = "shard_map",
+                             rtol: float | None = None, seed: int = 0,
+                             partitioner: str = "shard_map", dtype: str = "float32",
                              **overrides) -> dict:
     """Assert that `model` on `layout` computes what it computes on `single`: the outputs and,
     with `grads`, the gradients w.r.t. every parameter (and the input), within `rtol` of each
     leaf's scale. `overrides` change the config (e.g. causal=False, capacity_factor=16.0);
     `partitioner="gspmd"` checks XLA's partitioning of the same layout instead of ours.
-    On failure the message names the worst parameter and its error. Returns the layout's run."""
+
+    `dtype`: the compute dtype both runs use: "float32" (default, whatever the model's own, e.g.
+    a model file's bfloat16, so a wrong split cannot hide in rounding) or "model" for the model's
+    dtype; `rtol` defaults to that dtype's tolerance (`RTOL`). On failure the message names the
+    worst parameter, its error and the dtype compared in. Returns the layout's run."""
     cfg = model_config(model, **overrides)
+    if dtype != "model":
+        cfg = cfg.replace(dtype=dtype)
+    if cfg.dtype not in RTOL:
+        raise ValueError(f"dtype={dtype!r}: compare in one of {', '.join(RTOL)} or 'model'")
+    rtol = RTOL[cfg.dtype] if rtol is None else rtol
     ref = _reference(cfg, seed, grads)
     got = run_layout(cfg, layout, seed=seed, grads=grads, partitioner=partitioner)
     how = "" if partitioner == "shard_map" else f" ({partitioner})"
-    where = f"{cfg.name} on {layout}{how} differs from single: "
+    where = f"{cfg.name} on {layout}{how} (compared in {cfg.dtype}) differs from single: "
     assert_trees_close({"output": ref["y"]}, {"output": got["y"]}, rtol, where)
     if grads:
         assert_trees_close(ref["grads"], got["grads"], rtol, where + "gradient ")

@@ -319,8 +319,8 @@ def _host_memory_check(sharded: Sharded, compiled) -> None:
 
     cfg = sharded.cfg
     check_fits([compiled], sharded.mesh, what=f"training {cfg.name} on {sharded.layout.spec}",
-               way_out="use a smaller --batch/--seq or a smaller model, or price the step without "
-               "running it: `helix project --mode train` with the same --model and --layout")
+               way_out="try a smaller --batch, --seq or model, or price the step with `helix "
+               "project --mode train`")
 
 
 def train(sharded: Sharded, tc: TrainConfig, checkpoint_dir: str | None = None,
@@ -427,15 +427,23 @@ def train(sharded: Sharded, tc: TrainConfig, checkpoint_dir: str | None = None,
             "start_step": start}
 
 
+_RUN_SHAPE = ("name", "batch", "seq", "dtype", "q_block", "kv_block")
+
+
 def _check_compatible(meta: dict, cfg: ModelConfig, where) -> None:
+    """A checkpoint of another model (any parameter of another shape) is refused by name before
+    its arrays are read: that is not corruption."""
     saved = ModelConfig.from_json(meta["config"])
-    shape = ("n_layers", "n_heads", "head_dim", "d_model", "d_ff", "n_experts")
-    diff = [f"{f} {getattr(saved, f)} -> {getattr(cfg, f)}" for f in shape
-            if getattr(saved, f) != getattr(cfg, f)]
-    if diff:
-        raise ValueError(f"the checkpoint in {where} is for {meta['model']} and does not fit "
-                         f"{cfg.name}: {'; '.join(diff)}. Use the same model or another "
-                         f"--checkpoint-dir")
+    shapes = lambda c: [s.shape for s in jax.tree.leaves(param_shapes(c))]  # noqa: E731
+    same_tree = jax.tree.structure(param_shapes(saved)) == jax.tree.structure(param_shapes(cfg))
+    if same_tree and shapes(saved) == shapes(cfg):
+        return
+    diff = [f"{f.name} {getattr(saved, f.name)} -> {getattr(cfg, f.name)}"
+            for f in dataclasses.fields(ModelConfig)
+            if f.name not in _RUN_SHAPE and getattr(saved, f.name) != getattr(cfg, f.name)]
+    raise ValueError(f"the checkpoint in {where} belongs to another model ({meta['model']}: "
+                     f"{'; '.join(diff) or 'other parameter shapes'}); use the same model or "
+                     f"another --checkpoint-dir")
 
 
 def log_records(path: str | Path) -> list[dict]:

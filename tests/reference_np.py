@@ -137,7 +137,8 @@ def main(argv=None):
     print(f"max-abs relative error: {err:.3e}")
     print(f"frobenius relative error: {fro:.3e}")
     ok = bool(np.isfinite(err)) and err <= args.rtol
-    print(("PASS" if ok else "FAIL") + f" (rtol={args.rtol:g})")
+    print(("PASS" if ok else "FAIL") + f": max-abs relative error {err:.3e} "
+          + ("<=" if ok else "exceeds") + f" rtol {args.rtol:g}")
     return 0 if ok else 1
 
 

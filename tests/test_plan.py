@@ -187,7 +187,7 @@ def test_a_kv_cache_no_layout_can_hold_is_explained_with_the_batch_that_could():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--devices", "0"], "--devices must be at least 1, got 0"),
+    (["--devices", "0"], "--devices must be between 1 and 65,536, got 0"),
     (["--top", "0"], "--top must be at least 1, got 0"),
     (["--max-tp", "-1"], "--max-tp must be at least 0, got -1"),
     (["--chart", "/no/such/folder/plan.png"], "does not exist"),

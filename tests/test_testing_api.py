@@ -88,7 +88,8 @@ def test_a_broken_layout_names_the_worst_parameter(monkeypatch):
     with pytest.raises(AssertionError) as e:
         testing.assert_layout_equivalent("tiny-dense", "helix")
     message = str(e.value)
-    assert message.startswith("tiny-dense on helix differs from single: worst leaf 'output'")
+    assert message.startswith("tiny-dense on helix (compared in float32) differs from single: "
+                              "worst leaf 'output'")
     error = float(re.search(r"relative error ([0-9.e+-]+)", message).group(1))
     assert 1e-3 < error < 1.0
 
@@ -106,3 +107,26 @@ def test_fake_devices_checks_its_argument():
         testing.fake_devices(0)
     testing.fake_devices(16)  # what the suite already has: nothing to do
     chex.assert_equal(len(__import__("jax").devices()), 16)
+
+
+BF16_MODEL = """name = "tiny-file"
+n_layers = 2
+d_model = 64
+n_heads = 8
+head_dim = 8
+d_ff = 128
+vocab = 0
+"""
+
+
+def test_a_bfloat16_model_file_is_compared_in_float32_by_default(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(BF16_MODEL)
+    assert testing.model_config(path).dtype == "bfloat16"  # what model files default to
+    got = testing.assert_layout_equivalent(path, "helix:m=2,n=2", batch=4, seq=8)
+    assert got["y"].dtype == np.float32
+    # in the model's own dtype, with bfloat16's tolerance; a too tight one names the dtype
+    testing.assert_layout_equivalent(path, "helix:m=2,n=2", batch=4, seq=8, dtype="model")
+    with pytest.raises(AssertionError, match=r"compared in bfloat16"):
+        testing.assert_layout_equivalent(path, "helix:m=2,n=2", batch=4, seq=8, dtype="model",
+                                         rtol=1e-7, grads=False)

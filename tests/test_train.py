@@ -7,6 +7,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from helix_jax.checkpoint import Checkpoints
 from helix_jax.config import resolve_model
@@ -88,12 +89,13 @@ def test_a_crash_during_a_save_loses_nothing(tmp_path):
     assert Checkpoints(ckpt).latest_step() == 4
 
 
-def test_resuming_another_model_is_a_clear_error(tmp_path):
-    run("dp", 1, tmp_path / "ck")
-    other = resolve_model("tiny-dense", batch=16, seq=16, n_layers=4)
-    try:
-        run("dp", 2, tmp_path / "ck", resume=True, cfg=other)
-    except ValueError as e:
-        assert "n_layers 2 -> 4" in str(e) and "--checkpoint-dir" in str(e)
-    else:
-        raise AssertionError("resuming a 2-layer checkpoint into a 4-layer model must fail")
+@pytest.mark.parametrize("saved, other, difference", [
+    ({}, {"n_layers": 4}, "n_layers 2 -> 4"),
+    ({"vocab": 32}, {"vocab": 64}, "vocab 32 -> 64"),  # only the vocabulary differs
+])
+def test_resuming_another_model_is_a_clear_error(tmp_path, saved, other, difference):
+    run("dp", 1, tmp_path / "ck", cfg=CFG.replace(**saved))
+    with pytest.raises(ValueError, match="belongs to another model") as err:
+        run("dp", 2, tmp_path / "ck", resume=True, cfg=CFG.replace(**{**saved, **other}))
+    assert difference in str(err.value) and "--checkpoint-dir" in str(err.value)
+    assert Checkpoints(tmp_path / "ck").latest_step() == 1  # nothing moved aside as corrupt

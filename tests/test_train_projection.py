@@ -51,10 +51,12 @@ def test_model_file_round_trips(gpt, tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     (GPT.replace("vocab = 128\n", ""), r"missing key\(s\) \['vocab'\]"),
-    (GPT + "dropout = 0.1\n", r"unknown key\(s\) \['dropout'\]"),
+    (GPT + "dropout = 0.1\n", r"unknown key 'dropout'"),
+    (GPT + "drop_out = 0.1\n", r"unknown key 'drop_out'"),
+    (GPT + "n_layrs = 2\n", r"unknown key 'n_layrs' \(did you mean 'n_layers'\?\)"),
     (GPT.replace("n_layers = 4", 'n_layers = "four"'), "n_layers must be int, got str"),
     (GPT.replace("n_layers = 4", "n_layers = 4.5"), "n_layers must be int, got float"),
-    (GPT.replace("d_ff = 256", "d_ff = 0"), "d_ff must be >= 1"),
+    (GPT.replace("d_ff = 256", "d_ff = 0"), "d_ff must be a whole number from 1 to"),
     ("name = [", "not valid TOML"),
 ])
 def test_bad_model_files_name_the_file_and_key(tmp_path, text, message):

@@ -49,6 +49,7 @@ from helix_jax.analysis.terms import (
 )
 from helix_jax.config import ModelConfig
 from helix_jax.layouts import Layout, parse_layout
+from helix_jax.limits import MAX_WHOLE_DEVICES
 
 
 def _p2p_seconds(nbytes: float, across_nodes: bool, hw: Hardware) -> float:
@@ -90,7 +91,8 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
     """The training step of `cfg` on a tp-pp layout, composed (see module doc)."""
     if layout.kind != "tp-pp":
         raise ValueError(f"{layout.spec}: a training step of more than the compiled devices is "
-                         f"composed only for tp-pp layouts; use dp=K of at most 64 devices")
+                         f"composed only for tp-pp layouts; use dp=K of at most "
+                         f"{MAX_WHOLE_DEVICES} devices")
     o = layout.options
     tp, pp, dp = o["tp"], o["pp"], o["dp"]
     M, V, schedule = o["microbatches"], o["virtual"], o["schedule"]

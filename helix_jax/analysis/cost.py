@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from helix_jax.analysis.hlo_module import HloModule
+from helix_jax.analysis.hlo_module import parse_module
 
 
 def _cost_dict(compiled: Any) -> dict:
@@ -59,7 +59,7 @@ def read_memory(compiled: Any) -> dict[str, int]:
 def scale_for_loops(hlo_text: str) -> int:
     """Largest number of runs per program run of any `while` body (nested loops multiply); 1
     when there are no loops. cost_analysis counted each such body once: see the module doc."""
-    mod = HloModule(hlo_text)
+    mod = parse_module(hlo_text)
     bodies = set(mod.while_trip_counts())
     runs = mod.executions()
     return max((runs[b][0] for b in bodies if b in runs), default=1)

@@ -47,7 +47,8 @@ from collections import defaultdict
 from typing import Any
 
 from helix_jax.analysis.cost import read_cost
-from helix_jax.analysis.hlo_module import HloModule, Instruction, attribute, parse_arrays
+from helix_jax.analysis.hlo_module import HloModule, Instruction, attribute, parse_arrays, parse_module
+from helix_jax.analysis.memo import per_program
 
 MATMUL_OPCODES = ("dot", "convolution", "ragged-dot")
 _MATMUL_LIKE_TARGET = re.compile(r"matmul|gemm|dot|conv|einsum", re.I)
@@ -145,6 +146,12 @@ def _is_matmul_like(ins: Instruction) -> bool:
 
 
 def matmul_flops(hlo_text: str) -> dict:
+    """See `_matmul_flops` (memoised per program: a shallow copy, read it, do not change it)."""
+    return dict(_matmul_flops(hlo_text))
+
+
+@per_program
+def _matmul_flops(hlo_text: str) -> dict:
     """Per-device matmul FLOPs of one run of the program in `hlo_text` (compiled HLO text).
 
     Returns a dict:
@@ -163,7 +170,7 @@ def matmul_flops(hlo_text: str) -> dict:
                          taken: the FLOPs are an upper bound where a cond skips work at run time
     See the module docstring for the counting rules.
     """
-    mod = HloModule(hlo_text)
+    mod = parse_module(hlo_text)
     runs = mod.executions()
     by_comp: dict[str, float] = defaultdict(float)
     by_op: dict[str, float] = defaultdict(float)

@@ -165,10 +165,18 @@ _OPTIONAL = {"name", "notes", "sm_count", "mm_tile_m", "mm_tile_n", "attention_f
              "allreduce_busbw", "busbw_max_other", "latency_small_s", "nic_bytes_per_s", "sources"}
 
 
+# Fields that count things: whole numbers, at most this (what any machine or kernel has).
+_COUNTS = {"gpus_per_node": 1024, "sm_count": 100_000, "mm_tile_m": 4096, "mm_tile_n": 4096}
+
+
 def _from_mapping(data: dict, default_name: str, source: str) -> Hardware:
     unknown = sorted(set(data) - set(_FIELDS) - _IGNORED)
     if unknown:
-        raise ValueError(f"{source}: unknown hardware fields {unknown}; known: {sorted(_FIELDS)}")
+        from helix_jax.errors import unknown_name
+
+        raise ValueError(f"{source}: {unknown_name('hardware field', unknown[0], _FIELDS)}"
+                         + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+                         + "; the fields are those of helix_jax.analysis.Hardware")
     missing = sorted(set(_FIELDS) - _OPTIONAL - set(data))
     if missing:
         raise ValueError(f"{source}: missing hardware fields {missing}")
@@ -183,8 +191,12 @@ def _from_mapping(data: dict, default_name: str, source: str) -> Hardware:
         required = key not in _OPTIONAL and not key.startswith("latency")
         if v < 0 or (v == 0 and required):
             raise ValueError(f"{source}: field {key!r} must be positive, got {v!r}")
-        values[key] = int(v) if key in ("gpus_per_node", "sm_count", "mm_tile_m", "mm_tile_n") \
-            else float(v)
+        if key in _COUNTS:
+            if float(v) != int(v) or v > _COUNTS[key]:
+                raise ValueError(f"{source}: field {key!r} must be a whole number between "
+                                 f"{0 if key in _OPTIONAL else 1} and {_COUNTS[key]:,}, got {v!r}")
+            v = int(v)
+        values[key] = v if key in _COUNTS else float(v)
     if "allreduce_busbw" in data:
         curve = data["allreduce_busbw"]
         ok = isinstance(curve, list) and all(

@@ -22,7 +22,9 @@ from helix_jax.analysis.hlo_module import (
     array_bytes,
     attribute,
     parse_arrays,
+    parse_module,
 )
+from helix_jax.analysis.memo import per_program
 
 Shape = tuple[int, ...]
 
@@ -214,14 +216,19 @@ def _collective(mod: HloModule, ins: Instruction, runs: tuple[int, bool]) -> Col
 
 def collectives(hlo_text: str) -> list[Collective]:
     """Every collective in the module, in text order; async pairs are counted at their start."""
-    mod = HloModule(hlo_text)
+    return list(_collectives(hlo_text))
+
+
+@per_program
+def _collectives(hlo_text: str) -> tuple[Collective, ...]:
+    mod = parse_module(hlo_text)
     runs = mod.executions()
     out = []
     for ins in mod.instructions():
         c = _collective(mod, ins, runs[ins.computation])
         if c is not None:
             out.append(c)
-    return out
+    return tuple(out)
 
 
 def while_trip_counts(hlo_text: str) -> dict[str, int]:
@@ -229,7 +236,7 @@ def while_trip_counts(hlo_text: str) -> dict[str, int]:
 
     Per entry, not per program run: for nesting, see `Collective.trip_count`.
     """
-    return HloModule(hlo_text).while_trip_counts()
+    return parse_module(hlo_text).while_trip_counts()
 
 
 def device_groups_cross_nodes(groups: Iterable[Sequence[int]],

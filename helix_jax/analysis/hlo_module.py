@@ -8,6 +8,7 @@ It knows nothing about collectives; `hlo.py` builds on it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -91,6 +92,8 @@ def split_top_level(text: str, sep: str = ",") -> list[str]:
 
 def attribute(attrs: str, key: str) -> str | None:
     """Raw value of `key=...` in an instruction's attribute text, or None if absent."""
+    if f"{key}=" not in attrs:  # the common case, without a regular expression
+        return None
     m = re.search(rf"(?:^|[,\s]){re.escape(key)}=", attrs)
     if not m:
         return None
@@ -145,8 +148,15 @@ def _parse_instruction(text: str, computation: str) -> Instruction | None:
     return Instruction(name, shape, op.group(1), tuple(operands), rest[close_at + 1:], computation)
 
 
+@functools.lru_cache(maxsize=8)
+def parse_module(text: str) -> HloModule:
+    """The parsed module of `text`, shared by every reader of the same program (read-only)."""
+    return HloModule(text)
+
+
 class HloModule:
-    """Parsed HLO module text: computations in order, a name -> shape table, call graph."""
+    """Parsed HLO module text: computations in order, a name -> shape table, call graph.
+    Read-only once built (`parse_module` shares one between readers)."""
 
     def __init__(self, text: str):
         self.computations: dict[str, list[Instruction]] = {}
@@ -232,7 +242,16 @@ class HloModule:
         m = _TRIP.search(ins.attrs)
         return int(m.group(1)) if m else None
 
+    @functools.cached_property
+    def _executions(self) -> dict[str, tuple[int, bool]]:
+        return self._count_executions()
+
     def executions(self) -> dict[str, tuple[int, bool]]:
+        """computation -> (times it runs per program run, whether every loop count was known);
+        see `_count_executions`."""
+        return dict(self._executions)
+
+    def _count_executions(self) -> dict[str, tuple[int, bool]]:
         """computation -> (times it runs per program run, whether every loop count was known).
 
         Sums over call sites (a computation with two callers runs for both); a `while` body runs

@@ -206,6 +206,7 @@ def plan(cfg: ModelConfig, hw: Hardware, devices: int, mode: str, *,
             best = min((r.step for r in rows.values() if r.status == "ranked"), default=best)
             submit()
     bar.close()
+    cache.save_readouts()
     ranking = sorted((label for label, r in rows.items() if r.status == "ranked"),
                      key=lambda label: (rows[label].step, label))
     return Plan(cfg, hw, devices, mode, rows, illegal, ranking, prune,

@@ -37,6 +37,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from helix_jax.analysis import memo
+
 ENV = "HELIX_PLAN_CACHE"  # overrides the default cache folder
 _PACKAGE = Path(__file__).resolve().parent.parent
 # Source files that never change what is compiled: pricing, reporting, the CLI, the planner.
@@ -96,6 +98,8 @@ class CachedProgram:
                  compile_seconds: float):
         self.hlo, self.memory, self.cost = hlo, memory, cost
         self.compile_seconds = compile_seconds
+        self.digest: str | None = None  # of the HLO text, once read-outs are kept
+        self.readouts_kept = 0
 
     @classmethod
     def of(cls, compiled, compile_seconds: float) -> CachedProgram:
@@ -220,6 +224,7 @@ class ProgramCache:
             stored = self._read("programs", key)
             if stored is not None:
                 prog = CachedProgram.from_json(stored)
+                self._load_readouts(key, prog)
                 with self._lock:
                     self.stats.program_hits += 1
                     self.stats.saved_compile_seconds += prog.compile_seconds
@@ -233,6 +238,46 @@ class ProgramCache:
                 self._write("programs", key, prog.to_json())
             self._memo[key] = prog
             return prog
+
+    # ------------------------------------------------------------------ read-outs
+
+    def _readouts_path(self, key: str) -> Path:
+        """Beside the program; named by the pricing code too (a read-out is the analysis code's)."""
+        return self.root / "programs" / key[:2] / f"{key}.{self._all_code[:16]}.readouts.pkl"
+
+    def _load_readouts(self, key: str, prog: CachedProgram) -> None:
+        """Preload the read-outs kept with a stored program (`analysis.memo`), so pricing it on
+        any profile parses no HLO. Written by this package only, in the user's own cache."""
+        import pickle
+
+        if self.root is None:
+            return
+        try:
+            values = pickle.loads(self._readouts_path(key).read_bytes())
+        except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError,
+                ImportError, TypeError):
+            return  # absent, torn or from other code: compute again
+        prog.digest = memo.digest(prog.hlo)
+        prog.readouts_kept = len(values)
+        memo.preload(prog.digest, values)
+
+    def save_readouts(self) -> None:
+        """Keep the read-outs of every program used in this run whose analysis grew."""
+        import pickle
+
+        if self.root is None:
+            return
+        for key, prog in list(self._memo.items()):
+            prog.digest = prog.digest or memo.digest(prog.hlo)
+            values = memo.values_of(prog.digest)
+            if len(values) <= prog.readouts_kept:
+                continue
+            path = self._readouts_path(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL))
+            os.replace(tmp, path)
+            prog.readouts_kept = len(values)
 
     @contextlib.contextmanager
     def hooked(self):

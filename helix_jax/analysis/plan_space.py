@@ -29,11 +29,12 @@ from dataclasses import dataclass
 
 from helix_jax.config import ModelConfig
 from helix_jax.layouts import CORES, LAYOUTS, Layout, parse_layout
+from helix_jax.limits import MAX_SPECS, MAX_WHOLE_DEVICES
 
 MODES = ("forward", "train", "prefill", "decode")
 REMATS = ("none", "selective", "full")
-MAX_WHOLE_DEVICES = 64  # training steps of more devices are composed (tp-pp only)
 EP_CHUNKS = (1, 2, 4, 8)
+
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,12 @@ def enumerate_candidates(cfg: ModelConfig, devices: int, mode: str,
     legal: list[Candidate] = []
     illegal: Counter = Counter()
     seen: set[str] = set()
-    for spec in _specs(cfg, devices, mode, max_micro):
+    specs = _specs(cfg, devices, mode, max_micro)
+    if len(specs) > MAX_SPECS:
+        raise ValueError(f"{devices:,} devices give {len(specs):,} layouts to search, more than "
+                         f"the {MAX_SPECS:,} a plan takes; narrow it with --kinds, --max-tp or "
+                         f"--max-micro")
+    for spec in specs:
         layout = parse_layout(spec)
         if kinds and layout.kind not in kinds:
             continue

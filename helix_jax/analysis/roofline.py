@@ -27,7 +27,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from helix_jax.analysis.flops import OP_NAME, dims_attr
-from helix_jax.analysis.hlo_module import HloModule, Instruction, array_bytes, parse_arrays
+from helix_jax.analysis.hlo_module import HloModule, Instruction, array_bytes, parse_arrays, parse_module
+from helix_jax.analysis.memo import per_program
 
 ATTENTION_SCOPE = "attention_core"  # jax.named_scope around the attention core (nn/attention.py)
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional",
@@ -36,6 +37,19 @@ _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "whil
 _COLLECTIVE = re.compile(r"^(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute|"
                          r"collective-broadcast|ragged-all-to-all)(-start|-done)?$|^async-")
 _SLICERS = {"dynamic-slice", "slice", "gather"}
+
+
+@dataclass(frozen=True)
+class KernelShape:
+    """What a kernel is, without a price: its kind, runs, FLOPs and bytes per run, and for a
+    matmul its (batch, m, n) output tiling (the hardware's tile/wave quantization reads it)."""
+
+    name: str
+    kind: str  # matmul | attention | memory
+    runs: int
+    flops: float  # per run
+    bytes: float  # per run
+    gemm: tuple[int, int, int] = (0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -80,7 +94,7 @@ class _Program:
 
     def __init__(self, text: str, narrow: int | None = None):
         self.narrow = narrow
-        self.mod = HloModule(text)
+        self.mod = parse_module(text)
         self.runs = self.mod.executions()
         self.fused = {c for ins in self.mod.instructions() if ins.opcode == "fusion"
                       for _, c in self.mod.called(ins)}
@@ -195,7 +209,28 @@ def _touches_blocks(prog: _Program, ins: Instruction, blocks: set[tuple[int, int
 def kernels(hlo_text: str, hw, elem_bytes: int,
             score_blocks: set[tuple[int, int]] = frozenset(),
             f32_as_model_dtype: bool = True) -> list[Kernel]:
-    """Every kernel of the program with its per-run time on `hw` (see the module doc).
+    """Every kernel of the program with its per-run time on `hw` (see the module doc and
+    `kernel_shapes`, which finds them once per program whatever the hardware)."""
+    tile = (getattr(hw, "mm_tile_m", 128) or 128, getattr(hw, "mm_tile_n", 128) or 128)
+    sms = getattr(hw, "sm_count", 0)
+    attn_rate = getattr(hw, "attention_flops_per_s", 0) or hw.flops_per_s
+    out = []
+    for k in kernel_shapes(hlo_text, elem_bytes, frozenset(score_blocks), f32_as_model_dtype):
+        if k.kind == "memory":
+            seconds = k.bytes / hw.hbm_bytes_per_s
+        else:
+            rate = attn_rate if k.kind == "attention" else hw.flops_per_s
+            eff = quantization_efficiency(*k.gemm, tile, sms)
+            seconds = max(k.flops / (rate * eff), k.bytes / hw.hbm_bytes_per_s)
+        out.append(Kernel(k.name, k.kind, k.runs, k.flops, k.bytes, seconds))
+    return out
+
+
+@per_program
+def kernel_shapes(hlo_text: str, elem_bytes: int,
+                  score_blocks: frozenset[tuple[int, int]] = frozenset(),
+                  f32_as_model_dtype: bool = True) -> tuple[KernelShape, ...]:
+    """Every kernel of the program, unpriced (see the module doc).
 
     `score_blocks`: the (q_block, kv_block) shapes of the attention's score blocks; memory
     kernels on such arrays (softmax, masks, and the blocks saved for the backward pass) belong to
@@ -207,15 +242,12 @@ def kernels(hlo_text: str, hw, elem_bytes: int,
     """
     narrow = elem_bytes if f32_as_model_dtype and elem_bytes < 4 else None
     prog = _Program(hlo_text, narrow)
-    tile = (getattr(hw, "mm_tile_m", 128) or 128, getattr(hw, "mm_tile_n", 128) or 128)
-    sms = getattr(hw, "sm_count", 0)
-    attn_rate = getattr(hw, "attention_flops_per_s", 0) or hw.flops_per_s
-    out = []
+    out: list[KernelShape] = []
     for comp, instrs in prog.mod.computations.items():
         if comp in prog.fused:
             continue
         runs, _ = prog.runs.get(comp, (1, True))
-        found: dict[str, Kernel] = {}
+        found: dict[str, KernelShape] = {}
         dot_inputs = {n for i in instrs if _dot_of(prog, i) is not None for n, _ in i.operands}
 
         attention_loop = any(
@@ -237,23 +269,17 @@ def kernels(hlo_text: str, hw, elem_bytes: int,
                 continue  # CPU plumbing around a dot, or fused into the attention kernel
             if dot is not None:
                 b, m, n, k = gemm_shape(prog.mod, dot)
-                flops = 2.0 * b * m * n * k
-                nbytes = float(b * (m * k + k * n + m * n) * elem_bytes)
-                rate = attn_rate if attention else hw.flops_per_s
-                eff = quantization_efficiency(b, m, n, tile, sms)
-                seconds = max(flops / (rate * eff), nbytes / hw.hbm_bytes_per_s)
-                found[ins.name] = Kernel(ins.name, "attention" if attention else "matmul", runs,
-                                         flops, nbytes, seconds)
+                found[ins.name] = KernelShape(
+                    ins.name, "attention" if attention else "matmul", runs, 2.0 * b * m * n * k,
+                    float(b * (m * k + k * n + m * n) * elem_bytes), (b, m, n))
                 continue
-            nbytes = _io_bytes(prog, ins)
-            found[ins.name] = Kernel(ins.name, "memory", runs, 0.0, nbytes,
-                                     nbytes / hw.hbm_bytes_per_s)
-        out += _fuse_memory_kernels(prog, comp, found, hw.hbm_bytes_per_s)
-    return out
+            found[ins.name] = KernelShape(ins.name, "memory", runs, 0.0, _io_bytes(prog, ins))
+        out += _fuse_memory_kernels(prog, comp, found)
+    return tuple(out)
 
 
-def _fuse_memory_kernels(prog: _Program, comp: str, found: dict[str, Kernel],
-                         hbm_bytes_per_s: float) -> list[Kernel]:
+def _fuse_memory_kernels(prog: _Program, comp: str,
+                         found: dict[str, KernelShape]) -> list[KernelShape]:
     """Merge chains of memory-bound kernels the way a GPU compiler fuses them: a memory kernel
     whose result has a single user, itself a memory kernel, is fused into that user, so the
     intermediate is neither written nor read back. Returns the kernels with merged groups."""
@@ -282,7 +308,7 @@ def _fuse_memory_kernels(prog: _Program, comp: str, found: dict[str, Kernel],
             if a != b:
                 parent[a] = b
                 saved[b] += saved.pop(a, 0.0) + edge
-    groups: dict[str, list[Kernel]] = defaultdict(list)
+    groups: dict[str, list[KernelShape]] = defaultdict(list)
     for name, k in found.items():
         groups[root(name) if k.kind == "memory" else name].append(k)
     out = []
@@ -291,7 +317,7 @@ def _fuse_memory_kernels(prog: _Program, comp: str, found: dict[str, Kernel],
             out.append(ks[0])
             continue
         total = max(sum(k.bytes for k in ks) - saved.get(head, 0.0), 0.0)
-        out.append(Kernel(head, "memory", ks[0].runs, 0.0, total, total / hbm_bytes_per_s))
+        out.append(KernelShape(head, "memory", ks[0].runs, 0.0, total))
     return out
 
 

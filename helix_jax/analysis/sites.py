@@ -16,7 +16,7 @@ from pathlib import Path
 
 from helix_jax.analysis.hardware import Hardware
 from helix_jax.analysis.hlo import Collective, collectives
-from helix_jax.analysis.hlo_module import HloModule, attribute
+from helix_jax.analysis.hlo_module import attribute, parse_module
 from helix_jax.analysis.pricing import collective_time, crosses_nodes
 from helix_jax.layouts import Layout
 
@@ -122,7 +122,7 @@ def collective_sites(hlo_text: str, layout: Layout, hw: Hardware) -> list[dict]:
     dtype, mesh axes, group size, payload bytes per execution, executions, link, seconds, the
     op_name XLA kept and the source line it attributes the collective to."""
     placed = dataclasses.replace(layout, gpus_per_node=hw.gpus_per_node)
-    module = HloModule(hlo_text)
+    module = parse_module(hlo_text)
     attrs = {ins.name: ins.attrs for ins in module.instructions()}
     chains = stack_frames(hlo_text)
     rows = []

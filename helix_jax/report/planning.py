@@ -227,24 +227,29 @@ def pareto_chart(plan: Plan, path: str | Path, title: str | None = None) -> None
 
 def draw_pareto(ax, plan: Plan, title: str | None = None) -> None:
     """Memory per device against step time for every candidate: projected ones at their
-    projection (fitting or not), pruned ones at their lower bounds; the best marked."""
-    groups = {"fits": ([], [], "o", "#4C72B0"), "does not fit": ([], [], "x", "#8C8C8C"),
-              "pruned (at its lower bounds)": ([], [], ".", "#DD8452")}
+    projection (fitting or not); pruned ones drawn as bounds, not results: a faint arrow from
+    their lower bounds towards more time and memory (the true point lies somewhere beyond); the
+    best marked."""
+    groups = {"fits": ([], [], "o", "#4C72B0"), "does not fit": ([], [], "x", "#8C8C8C")}
+    pruned: tuple[list[float], list[float]] = ([], [])
     for r in plan.rows.values():
         if r.projection is not None:
             key = "fits" if r.projection["fits"] else "does not fit"
-            x, y = r.step, r.projection["memory_bytes_per_device"] / 1e9
+            groups[key][0].append(r.step)
+            groups[key][1].append(r.projection["memory_bytes_per_device"] / 1e9)
         elif r.bounds is not None and r.status.startswith("pruned"):
-            key = "pruned (at its lower bounds)"
-            x, y = r.bounds.seconds, r.bounds.memory_bytes / 1e9
-        else:
-            continue
-        groups[key][0].append(x)
-        groups[key][1].append(y)
+            pruned[0].append(r.bounds.seconds)
+            pruned[1].append(r.bounds.memory_bytes / 1e9)
     for name, (xs, ys, marker, color) in groups.items():
         if xs:
-            ax.scatter(xs, ys, marker=marker, color=color, s=14 if marker == "." else 22,
-                       alpha=0.55 if marker == "." else 0.85, label=f"{name} ({len(xs)})")
+            ax.scatter(xs, ys, marker=marker, color=color, s=22, alpha=0.85,
+                       label=f"{name} ({len(xs)})")
+    if pruned[0]:  # lower limits, as error bars with arrows (log axes: a factor of 1.6 long)
+        xs, ys = pruned
+        ax.errorbar(xs, ys, xerr=[[0.0] * len(xs), [0.6 * x for x in xs]],
+                    yerr=[[0.0] * len(ys), [0.6 * y for y in ys]], xlolims=True, lolims=True,
+                    fmt="none", ecolor="#DD8452", alpha=0.3, lw=0.6,
+                    label=f"pruned: lower bounds only ({len(xs)}; the true point lies beyond)")
     front = _pareto_front(plan)
     if front:
         ax.step([x for x, _ in front], [y for _, y in front], where="post", color="#4C72B0",
@@ -292,9 +297,9 @@ def run_plan(args: argparse.Namespace, cfg, command: str) -> int:
     from helix_jax.analysis.hardware import load_hardware
     from helix_jax.analysis.plan import checked_target, paper_anchors
     from helix_jax.analysis.plan import plan as search
-    from helix_jax.analysis.plan_space import MAX_WHOLE_DEVICES
     from helix_jax.checks import atomic_output, output_file
     from helix_jax.layouts import LAYOUTS
+    from helix_jax.limits import MAX_DEVICES, MAX_HOST_DEVICES, MAX_WHOLE_DEVICES
 
     hw = load_hardware(args.hardware)  # option ranges: checks.RANGES, before this runs
     kinds = None
@@ -313,6 +318,10 @@ def run_plan(args: argparse.Namespace, cfg, command: str) -> int:
 
     use_fast_codegen()
     train = args.mode == "train"
+    if not train and args.devices > MAX_HOST_DEVICES:
+        raise ValueError(f"--devices {args.devices:,}: a {args.mode} plan compiles every layout on "
+                         f"that many fake CPU devices, at most {MAX_HOST_DEVICES} here; --mode "
+                         f"train plans up to {MAX_DEVICES:,} (steps composed from one stage)")
     # training steps of more devices are composed from one stage on at most `heads` devices
     ensure_host_devices(min(args.devices, max(MAX_WHOLE_DEVICES, cfg.n_heads)) if train
                         else args.devices)
