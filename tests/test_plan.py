@@ -10,6 +10,8 @@ import pytest
 from helix_jax import cli
 from helix_jax.analysis import collectives, load_hardware, matmul_flops
 from helix_jax.analysis.plan import TERMS, bound_violations, plan, step_terms
+from helix_jax.analysis import memo
+from helix_jax.analysis.hlo_module import parse_module
 from helix_jax.analysis.plan_cache import ProgramCache
 from helix_jax.analysis.plan_space import enumerate_candidates, parse_candidate, short_spec
 from helix_jax.analysis.project import compile_program
@@ -121,7 +123,12 @@ def test_training_search_prunes_safely_and_the_cache_re_prices_without_compiling
         sibling = least.rows[row.pruned_by.split(" fits")[0]]
         assert sibling.projection["fits"] and sibling.candidate.layout == row.candidate.layout
     other = dataclasses.replace(hw, name="slower-links", nvlink_bytes_per_s=1e8)
-    moved = search(other, prune=False)  # another profile: priced anew from the stored programs
+    # another profile: priced anew from the stored programs and their stored read-outs, as a
+    # new process would (nothing in memory), without parsing one HLO text
+    memo._VALUES.clear()
+    parse_module.cache_clear()
+    moved = search(other, prune=False)
+    assert parse_module.cache_info().misses == 0
     assert compiles == [] and moved.cache.stats.compiles == 0
     assert moved.cache.stats.program_hits > 0 and moved.cache.stats.priced_hits == 0
     label = "tp-pp:tp=2,pp=1,microbatches=1@none"  # tensor-parallel: its all-reduces slow down

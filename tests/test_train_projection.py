@@ -2,6 +2,7 @@
 FLOPs, composed pipeline schedules, measured-link pricing and bad inputs."""
 
 import math
+import re
 import subprocess
 import sys
 
@@ -262,3 +263,10 @@ def test_cli_projects_a_composed_training_step(gpt, tmp_path):
     assert {"step_seconds", "tokens_per_s", "mfu"} <= set(d["projected"])
     assert d["memory_bytes_per_device"] > 0 and isinstance(d["fits"], bool)
 
+    # the printed step is the sum of the terms it names (the optimizer included)
+    line = next(x for x in r.stdout.splitlines() if x.startswith("step "))
+    step, terms = line.split("=", 1)
+    named = [float(v) for v in re.findall(r"([0-9.]+) s", terms.split("(all comm")[0])]
+    assert "optimizer" in terms and len(named) == 3
+    assert sum(named) == pytest.approx(float(step.split()[1]), abs=2e-3)
+    assert float(step.split()[1]) == pytest.approx(d["projected"]["step_seconds"], abs=1e-3)

@@ -164,8 +164,12 @@ def plan(cfg: ModelConfig, hw: Hardware, devices: int, mode: str, *,
     best = math.inf
     from tqdm.auto import tqdm
 
+    # No time-remaining estimate: a layout costs from milliseconds (pruned, or its program
+    # cached) to a minute (a whole training step compiled at several batch chunkings), so a rate
+    # over layouts swings by hours. The bar shows what the search did instead.
     bar = tqdm(total=len(queue), desc=f"plan {mode}", unit="layout", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
+               file=sys.stderr, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} layouts, {elapsed} {postfix}")
     waiting = iter(queue)
     running: dict = {}
     with cache.hooked(), ThreadPoolExecutor(max(jobs, 1)) as pool:
@@ -200,7 +204,9 @@ def plan(cfg: ModelConfig, hw: Hardware, devices: int, mode: str, *,
             for future in done:
                 row = rows[running.pop(future)]
                 future.result()
-                bar.set_postfix_str(row.candidate.label[:60], refresh=False)
+                s = cache.stats
+                bar.set_postfix_str(f"({s.compiles} programs compiled, {s.program_hits} reused; "
+                                    f"{row.candidate.label[:40]})", refresh=False)
                 bar.update()
             # the fastest that fits so far (a task may also have projected its memory probe)
             best = min((r.step for r in rows.values() if r.status == "ranked"), default=best)

@@ -17,6 +17,7 @@ from pathlib import Path
 from helix_jax.analysis.hardware import Hardware
 from helix_jax.analysis.hlo import Collective, collectives
 from helix_jax.analysis.hlo_module import attribute, parse_module
+from helix_jax.analysis.memo import per_program
 from helix_jax.analysis.pricing import collective_time, crosses_nodes
 from helix_jax.layouts import Layout
 
@@ -122,10 +123,28 @@ def collective_sites(hlo_text: str, layout: Layout, hw: Hardware) -> list[dict]:
     dtype, mesh axes, group size, payload bytes per execution, executions, link, seconds, the
     op_name XLA kept and the source line it attributes the collective to."""
     placed = dataclasses.replace(layout, gpus_per_node=hw.gpus_per_node)
+    rows = []
+    for c, op_name, frame in _sourced(hlo_text):
+        axes = mesh_axes_of(c, layout)
+        rows.append({
+            "name": c.name, "op": c.op, "dtype": c.dtype,
+            "axes": list(axes) if axes is not None else None,
+            "group_size": c.group_size, "payload_bytes": c.payload_bytes, "count": c.trip_count,
+            "link": "ib" if crosses_nodes(c, placed.node_of) else "nvlink",
+            "seconds": collective_time(c, hw, placed.node_of),
+            "op_name": op_name, "source": str(frame) if frame else "",
+        })
+    return rows
+
+
+@per_program
+def _sourced(hlo_text: str) -> tuple[tuple[Collective, str, Frame | None], ...]:
+    """Each collective of more than one device per group with the op_name XLA kept and the
+    source frame it attributes it to (read once per program, whatever the layout or hardware)."""
     module = parse_module(hlo_text)
     attrs = {ins.name: ins.attrs for ins in module.instructions()}
     chains = stack_frames(hlo_text)
-    rows = []
+    out = []
     for c in collectives(hlo_text):
         if c.group_size <= 1:
             continue
@@ -135,13 +154,5 @@ def collective_sites(hlo_text: str, layout: Layout, hw: Hardware) -> list[dict]:
             frame = source_frame(chains.get(int(meta["stack_frame_id"]), []))
         elif "source_file" in meta:
             frame = Frame(meta["source_file"], int(meta.get("source_line", 0)), "?")
-        axes = mesh_axes_of(c, layout)
-        rows.append({
-            "name": c.name, "op": c.op, "dtype": c.dtype,
-            "axes": list(axes) if axes is not None else None,
-            "group_size": c.group_size, "payload_bytes": c.payload_bytes, "count": c.trip_count,
-            "link": "ib" if crosses_nodes(c, placed.node_of) else "nvlink",
-            "seconds": collective_time(c, hw, placed.node_of),
-            "op_name": meta.get("op_name", ""), "source": str(frame) if frame else "",
-        })
-    return rows
+        out.append((c, meta.get("op_name", ""), frame))
+    return tuple(out)
