@@ -8,10 +8,9 @@ import jax
 import pytest
 
 from helix_jax import cli
-from helix_jax.analysis import collectives, load_hardware, matmul_flops
-from helix_jax.analysis.plan import TERMS, bound_violations, plan, step_terms
-from helix_jax.analysis import memo
+from helix_jax.analysis import collectives, load_hardware, matmul_flops, memo
 from helix_jax.analysis.hlo_module import parse_module
+from helix_jax.analysis.plan import TERMS, bound_violations, plan, step_terms
 from helix_jax.analysis.plan_cache import ProgramCache
 from helix_jax.analysis.plan_space import enumerate_candidates, parse_candidate, short_spec
 from helix_jax.analysis.project import compile_program
