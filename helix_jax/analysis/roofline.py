@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from helix_jax.analysis.flops import OP_NAME, dims_attr
 from helix_jax.analysis.hlo_module import HloModule, Instruction, array_bytes, parse_arrays, parse_module
 from helix_jax.analysis.memo import per_program
+from helix_jax.nn.attention import ATTENTION_SCOPE
 
-ATTENTION_SCOPE = "attention_core"  # jax.named_scope around the attention core (nn/attention.py)
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional",
          "call", "after-all", "partition-id", "replica-id", "opt-barrier", "add-dependency",
          "copy-start", "copy-done", "send", "recv", "send-done", "recv-done", "domain"}

@@ -25,6 +25,12 @@ from helix_jax.nn.mlp import normal
 Array = jax.Array
 
 
+
+# The scope every attention core runs under: on a GPU the core is one fused (flash) kernel, and
+# the roofline (analysis/roofline.py) prices whatever the compiled program keeps under this name
+# as that kernel. One constant for both, so a rename cannot silently un-fuse attention.
+ATTENTION_SCOPE = "attention_core"
+
 def block_size(n: int, cap: int) -> int:
     """The largest divisor of n that is <= cap (cap 0: n itself)."""
     if cap <= 0 or cap >= n:
@@ -242,7 +248,7 @@ class Attention(nnx.Module):
         mine = jax.lax.dynamic_index_in_dim(h.reshape(B, S // K, K, D), me, axis=2,
                                             keepdims=False)  # [B, S/K, D]
         _, k, v = self._project(mine, comm)
-        with jax.named_scope("attention_core"):  # one fused kernel on a GPU: see roofline
+        with jax.named_scope(ATTENTION_SCOPE):  # one fused kernel on a GPU: see roofline
             o, lse = attend(q, k, v, causal=self.causal,
                             key_positions=jnp.arange(S // K) * K + me, return_lse=True,
                             q_block=self.blocks[0], kv_block=self.blocks[1])
@@ -259,7 +265,7 @@ class Attention(nnx.Module):
         me = comm.index("kv_seq") if K > 1 else 0
         cache = {n: write_cache(cache[n], new, layer, pos, active, K, me)
                  for n, new in (("k", k), ("v", v))}
-        with jax.named_scope("attention_core"):  # one fused kernel on a GPU: see roofline
+        with jax.named_scope(ATTENTION_SCOPE):  # one fused kernel on a GPU: see roofline
             if K > 1:
                 positions = jnp.arange(cache["k"].shape[2]) * K + me
                 o, lse = attend(q, cache["k"], cache["v"], causal=True, q_offset=pos,
@@ -277,7 +283,7 @@ class Attention(nnx.Module):
         q, k, v = self._project(h, comm)
 
         def core(q, k, v):
-            with jax.named_scope("attention_core"):  # one fused kernel on a GPU: see roofline
+            with jax.named_scope(ATTENTION_SCOPE):  # one fused kernel on a GPU: see roofline
                 return attention_core(q, k, v, comm, core=comm.option("core", "score_psum"),
                                       causal=self.causal, q_block=self.blocks[0],
                                       kv_block=self.blocks[1])
