@@ -24,15 +24,6 @@ def test_readme_accuracy_comes_from_validation_json():
         readme.validation_block(report), "run `python -m helix_jax.report.readme`"
 
 
-def test_committed_validation_meets_its_bar():
-    """The cost model against published measurements: median |error| <= 10%, worst <= 25%, and
-    better than pricing every row at the mean MFU of the others."""
-    s = json.loads((ROOT / "results" / "validation.json").read_text())["summary"]
-    assert s["rows"] >= 8
-    assert s["median_abs_error"] <= 0.10 and s["worst_abs_error"] <= 0.25
-    assert s["median_abs_error"] < s["constant_mfu_median_abs_error"]
-
-
 def test_numbers_block_follows_the_report():
     """Change one projected number in the report: the block must change with it."""
     report = json.loads((ROOT / "results" / "reproduce.json").read_text())
