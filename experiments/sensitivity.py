@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     for c in report["constants"].values():
         print(f"  {c['profile']} {c['field']:<22} median |error| "
               f"{pct(c['median_abs_error']['low'])} / {pct(c['median_abs_error']['high'])}, "
-              f"largest row shift {c['max_shift']:+.1%}")
+              f"largest row shift {pct(c['max_shift'])}")
     print(f"wrote {out / 'sensitivity.json'}, sensitivity.md")
     return 0
 

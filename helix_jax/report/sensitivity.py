@@ -92,11 +92,11 @@ def markdown(report: dict) -> str:
              f"in `helix_jax/analysis/hardware.py`. With the profiles as they are the median "
              f"|error| over these rows is {pct(report['median_abs_error'])}.", "",
              "| constant | profile value | quoted range | median abs error at low / high | "
-             "largest shift of a row | source of the range |", "|---|---|---|---|---|---|"]
+             "largest |shift| of a row | source of the range |", "|---|---|---|---|---|---|"]
     for c in report["constants"].values():
         lines.append(f"| {c['profile']} `{c['field']}` | {_num(c['value'])} | {_num(c['low'])} – "
                      f"{_num(c['high'])} | {pct(c['median_abs_error']['low'])} / "
-                     f"{pct(c['median_abs_error']['high'])} | {c['max_shift']:+.1%} | "
+                     f"{pct(c['median_abs_error']['high'])} | {pct(c['max_shift'])} | "
                      f"{c['source']} |")
     fields = list(dict.fromkeys(f for r in report["rows"] for f in r["variants"]))
     lines += ["", "Per row, the error with the profile as it is and at each end (low / high):", "",
