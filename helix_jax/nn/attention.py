@@ -25,12 +25,6 @@ from helix_jax.nn.mlp import normal
 Array = jax.Array
 
 
-
-# The scope every attention core runs under: on a GPU the core is one fused (flash) kernel, and
-# the roofline (analysis/roofline.py) prices whatever the compiled program keeps under this name
-# as that kernel. One constant for both, so a rename cannot silently un-fuse attention.
-ATTENTION_SCOPE = "attention_core"
-
 def block_size(n: int, cap: int) -> int:
     """The largest divisor of n that is <= cap (cap 0: n itself)."""
     if cap <= 0 or cap >= n:
@@ -292,3 +286,10 @@ class Attention(nnx.Module):
             core = jax.checkpoint(core)
         o = core(q, k, v)
         return self._out(o, comm)
+
+
+# The scope every attention core runs under (defined last, so the source lines that compiled
+# programs cite above stay put): on a GPU the core is one fused (flash) kernel, and the roofline
+# (analysis/roofline.py) prices whatever the compiled program keeps under this name as that
+# kernel. One constant for both, so a rename cannot silently un-fuse attention.
+ATTENTION_SCOPE = "attention_core"
