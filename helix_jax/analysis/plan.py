@@ -169,7 +169,7 @@ def plan(cfg: ModelConfig, hw: Hardware, devices: int, mode: str, *,
     # over layouts swings by hours. The bar shows what the search did instead.
     bar = tqdm(total=len(queue), desc=f"plan {mode}", unit="layout", disable=not progress,
                file=sys.stderr, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} layouts, {elapsed} {postfix}")
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} layouts, {elapsed}{postfix}")
     waiting = iter(queue)
     running: dict = {}
     with cache.hooked(), ThreadPoolExecutor(max(jobs, 1)) as pool:
@@ -205,8 +205,8 @@ def plan(cfg: ModelConfig, hw: Hardware, devices: int, mode: str, *,
                 row = rows[running.pop(future)]
                 future.result()
                 s = cache.stats
-                bar.set_postfix_str(f"({s.compiles} programs compiled, {s.program_hits} reused; "
-                                    f"{row.candidate.label[:40]})", refresh=False)
+                bar.set_postfix_str(f"{s.compiles} programs compiled, {s.program_hits} reused; "
+                                    f"{row.candidate.label[:40]}", refresh=False)
                 bar.update()
             # the fastest that fits so far (a task may also have projected its memory probe)
             best = min((r.step for r in rows.values() if r.status == "ranked"), default=best)
