@@ -228,11 +228,11 @@ def step_sentence(p: dict) -> str:
     terms = [("compute", p["compute_seconds"]), ("exposed comm", p["exposed_comm_seconds"])]
     if "optimizer_seconds" in p:
         terms.append(("optimizer", p["optimizer_seconds"]))
-    text = " + ".join(f"{name} {v:.3f} s" for name, v in terms)
+    text = " + ".join(f"{name} {v:.4g} s" for name, v in terms)  # 4 digits: tiny models too
     rest = p["step_seconds"] - sum(v for _, v in terms)
     if abs(rest) > 1e-9 * max(p["step_seconds"], 1e-12):  # decode: the HBM floor sets the step
-        text = f"max({text}, HBM floor {p.get('hbm_floor_seconds', 0.0):.3f} s)"
-    return f"{p['step_seconds']:.3f} s = {text} (all comm {p['comm_seconds']:.3f} s)"
+        text = f"max({text}, HBM floor {p.get('hbm_floor_seconds', 0.0):.4g} s)"
+    return f"{p['step_seconds']:.4g} s = {text} (all comm {p['comm_seconds']:.4g} s)"
 
 
 def print_projection(r: dict) -> None:
