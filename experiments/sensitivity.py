@@ -17,14 +17,13 @@ from helix_jax.devices import ensure_host_devices
 
 ensure_host_devices(64)  # before jax starts, as validate_measured
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from validate_measured import MODELS, ROWS  # noqa: E402
+from validate_measured import MODELS, ROWS, parse_args  # noqa: E402
 
 from helix_jax.report.fmt import pct  # noqa: E402
 from helix_jax.report.provenance import generated_by  # noqa: E402
@@ -32,13 +31,7 @@ from helix_jax.report.sensitivity import markdown, study  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results", help="output folder (default: results)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    if not out.is_dir():
-        raise SystemExit(f"sensitivity: output folder {out} does not exist; create it")
+    args, out = parse_args("sensitivity", __doc__, argv)
     report = {"generated_by": generated_by("python experiments/sensitivity.py"),
               **study(ROWS, MODELS, args.progress)}
     (out / "sensitivity.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -167,14 +167,21 @@ def chart(report: dict, path: Path) -> None:
         "Projected training steps against published measurements", ncols=2)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(name: str, doc: str, argv: list[str] | None) -> tuple[argparse.Namespace, Path]:
+    """`--out FOLDER` (an existing folder) and `--no-progress`: the command line of this script
+    and of the studies built on its rows (experiments/sensitivity.py)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--out", default="results", help="output folder (default: results)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if not out.is_dir():
-        raise SystemExit(f"validate_measured: output folder {out} does not exist; create it")
+        raise SystemExit(f"{name}: output folder {out} does not exist; create it")
+    return args, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, out = parse_args("validate_measured", __doc__, argv)
     from tqdm.auto import tqdm
 
     rows = []
