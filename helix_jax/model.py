@@ -40,8 +40,15 @@ def _is_var(v) -> bool:
     return isinstance(v, nnx.Variable)
 
 
-@functools.lru_cache(maxsize=32)
 def _abstract(cfg: ModelConfig):
+    """graphdef, parameter shapes and logical axes of `cfg`'s model. The batch size shapes no
+    parameter, so configs that differ only in it share one entry: a training step's chunk (or a
+    pipeline's microbatch) does not build the model again while it is traced."""
+    return _abstract_of(cfg.replace(batch=1))
+
+
+@functools.lru_cache(maxsize=32)
+def _abstract_of(cfg: ModelConfig):
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
     logical = jax.tree.map(lambda v: tuple(v.get_metadata()["out_sharding"]), state, is_leaf=_is_var)

@@ -228,16 +228,11 @@ def compiled_text(cfg: ModelConfig, layout: str, mode: str = "forward") -> str:
 
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    from helix_jax.analysis.compiler import compile_program, compile_step
+
     sharded = Sharded.build(cfg, parse_layout(layout))
-    if mode == "forward":
-        return sharded.forward_fn().lower(*sharded.abstract_inputs()).compile().as_text()
-    if mode == "train":
-        from helix_jax.train import compile_train_step
-
-        return compile_train_step(sharded).as_text()
-    from helix_jax.analysis.project import compile_step
-
-    return compile_step(sharded, mode).as_text()
+    compile_ = compile_program if mode in ("forward", "train") else compile_step
+    return compile_(sharded, mode).as_text()
 
 
 def collectives(model: str | Path | ModelConfig, layout: str, *, mode: str = "forward",

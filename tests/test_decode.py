@@ -60,7 +60,7 @@ def test_kvp_forward_equals_single(spec):
 
 
 def _decode_hlo(spec: str, context: int, model: str = "tiny-dense") -> str:
-    from helix_jax.analysis.project import compile_step
+    from helix_jax.analysis.compiler import compile_step
 
     cfg = resolve_model(model).replace(seq=context, kv_block=0)
     return compile_step(Sharded.build(cfg, parse_layout(spec)), "decode").as_text()

@@ -13,7 +13,8 @@ from helix_jax.analysis.hlo_module import parse_module
 from helix_jax.analysis.plan import TERMS, bound_violations, plan, step_terms
 from helix_jax.analysis.plan_cache import ProgramCache
 from helix_jax.analysis.plan_space import enumerate_candidates, parse_candidate, short_spec
-from helix_jax.analysis.project import compile_program
+from helix_jax.analysis.compiler import compile_program
+from helix_jax.analysis.project import project
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.model import Sharded
@@ -79,6 +80,27 @@ def test_pruning_never_drops_the_true_best_forward():
     full = plan(TINY, hw, 2, "forward", prune=False, cache=cache, gspmd=False, jobs=2)
     pruned = plan(TINY, hw, 2, "forward", prune=True, cache=cache, gspmd=False, jobs=2)
     _check_pruned(full, pruned, ("memory bound", "time bound"))
+
+
+def test_an_unchunked_step_no_faster_than_the_best_is_pruned():
+    """A forward search whose capacity makes layouts chunk their batch: a whole program whose
+    step at one chunk is no faster than the best is pruned after that one compile, and the best
+    is the one projecting every candidate finds; every step projected at more chunks is at
+    least its unchunked step."""
+    hw = dataclasses.replace(SLOW, hbm_capacity_bytes=2e6)
+    cfg = TINY.replace(batch=8)
+    cache = ProgramCache(None)
+    full = plan(cfg, hw, 2, "forward", prune=False, cache=cache, gspmd=False, jobs=2)
+    pruned = plan(cfg, hw, 2, "forward", prune=True, cache=cache, gspmd=False, jobs=2)
+    _check_pruned(full, pruned, ("unchunked step",))
+    for label, row in pruned.rows.items():
+        if row.pruned_by and "unchunked step" in row.pruned_by:
+            assert full.rows[label].step >= row.unchunked_seconds >= pruned.best.step, label
+    chunked = [r for r in full.rows.values() if r.projection and r.projection["batch_chunks"] > 1]
+    assert chunked
+    for row in chunked:
+        one = project(cfg, row.candidate.layout, hw, batch_chunks=1, compiler=cache)
+        assert row.step >= one["projected"]["step_seconds"], row.candidate.label
 
 
 def test_training_search_prunes_safely_and_the_cache_re_prices_without_compiling(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from helix_jax.analysis.compiler import DIRECT, Compiler
 from helix_jax.analysis.cost import read_memory
 from helix_jax.analysis.flops import matmul_flops
 from helix_jax.analysis.formulas import DTYPE_BYTES
@@ -87,8 +88,10 @@ def in_flight(schedule: str, pp: int, microbatches: int, virtual: int) -> float:
 
 
 def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str = "none",
-                     progress: Callable[[str], None] | None = None) -> dict:
-    """The training step of `cfg` on a tp-pp layout, composed (see module doc)."""
+                     progress: Callable[[str], None] | None = None,
+                     compiler: Compiler = DIRECT) -> dict:
+    """The training step of `cfg` on a tp-pp layout, composed (see module doc); `compiler`
+    compiles the stage and update programs (`analysis.compiler`)."""
     if layout.kind != "tp-pp":
         raise ValueError(f"{layout.spec}: a training step of more than the compiled devices is "
                          f"composed only for tp-pp layouts; use dp=K of at most "
@@ -104,11 +107,9 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
     if progress:
         progress(f"{layout.spec}: compiling one stage ({stage_cfg.n_layers} layers) for one "
                  f"microbatch of {micro} on {tp} devices")
-    from helix_jax.train import compile_grad_step, compile_update
-
     sharded = build_sharded(analysed, stage_layout, 1, remat)
-    grad = compile_grad_step(sharded, params_in_compute_dtype=True)
-    update = compile_update(sharded)
+    grad = compiler.grad(sharded)
+    update = compiler.update(sharded)
     hlo, elem = grad.as_text(), DTYPE_BYTES[cfg.dtype]
     compute = compute_time(hlo, hw, elem, score_blocks(cfg, stage_layout))
     priced = price_collectives(hlo, stage_cfg, stage_layout, hw)

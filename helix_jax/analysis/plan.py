@@ -8,7 +8,9 @@ cheap lower bounds, compiled and priced by `project`, ranked.
    rest are projected in the order of their time bound, and one whose time bound exceeds the
    fastest step found so far (that fits) cannot win and is pruned. Bounds never exceed the
    projection, so pruning never drops the best; every projected candidate is checked against
-   its bounds and a violation is reported (`bound_violations`).
+   its bounds and a violation is reported (`bound_violations`). A whole-program step is first
+   compiled at one batch chunk (the program its chunk search compiles first anyway): more
+   chunks are never faster, so if that step is no faster than the best it is pruned too.
 3. `project` prices each survivor, its compiles going through `plan_cache.ProgramCache`, so a
    second run (another hardware profile, another batch with the same microbatch) re-prices
    without recompiling.
@@ -26,6 +28,7 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from helix_jax.analysis.hardware import Hardware, hardware_to_dict
@@ -64,6 +67,13 @@ class Row:
     error: str | None = None
     role: str | None = None  # why it is always projected: an anchor or an --explain target
     pruned_by: str | None = None
+    unchunked_seconds: float | None = None  # its whole-program step at one batch chunk, compiled
+
+    @property
+    def least_seconds(self) -> float:
+        """The least step it can have: its arithmetic bound, or its compiled unchunked step."""
+        bound = self.bounds.seconds if self.bounds else 0.0
+        return max(bound, self.unchunked_seconds or 0.0)
 
     @property
     def step(self) -> float:
@@ -172,7 +182,7 @@ def plan(cfg: ModelConfig, hw: Hardware, devices: int, mode: str, *,
                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} layouts, {elapsed}{postfix}")
     waiting = iter(queue)
     running: dict = {}
-    with cache.hooked(), ThreadPoolExecutor(max(jobs, 1)) as pool:
+    with ThreadPoolExecutor(max(jobs, 1)) as pool:
         def submit() -> None:  # keep `jobs` projections going; prune at the moment of choosing
             while len(running) < max(jobs, 1):
                 label = next(waiting, None)
@@ -196,7 +206,8 @@ def plan(cfg: ModelConfig, hw: Hardware, devices: int, mode: str, *,
                 row.status = "projecting"
                 running[pool.submit(_project_task, row, rows, cfg, hw, mode, cache,
                                     prune and row.role is None,
-                                    not all_remat and row.role is None)] = label
+                                    not all_remat and row.role is None,
+                                    lambda: _best(rows))] = label
 
         submit()
         while running:
@@ -208,8 +219,7 @@ def plan(cfg: ModelConfig, hw: Hardware, devices: int, mode: str, *,
                 bar.set_postfix_str(f"{s.compiles} programs compiled, {s.program_hits} reused; "
                                     f"{row.candidate.label[:40]}", refresh=False)
                 bar.update()
-            # the fastest that fits so far (a task may also have projected its memory probe)
-            best = min((r.step for r in rows.values() if r.status == "ranked"), default=best)
+            best = min(best, _best(rows))  # a task may also have projected its memory probe
             submit()
     bar.close()
     cache.save_readouts()
@@ -217,6 +227,11 @@ def plan(cfg: ModelConfig, hw: Hardware, devices: int, mode: str, *,
                      key=lambda label: (rows[label].step, label))
     return Plan(cfg, hw, devices, mode, rows, illegal, ranking, prune,
                 time.perf_counter() - start, cache, gspmd, named, [c.label for c in targets])
+
+
+def _best(rows: dict[str, Row]) -> float:
+    """The fastest step that fits so far."""
+    return min((r.step for r in list(rows.values()) if r.status == "ranked"), default=math.inf)
 
 
 def _keeps_least(row: Row, rows: dict[str, Row]) -> Row | None:
@@ -259,11 +274,13 @@ def checked_target(text: str, cfg: ModelConfig, devices: int, mode: str) -> Cand
 
 
 def _project_task(row: Row, rows: dict[str, Row], cfg: ModelConfig, hw: Hardware, mode: str,
-                 cache: ProgramCache, prune: bool, least_remat: bool) -> None:
+                  cache: ProgramCache, prune: bool, least_remat: bool,
+                  best: Callable[[], float] = lambda: math.inf) -> None:
     """Project `row`, unless (`least_remat`) the same layout already fits with less recompute,
     or (`prune`) it is a whole-program training step recomputing less than full whose
     full-recompute sibling, projected first as a memory probe whatever its time bound, does not
-    fit at its most batch chunks."""
+    fit at its most batch chunks, or its unchunked step is no faster than `best()`
+    (`_unchunked_cannot_win`)."""
     c = row.candidate
     if least_remat and c.train and c.remat != "none":
         for less in {"selective": ("none",), "full": ("none", "selective")}[c.remat]:
@@ -278,14 +295,43 @@ def _project_task(row: Row, rows: dict[str, Row], cfg: ModelConfig, hw: Hardware
         probe = rows.get(dataclasses.replace(c, remat="full").label)
         if probe is not None and probe.status in ("pending", "pruned: time"):
             probe.status = "projecting"  # the search does not hand it out again
-            _project(probe, cfg, hw, mode, cache)
+            if not _unchunked_cannot_win(probe, cfg, hw, mode, cache, best()):
+                _project(probe, cfg, hw, mode, cache)
         while probe is not None and probe.status == "projecting":  # another task's probe
             time.sleep(0.05)
         why = _cannot_fit(row, rows)
         if why:
             row.status, row.pruned_by = "pruned: memory", why
             return
+    if prune and _unchunked_cannot_win(row, cfg, hw, mode, cache, best()):
+        return
     _project(row, cfg, hw, mode, cache)
+
+
+def _unchunked_cannot_win(row: Row, cfg: ModelConfig, hw: Hardware, mode: str,
+                          cache: ProgramCache, best: float) -> bool:
+    """Prune a whole-program forward or training step whose program at one batch chunk (the first
+    a fit compiles anyway) is no faster than `best`: more chunks are never faster (each re-reads
+    the weights and repeats its collectives, and leaves less backward to hide the gradient
+    reduction behind; `bound_violations` checks it on every candidate projected), so no chunking
+    of it can win. True when pruned."""
+    from helix_jax.analysis import project as P
+
+    c = row.candidate
+    if c.composed or mode not in ("forward", "train") or not math.isfinite(best):
+        return False
+    try:
+        one = P.project(cfg, c.layout, hw, batch_chunks=1, mode=mode, remat=c.remat,
+                        partitioner=c.partitioner, compiler=cache)
+    except Exception:  # noqa: BLE001 - one chunk may not build or compile: the fit will say
+        return False
+    row.unchunked_seconds = one["projected"]["step_seconds"]
+    if row.unchunked_seconds < best:
+        return False
+    row.status = "pruned: time"
+    row.pruned_by = (f"its unchunked step {row.unchunked_seconds:.4g} s (compiled) >= best "
+                     f"{best:.4g} s, and more batch chunks are never faster")
+    return True
 
 
 def _project(row: Row, cfg: ModelConfig, hw: Hardware, mode: str, cache: ProgramCache) -> None:
@@ -306,9 +352,9 @@ def _project_or_raise(row: Row, cfg: ModelConfig, hw: Hardware, mode: str,
     key = cache.priced_key(description, hardware_to_dict(hw))
     result = cache.priced(key)
     if result is None:
-        try:  # inside `cache.hooked()` (the search holds it)
+        try:
             result = P.project(cfg, c.layout, hw, mode=mode, remat=c.remat,
-                               partitioner=c.partitioner)
+                               partitioner=c.partitioner, compiler=cache)
         except ValueError as e:  # this layout cannot run this model (kept: it will not either)
             result = {"error": str(e)}
         cache.store_priced(key, result)
@@ -455,8 +501,8 @@ def bound_violations(plan_: Plan) -> list[dict]:
             row.projection.get("batch_chunks")
         memory_floor = max(row.bounds.memory_bytes, least.projection["memory_bytes_per_device"]
                            if least_chunked else 0.0)
-        if step < row.bounds.seconds * (1 - 1e-9) or memory < memory_floor * (1 - 1e-9):
-            out.append({"label": label, "step_seconds": step, "bound_seconds": row.bounds.seconds,
+        if step < row.least_seconds * (1 - 1e-9) or memory < memory_floor * (1 - 1e-9):
+            out.append({"label": label, "step_seconds": step, "bound_seconds": row.least_seconds,
                         "memory_bytes": memory, "bound_memory_bytes": memory_floor,
                         "full_recompute_sibling": least.candidate.label if least_chunked
                         else None})
@@ -524,6 +570,7 @@ def to_json(plan_: Plan) -> dict:
              "remat": r.candidate.remat, "partitioner": r.candidate.partitioner,
              "composed": r.candidate.composed, "status": r.status, "role": r.role,
              "bounds": r.bounds.to_json() if r.bounds else None,
+             "unchunked_seconds": r.unchunked_seconds,
              "projection": summary(r, plan_.hw), "error": r.error, "pruned_by": r.pruned_by}
             for label, r in plan_.rows.items()],
     }

@@ -14,18 +14,15 @@ Two levels, both keyed by content (sha256 of a JSON description):
             The key adds the hardware profile's fields and a hash of the whole package, so a run
             with the same inputs takes seconds.
 
-`ProgramCache.hooked()` routes the compile functions that `analysis.project` and
-`analysis.compose` call (`project.compile_program`, `project.compile_step`,
-`train.compile_grad_step`, `train.compile_update`) through the cache for the duration of a
-`with` block, so the projection code runs unchanged: a hit hands it a `CachedProgram`, which
-answers `as_text()`, `memory_analysis()` and `cost_analysis()` like a compiled program does.
+A `ProgramCache` is an `analysis.compiler.Compiler`: the planner passes it to `project`, which
+asks it for every program; a hit hands back a `CachedProgram`, which answers `as_text()`,
+`memory_analysis()` and `cost_analysis()` like a compiled program does.
 Node placement (`place=`) only renumbers mesh positions onto GPUs; the compiled program is the
 same (tests/test_plan.py checks it), so it is left out of program keys.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -38,6 +35,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from helix_jax.analysis import memo
+from helix_jax.analysis.compiler import DIRECT
 
 ENV = "HELIX_PLAN_CACHE"  # overrides the default cache folder
 _PACKAGE = Path(__file__).resolve().parent.parent
@@ -156,6 +154,7 @@ class ProgramCache:
         import jax
         import jaxlib
 
+        self._direct = DIRECT  # what a miss compiles with
         self._versions = {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
                           "backend": jax.default_backend()}
         if self.root is not None:
@@ -210,7 +209,21 @@ class ProgramCache:
                         "kwargs": {k: repr(v) for k, v in sorted(kwargs.items())},
                         "code": self._program_code, **self._versions})
 
-    def program(self, kind: str, compile_fn, sharded, *args, **kwargs) -> CachedProgram:
+    # ------------------------------------------------------------------ the Compiler interface
+
+    def program(self, sharded, mode: str) -> CachedProgram:
+        return self._cached("program", self._direct.program, sharded, mode)
+
+    def step(self, sharded, mode: str) -> CachedProgram:
+        return self._cached("step", self._direct.step, sharded, mode)
+
+    def grad(self, sharded) -> CachedProgram:
+        return self._cached("grad", self._direct.grad, sharded)
+
+    def update(self, sharded) -> CachedProgram:
+        return self._cached("update", self._direct.update, sharded)
+
+    def _cached(self, kind: str, compile_fn, sharded, *args, **kwargs) -> CachedProgram:
         """The program `compile_fn(sharded, *args, **kwargs)` compiles, from the cache if there
         (threads asking for the same program wait for one compile)."""
         key = self.program_key(kind, sharded, args, kwargs)
@@ -278,29 +291,6 @@ class ProgramCache:
             tmp.write_bytes(pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL))
             os.replace(tmp, path)
             prog.readouts_kept = len(values)
-
-    @contextlib.contextmanager
-    def hooked(self):
-        """Within the block, the projection's compile functions go through this cache."""
-        from helix_jax import train
-        from helix_jax.analysis import project
-
-        targets = [(project, "compile_program", "program"), (project, "compile_step", "step"),
-                   (train, "compile_grad_step", "grad"), (train, "compile_update", "update")]
-        saved = [(mod, name, getattr(mod, name)) for mod, name, _ in targets]
-
-        def hook(kind, original):
-            def compile_cached(sharded, *args, **kwargs):
-                return self.program(kind, original, sharded, *args, **kwargs)
-            return compile_cached
-
-        try:
-            for (mod, name, kind), (_, _, original) in zip(targets, saved):
-                setattr(mod, name, hook(kind, original))
-            yield self
-        finally:
-            for mod, name, original in saved:
-                setattr(mod, name, original)
 
     # ------------------------------------------------------------------ priced projections
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 
+from helix_jax.analysis.compiler import DIRECT, Compiler
 from helix_jax.analysis.compose import project_composed
 from helix_jax.analysis.cost import read_memory
 from helix_jax.analysis.flops import matmul_flops
@@ -49,15 +50,6 @@ from helix_jax.limits import MAX_WHOLE_DEVICES
 MODES = ("forward", "train", "prefill", "decode")
 
 
-def compile_program(sharded, mode: str):
-    """The program of `mode` for this sharded model, compiled for abstract inputs."""
-    if mode == "forward":
-        return sharded.forward_fn().lower(*sharded.abstract_inputs()).compile()
-    from helix_jax.train import compile_train_step
-
-    return compile_train_step(sharded)
-
-
 def chunk_candidates(cfg: ModelConfig, layout: Layout) -> list[int]:
     """Batch chunk counts worth trying, smallest first: powers of two that keep the input spread
     over every device (more chunks than rows per device would stop the spread and so cost memory,
@@ -70,16 +62,20 @@ def chunk_candidates(cfg: ModelConfig, layout: Layout) -> list[int]:
 
 def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
         progress: Callable[[str], None] | None = None, mode: str = "forward",
-        remat: str = "none", partitioner: str = "shard_map"):
+        remat: str = "none", partitioner: str = "shard_map", compiler: Compiler = DIRECT):
     """The fewest batch chunks whose program fits `capacity_bytes` per device; when none fits,
     the most chunked one (its memory is reported, and `fits` is false).
 
-    Memory falls as the chunk count grows, so the answer is where it crosses the capacity. The
-    search compiles the most chunked program (does anything fit?), then the least (does all of
-    it fit at once, as a recomputing step often does?), then interpolates between the closest
-    programs known to fit and not to fit, taking memory as a + b / chunks (the activations
-    shrink with the chunk, the rest stays): the same answer as bisection, in 2 compiles when
-    one chunk fits and usually 3-4 otherwise.
+    Memory falls as the chunk count K grows, and no faster than the temporaries' share of one
+    chunk: memory(K) >= fixed + temp(1) / K, where fixed (arguments + outputs - aliased: the
+    parameters, optimizer state and input) does not depend on K and temp(1) is the unchunked
+    program's temporaries (a chunk's activations are a 1/K share of the batch's; accumulators
+    only add). So the search compiles the unchunked program (does the whole batch fit at once,
+    as a recomputing step often does?), then the first K that floor allows, and a K whose floor
+    exceeds the capacity is known not to fit without compiling it. Between a K known not to fit
+    and one known to fit it interpolates, taking memory as a + b / K through the compiled
+    points: the same answer as bisection, usually in 1 or 2 compiles. Every compiled program is
+    checked against the floor; if one came in under it the floor is not used again.
     """
     valid = []
     for k in chunk_candidates(cfg, layout):
@@ -90,31 +86,55 @@ def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
     if not valid:
         raise ValueError(f"{cfg.name} does not compile on {layout.spec} with any batch chunking")
     compiled: dict[int, tuple] = {}
+    chunks = [s.batch_chunks for s in valid]
 
     def memory(i: int) -> float:
         if i not in compiled:
-            program = compile_program(valid[i], mode)
-            compiled[i] = (program, read_memory(program)["total_bytes"])
+            program = compiler.program(valid[i], mode)
+            m = read_memory(program)
+            compiled[i] = (program, m["total_bytes"], m["total_bytes"] - m["temp_bytes"],
+                           m["temp_bytes"])
             if progress:
                 progress(f"{layout.spec}{_under(partitioner)}: "
-                         f"batch_chunks={valid[i].batch_chunks} -> "
+                         f"batch_chunks={chunks[i]} -> "
                          f"{compiled[i][1] / 1e9:.1f} GB per device")
         return compiled[i][1]
 
-    lo, hi = 0, len(valid) - 1
-    if memory(hi) > capacity_bytes or memory(lo) <= capacity_bytes:
-        best = hi if memory(hi) > capacity_bytes else lo
-        return valid[best], compiled[best][0]
-    while hi - lo > 1:  # valid[lo] does not fit, valid[hi] does
-        x0, x1 = 1 / valid[lo].batch_chunks, 1 / valid[hi].batch_chunks
-        slope = (memory(lo) - memory(hi)) / (x0 - x1)
-        guess = next((i for i in range(lo + 1, hi) if memory(hi) + slope *
-                      (1 / valid[i].batch_chunks - x1) <= capacity_bytes), hi - 1)
+    if memory(0) <= capacity_bytes or len(valid) == 1:
+        return valid[0], compiled[0][0]
+    temp_one = compiled[0][3] * chunks[0]  # the unchunked program's temporaries
+
+    def floor(i: int) -> float:
+        """The least memory `valid[i]` can need (0 once a compiled program came in under it)."""
+        fixed = min(c[2] for c in compiled.values())
+        if any(c[1] < (fixed + temp_one / chunks[j]) * (1 - 1e-9) for j, c in compiled.items()):
+            return 0.0
+        return fixed + temp_one / chunks[i]
+
+    lo, hi = 0, None  # the most chunked known not to fit, the least chunked known to fit
+    last = len(valid) - 1
+    while True:
+        top = last if hi is None else hi - 1
+        open_ = [i for i in range(lo + 1, top + 1) if floor(i) <= capacity_bytes]
+        if not open_:
+            if hi is not None:
+                return valid[hi], compiled[hi][0]
+            memory(last)  # nothing can fit: report the most chunked program
+            return valid[last], compiled[last][0]
+        if len(compiled) >= 2:  # interpolate a + b / K through the closest compiled points
+            known = sorted(compiled)
+            x0, x1 = lo, (hi if hi is not None else max(known))
+            if x0 == x1:
+                x0 = min(known)
+            slope = (memory(x0) - memory(x1)) / (1 / chunks[x0] - 1 / chunks[x1])
+            guess = next((i for i in open_ if memory(x1) + slope * (1 / chunks[i] - 1 / chunks[x1])
+                          <= capacity_bytes), open_[-1])
+        else:
+            guess = open_[0]
         if memory(guess) <= capacity_bytes:
             hi = guess
         else:
             lo = guess
-    return valid[hi], compiled[hi][0]
 
 
 def _timing(cfg: ModelConfig, layout: Layout, hw: Hardware, compute: dict, priced: dict,
@@ -175,25 +195,28 @@ def _composed(layout: Layout) -> bool:
 
 def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | None = None,
             progress: Callable[[str], None] | None = None, mode: str = "forward",
-            remat: str = "none", partitioner: str = "shard_map") -> dict:
+            remat: str = "none", partitioner: str = "shard_map",
+            compiler: Compiler = DIRECT) -> dict:
     """The full read-out and projection of `cfg` on `layout` priced on `hw` (see module doc).
     `partitioner` "gspmd" compiles the same model with XLA choosing the collectives
-    (helix_jax/model.py): forward and whole training steps only."""
+    (helix_jax/model.py): forward and whole training steps only. `compiler` compiles the
+    programs (`analysis.compiler`; the planner passes its cache)."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     layout.validate(cfg)
     check_partitioner(cfg, layout, mode, partitioner)
     if mode in ("prefill", "decode"):
-        return project_step(cfg, layout, hw, mode)
+        return project_step(cfg, layout, hw, mode, compiler)
     if mode == "train" and _composed(layout):
-        return project_composed(cfg, layout, hw, remat=remat, progress=progress)
+        return project_composed(cfg, layout, hw, remat=remat, progress=progress,
+                                compiler=compiler)
     analysed = analysed_config(cfg)
     if batch_chunks is None:
         sharded, compiled = fit(analysed, layout, hw.hbm_capacity_bytes, progress, mode, remat,
-                                partitioner)
+                                partitioner, compiler)
     else:
         sharded = build_sharded(analysed, layout, batch_chunks, remat, partitioner)
-        compiled = compile_program(sharded, mode)
+        compiled = compiler.program(sharded, mode)
     return read_out(cfg, layout, hw, sharded, compiled, mode)
 
 
@@ -260,27 +283,6 @@ def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled, 
     }
 
 
-def compile_step(sharded, mode: str):
-    """The prefill (all `seq` positions at 0) or one decode step (one position at seq - 1, the
-    cache holding seq positions) compiled abstractly, with 16-bit parameter copies (what a
-    server keeps)."""
-    import jax
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding
-
-    cfg = sharded.cfg
-    dt = jnp.dtype(cfg.dtype)
-    params = sharded.abstract_params(dt)
-    cache_sd = jax.ShapeDtypeStruct(sharded.cache_shape(cfg.seq), dt,
-                                    sharding=NamedSharding(sharded.mesh, sharded.cache_spec))
-    T = cfg.seq if mode == "prefill" else 1
-    shape = (cfg.batch, T) if cfg.vocab else (cfg.batch, T, cfg.d_model)
-    x = jax.ShapeDtypeStruct(shape, jnp.int32 if cfg.vocab else dt,
-                             sharding=NamedSharding(sharded.mesh, sharded.step_input_spec))
-    pos = jnp.int32(0 if mode == "prefill" else cfg.seq - 1)
-    return sharded.step_fn().lower(params, {"k": cache_sd, "v": cache_sd}, x, pos).compile()
-
-
 def hbm_floor_bytes(sharded) -> float:
     """Bytes a step must read from HBM at least, per device: its 16-bit weights and its KV cache."""
     import math
@@ -294,11 +296,12 @@ def hbm_floor_bytes(sharded) -> float:
     return local_parameter_count(sharded) * elem + cache / shards
 
 
-def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str) -> dict:
+def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
+                 compiler: Compiler = DIRECT) -> dict:
     """A prefill of `cfg.seq` positions or one decode step at context `cfg.seq`: compiled, read,
     priced; the step is never faster than reading its weights and cache from HBM."""
     sharded = build_sharded(analysed_config(cfg), layout, 1)
-    compiled = compile_step(sharded, mode)
+    compiled = compiler.step(sharded, mode)
     hlo = compiled.as_text()
     memory = read_memory(compiled)
     from helix_jax.nn.attention import block_size

@@ -238,7 +238,7 @@ def draw_pareto(ax, plan: Plan, title: str | None = None) -> None:
             groups[key][0].append(r.step)
             groups[key][1].append(r.projection["memory_bytes_per_device"] / 1e9)
         elif r.bounds is not None and r.status.startswith("pruned"):
-            pruned[0].append(r.bounds.seconds)
+            pruned[0].append(r.least_seconds)
             pruned[1].append(r.bounds.memory_bytes / 1e9)
     for name, (xs, ys, marker, color) in groups.items():
         if xs:

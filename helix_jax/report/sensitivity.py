@@ -41,8 +41,8 @@ def error(row: dict, hw, cache: ProgramCache, models: Path) -> float:
     """Projected / measured - 1 of one validation row (its model file in `models`) on `hw`."""
     cfg = load_model_file(models / f"{row['model']}.toml").replace(
         batch=row["batch"], seq=row["seq"], dtype=row["dtype"])
-    with cache.hooked():
-        p = project(cfg, parse_layout(row["layout"]), hw, mode="train", remat=row["remat"])
+    p = project(cfg, parse_layout(row["layout"]), hw, mode="train", remat=row["remat"],
+                compiler=cache)
     return p["projected"]["step_seconds"] / row["measured"] - 1
 
 

@@ -1,0 +1,78 @@
+"""What the cost model compiles, behind one object: the programs `project` and `compose` read.
+
+Every projection asks a `Compiler` for its programs, so a caller decides how they are compiled
+without touching the projection code: `DIRECT` compiles each one (what `helix project` uses), the
+planner passes its `plan_cache.ProgramCache`, which answers from disk when it can. Programs are
+compiled for abstract inputs (ShapeDtypeStructs): nothing is allocated.
+
+  program(sharded, mode)  the whole forward pass ("forward") or training step ("train")
+  step(sharded, mode)     a prefill of `seq` positions or one decode step at context `seq`
+  grad(sharded)           forward + backward of one batch in the model's dtype: one pipeline
+                          stage's microbatch, for composed training steps
+  update(sharded)         the optimizer update alone, on the layout's shards
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+
+from helix_jax import train
+from helix_jax.model import Sharded
+
+
+def compile_program(sharded: Sharded, mode: str) -> Any:
+    """The program of `mode` ("forward" or "train") for this sharded model."""
+    if mode == "forward":
+        return sharded.forward_fn().lower(*sharded.abstract_inputs()).compile()
+    return train.compile_train_step(sharded)
+
+
+def compile_step(sharded: Sharded, mode: str) -> Any:
+    """The prefill (all `seq` positions at 0) or one decode step (one position at seq - 1, the
+    cache holding seq positions), with 16-bit parameter copies (what a server keeps)."""
+    cfg = sharded.cfg
+    dt = jnp.dtype(cfg.dtype)
+    params = sharded.abstract_params(dt)
+    cache_sd = jax.ShapeDtypeStruct(sharded.cache_shape(cfg.seq), dt,
+                                    sharding=NamedSharding(sharded.mesh, sharded.cache_spec))
+    T = cfg.seq if mode == "prefill" else 1
+    shape = (cfg.batch, T) if cfg.vocab else (cfg.batch, T, cfg.d_model)
+    x = jax.ShapeDtypeStruct(shape, jnp.int32 if cfg.vocab else dt,
+                             sharding=NamedSharding(sharded.mesh, sharded.step_input_spec))
+    pos = jnp.int32(0 if mode == "prefill" else cfg.seq - 1)
+    return sharded.step_fn().lower(params, {"k": cache_sd, "v": cache_sd}, x, pos).compile()
+
+
+class Compiler(Protocol):
+    """Compiles the programs a projection reads (see the module doc)."""
+
+    def program(self, sharded: Sharded, mode: str) -> Any: ...
+
+    def step(self, sharded: Sharded, mode: str) -> Any: ...
+
+    def grad(self, sharded: Sharded) -> Any: ...
+
+    def update(self, sharded: Sharded) -> Any: ...
+
+
+class DirectCompiler:
+    """Compiles every program it is asked for."""
+
+    def program(self, sharded: Sharded, mode: str) -> Any:
+        return compile_program(sharded, mode)
+
+    def step(self, sharded: Sharded, mode: str) -> Any:
+        return compile_step(sharded, mode)
+
+    def grad(self, sharded: Sharded) -> Any:
+        return train.compile_grad_step(sharded, params_in_compute_dtype=True)
+
+    def update(self, sharded: Sharded) -> Any:
+        return train.compile_update(sharded)
+
+
+DIRECT = DirectCompiler()
