@@ -3,17 +3,18 @@ disk cache re-prices without compiling, and bad input is a one-line error."""
 
 import dataclasses
 import json
+from collections import Counter
 
 import jax
 import pytest
 
 from helix_jax import cli
 from helix_jax.analysis import collectives, load_hardware, matmul_flops, memo
+from helix_jax.analysis.compiler import compile_program
 from helix_jax.analysis.hlo_module import parse_module
 from helix_jax.analysis.plan import TERMS, bound_violations, plan, step_terms
 from helix_jax.analysis.plan_cache import ProgramCache
 from helix_jax.analysis.plan_space import enumerate_candidates, parse_candidate, short_spec
-from helix_jax.analysis.compiler import compile_program
 from helix_jax.analysis.project import project
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
@@ -95,7 +96,7 @@ def test_an_unchunked_step_no_faster_than_the_best_is_pruned():
     _check_pruned(full, pruned, ("unchunked step",))
     for label, row in pruned.rows.items():
         if row.pruned_by and "unchunked step" in row.pruned_by:
-            assert full.rows[label].step >= row.unchunked_seconds >= pruned.best.step, label
+            assert full.rows[label].step >= row.least_compiled_seconds >= pruned.best.step, label
     chunked = [r for r in full.rows.values() if r.projection and r.projection["batch_chunks"] > 1]
     assert chunked
     for row in chunked:
@@ -129,6 +130,7 @@ def test_training_search_prunes_safely_and_the_cache_re_prices_without_compiling
 
     full = search(hw, prune=False)
     assert full.cache.stats.compiles == len(compiles) > 0
+    _check_least_steps(full, cfg, hw)
     compiles.clear()
     pruned = search(hw, prune=True)
     _check_pruned(full, pruned, ("keeps the least", "time bound"))
@@ -155,6 +157,49 @@ def test_training_search_prunes_safely_and_the_cache_re_prices_without_compiling
     label = "tp-pp:tp=2,pp=1,microbatches=1@none"  # tensor-parallel: its all-reduces slow down
     assert moved.rows[label].projection["hardware"] == "slower-links"
     assert moved.rows[label].step > full.rows[label].step
+
+
+def _check_least_steps(full, cfg, hw):
+    """The least steps the pruned search reads off compiled programs hold on every candidate of
+    a search that projected them all: a composed step is at least its share of any larger
+    microbatch of the same stage; a recomputing whole step is at least the matmul, attention
+    and exposed collectives of its no-recompute sibling's unchunked program."""
+    from helix_jax.analysis import plan as PL
+
+    rows = [r for r in full.rows.values() if r.projection]
+    pairs = [(r, o) for r in rows for o in rows if r.candidate.composed and o.candidate.composed
+             and PL._stage_group(o.candidate) == PL._stage_group(r.candidate)
+             and PL._microbatch(o.candidate, cfg) >= PL._microbatch(r.candidate, cfg)]
+    for r, o in pairs:
+        assert PL._smaller_microbatch_bound(r.candidate, cfg, o) <= r.step * (1 + 1e-9), (
+            r.candidate.label, o.candidate.label)
+    recomputing = [r for r in rows if not r.candidate.composed and r.candidate.remat != "none"]
+    assert pairs or recomputing
+    for r in recomputing:
+        plain = full.rows[dataclasses.replace(r.candidate, remat="none").label]
+        one = project(cfg, plain.candidate.layout, hw, batch_chunks=1, mode="train",
+                      compiler=full.cache)
+        assert PL._recompute_floor(one) <= r.step * (1 + 1e-9), r.candidate.label
+
+
+def test_least_steps_from_larger_microbatches_hold():
+    """Composed training steps of one stage (tp=2, pp=2) at four microbatch sizes and two
+    data-parallel degrees, each projected: each is at least its share of every larger
+    microbatch of the same stage."""
+    from helix_jax.analysis import plan as PL
+
+    cfg = TINY.replace(batch=8)
+    hw = dataclasses.replace(HW, hbm_capacity_bytes=1e9, nvlink_bytes_per_s=1e13,
+                             ib_bytes_per_s=1e13)  # compute-bound: the bounds are near the steps
+    cache = ProgramCache(None)
+    rows = {}
+    for dp, M in ((1, 1), (1, 2), (1, 4), (1, 8), (2, 1), (2, 2)):
+        c = parse_candidate(f"tp-pp:tp=2,pp=2,dp={dp},microbatches={M}@none", "train")
+        rows[c.label] = PL.Row(c, projection=project(cfg, c.layout, hw, mode="train",
+                                                       compiler=cache))
+    plan_ = PL.Plan(cfg, hw, 8, "train", rows, Counter(), [], False, 0.0, cache, False)
+    _check_least_steps(plan_, cfg, hw)
+    assert {r.projection["microbatch_size"] for r in rows.values()} == {1, 2, 4, 8}
 
 
 def _check_pruned(full, pruned, rules):

@@ -189,6 +189,7 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
             "compute_breakdown": {k: chunks_time * compute[k] for k in
                                   ("matmul_seconds", "attention_seconds", "memory_seconds")},
             "microbatch_seconds": t_mb,
+            "microbatch_compute_seconds": compute["seconds"],
             "pipeline_seconds": t_pipe,
             "bubble_seconds": (chunks_time - M) * t_mb,
             "tensor_comm_seconds": chunks_time * priced["seconds"],

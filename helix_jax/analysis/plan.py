@@ -27,8 +27,8 @@ import math
 import sys
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from helix_jax.analysis.hardware import Hardware, hardware_to_dict
@@ -67,13 +67,16 @@ class Row:
     error: str | None = None
     role: str | None = None  # why it is always projected: an anchor or an --explain target
     pruned_by: str | None = None
-    unchunked_seconds: float | None = None  # its whole-program step at one batch chunk, compiled
+    # a least step read off a compiled program: a whole program's step at one batch chunk, or a
+    # composed step's share of a larger microbatch of the same stage
+    least_compiled_seconds: float | None = None
+    unchunked: dict | None = None  # its projection at one batch chunk ({} when that failed)
 
     @property
     def least_seconds(self) -> float:
-        """The least step it can have: its arithmetic bound, or its compiled unchunked step."""
+        """The least step it can have: its arithmetic bound, or one read off a compiled program."""
         bound = self.bounds.seconds if self.bounds else 0.0
-        return max(bound, self.unchunked_seconds or 0.0)
+        return max(bound, self.least_compiled_seconds or 0.0)
 
     @property
     def step(self) -> float:
@@ -295,7 +298,7 @@ def _project_task(row: Row, rows: dict[str, Row], cfg: ModelConfig, hw: Hardware
         probe = rows.get(dataclasses.replace(c, remat="full").label)
         if probe is not None and probe.status in ("pending", "pruned: time"):
             probe.status = "projecting"  # the search does not hand it out again
-            if not _unchunked_cannot_win(probe, cfg, hw, mode, cache, best()):
+            if not _unchunked_cannot_win(probe, rows, cfg, hw, mode, cache, best()):
                 _project(probe, cfg, hw, mode, cache)
         while probe is not None and probe.status == "projecting":  # another task's probe
             time.sleep(0.05)
@@ -303,33 +306,136 @@ def _project_task(row: Row, rows: dict[str, Row], cfg: ModelConfig, hw: Hardware
         if why:
             row.status, row.pruned_by = "pruned: memory", why
             return
-    if prune and _unchunked_cannot_win(row, cfg, hw, mode, cache, best()):
+    if prune and _unchunked_cannot_win(row, rows, cfg, hw, mode, cache, best()):
+        return
+    if prune and _smaller_microbatch_cannot_win(row, rows, cfg, hw, mode, cache, best):
         return
     _project(row, cfg, hw, mode, cache)
 
 
-def _unchunked_cannot_win(row: Row, cfg: ModelConfig, hw: Hardware, mode: str,
-                          cache: ProgramCache, best: float) -> bool:
-    """Prune a whole-program forward or training step whose program at one batch chunk (the first
-    a fit compiles anyway) is no faster than `best`: more chunks are never faster (each re-reads
-    the weights and repeats its collectives, and leaves less backward to hide the gradient
-    reduction behind; `bound_violations` checks it on every candidate projected), so no chunking
-    of it can win. True when pruned."""
+def _stage_group(c: Candidate) -> tuple:
+    """What a composed step's stage program is, but for its microbatch size."""
+    o = c.layout.options
+    return (o["tp"], o["sp"], o["pp"], c.remat)
+
+
+def _microbatch(c: Candidate, cfg: ModelConfig) -> int:
+    o = c.layout.options
+    return cfg.batch // o["dp"] // o["microbatches"]
+
+
+def _smaller_microbatch_bound(c: Candidate, cfg: ModelConfig, bigger: Row) -> float:
+    """A least step of composed `c` from the projection of `bigger`, a composed step of the same
+    stage program but for a larger microbatch: every one of c's M microbatches takes at least its
+    share (micro / bigger's micro) of bigger's microbatch compute, and the optimizer update is the
+    same program over c's replicas."""
+    p, o = bigger.projection["projected"], bigger.candidate.layout.options
+    per_replica = cfg.batch // c.layout.options["dp"]
+    update = p["optimizer_seconds"] * o["dp"] / c.layout.options["dp"]
+    return per_replica / _microbatch(bigger.candidate, cfg) * p["microbatch_compute_seconds"] + update
+
+
+def _smaller_microbatch_cannot_win(row: Row, rows: dict[str, Row], cfg: ModelConfig,
+                                   hw: Hardware, mode: str, cache: ProgramCache,
+                                   best: Callable[[], float]) -> bool:
+    """Prune a composed training step whose stage program, run at a larger microbatch by another
+    candidate, shows it cannot beat `best()`: a larger microbatch is never slower per sequence
+    (powers of two: its GEMMs fill at least as many waves, and it reads the weights fewer times
+    per sequence), so c's microbatches take at least their share of the larger one's compute.
+    The largest-microbatch sibling still to be projected is projected first (its program is one
+    compile, shared by every schedule, interleaving, overlap and data-parallel degree), whatever
+    its own arithmetic bound, when that bound is under `best()`. `bound_violations` checks the
+    rule on every candidate projected. True when pruned."""
+    c = row.candidate
+    if not c.composed or mode != "train" or not math.isfinite(best()):
+        return False
+    group, micro = _stage_group(c), _microbatch(c, cfg)
+    bigger = [r for r in list(rows.values()) if r.candidate.composed and r is not row
+              and _stage_group(r.candidate) == group and _microbatch(r.candidate, cfg) > micro]
+    if not any(r.projection for r in bigger):
+        pending = [r for r in bigger if r.status == "pending" and r.bounds is not None
+                   and r.bounds.seconds < best()]
+        if pending:
+            probe = min(pending, key=lambda r: (-_microbatch(r.candidate, cfg), r.bounds.seconds,
+                                                r.candidate.label))
+            if probe.status == "pending":
+                probe.status = "projecting"  # the search does not hand it out again
+                _project(probe, cfg, hw, mode, cache)
+        for r in bigger:
+            while r.status == "projecting":  # another task's probe
+                time.sleep(0.05)
+    known = [r for r in bigger if r.projection]
+    if not known:
+        return False
+    least = max(_smaller_microbatch_bound(c, cfg, r) for r in known)
+    row.least_compiled_seconds = max(row.least_compiled_seconds or 0.0, least)
+    if least < best():
+        return False
+    row.status = "pruned: time"
+    row.pruned_by = (f"its microbatches take at least {least:.4g} s (a larger microbatch of the "
+                     f"same stage, compiled) >= best {best():.4g} s")
+    return True
+
+
+def _unchunked(row: Row, cfg: ModelConfig, hw: Hardware, mode: str,
+               cache: ProgramCache) -> dict | None:
+    """`row`'s whole program projected at one batch chunk (kept on the row), None if it fails."""
     from helix_jax.analysis import project as P
 
+    if row.unchunked is None:
+        c = row.candidate
+        try:
+            row.unchunked = P.project(cfg, c.layout, hw, batch_chunks=1, mode=mode,
+                                      remat=c.remat, partitioner=c.partitioner, compiler=cache)
+        except Exception:  # noqa: BLE001 - one chunk may not build or compile: the fit will say
+            row.unchunked = {}
+    return row.unchunked or None
+
+
+def _recompute_floor(unchunked: dict) -> float:
+    """What recomputing more cannot take away from a step without recompute: its matmul and
+    attention kernels and its exposed non-data-parallel collectives (recompute only adds
+    kernels and collectives; it removes memory-bound stores of activations, and a longer
+    backward may hide more of the gradient reduction, so those parts are left out)."""
+    p = unchunked["projected"]
+    cb = p["compute_breakdown"]
+    return (cb["matmul_seconds"] + cb["attention_seconds"] + p["exposed_comm_seconds"]
+            - p.get("data_parallel_exposed_seconds", 0.0))
+
+
+def _unchunked_cannot_win(row: Row, rows: dict[str, Row], cfg: ModelConfig, hw: Hardware,
+                          mode: str, cache: ProgramCache, best: float) -> bool:
+    """Prune a whole-program forward or training step that cannot beat `best`, from the program
+    at one batch chunk (the first a fit compiles anyway). More chunks are never faster (each
+    re-reads the weights and repeats its collectives, and leaves less backward to hide the
+    gradient reduction behind), so the unchunked step is a least step. A training step that
+    recomputes (selective, full) is first held against its no-recompute sibling's unchunked
+    program (`_recompute_floor`), which saves compiling its own when that already loses.
+    `bound_violations` checks both on every candidate projected. True when pruned."""
     c = row.candidate
     if c.composed or mode not in ("forward", "train") or not math.isfinite(best):
         return False
-    try:
-        one = P.project(cfg, c.layout, hw, batch_chunks=1, mode=mode, remat=c.remat,
-                        partitioner=c.partitioner, compiler=cache)
-    except Exception:  # noqa: BLE001 - one chunk may not build or compile: the fit will say
+    if mode == "train" and c.remat != "none":
+        sibling = rows.get(dataclasses.replace(c, remat="none").label)
+        plain = _unchunked(sibling, cfg, hw, mode, cache) if sibling is not None else None
+        if plain is not None:
+            least = _recompute_floor(plain)
+            row.least_compiled_seconds = least
+            if least >= best:
+                row.status = "pruned: time"
+                row.pruned_by = (f"its no-recompute sibling's unchunked matmul, attention and "
+                                 f"exposed collectives take {least:.4g} s (compiled) >= best "
+                                 f"{best:.4g} s, and recompute only adds to them")
+                return True
+    one = _unchunked(row, cfg, hw, mode, cache)
+    if one is None:
         return False
-    row.unchunked_seconds = one["projected"]["step_seconds"]
-    if row.unchunked_seconds < best:
+    row.least_compiled_seconds = max(row.least_compiled_seconds or 0.0,
+                                     one["projected"]["step_seconds"])
+    if row.least_compiled_seconds < best:
         return False
     row.status = "pruned: time"
-    row.pruned_by = (f"its unchunked step {row.unchunked_seconds:.4g} s (compiled) >= best "
+    row.pruned_by = (f"its unchunked step {row.least_compiled_seconds:.4g} s (compiled) >= best "
                      f"{best:.4g} s, and more batch chunks are never faster")
     return True
 
@@ -570,7 +676,7 @@ def to_json(plan_: Plan) -> dict:
              "remat": r.candidate.remat, "partitioner": r.candidate.partitioner,
              "composed": r.candidate.composed, "status": r.status, "role": r.role,
              "bounds": r.bounds.to_json() if r.bounds else None,
-             "unchunked_seconds": r.unchunked_seconds,
+             "least_compiled_seconds": r.least_compiled_seconds,
              "projection": summary(r, plan_.hw), "error": r.error, "pruned_by": r.pruned_by}
             for label, r in plan_.rows.items()],
     }
