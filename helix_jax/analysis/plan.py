@@ -8,9 +8,11 @@ cheap lower bounds, compiled and priced by `project`, ranked.
    rest are projected in the order of their time bound, and one whose time bound exceeds the
    fastest step found so far (that fits) cannot win and is pruned. Bounds never exceed the
    projection, so pruning never drops the best; every projected candidate is checked against
-   its bounds and a violation is reported (`bound_violations`). A whole-program step is first
-   compiled at one batch chunk (the program its chunk search compiles first anyway): more
-   chunks are never faster, so if that step is no faster than the best it is pruned too.
+   its bounds and a violation is reported (`bound_violations`). Before a candidate is compiled
+   in full, a least step read off a program compiled anyway can prune it too: a whole-program
+   step's program at one batch chunk, the first its chunk search compiles
+   (`_unchunked_cannot_win`; for a recomputing step its no-recompute sibling's), or for a
+   composed step a larger microbatch of the same stage (`_smaller_microbatch_cannot_win`).
 3. `project` prices each survivor, its compiles going through `plan_cache.ProgramCache`, so a
    second run (another hardware profile, another batch with the same microbatch) re-prices
    without recompiling.
@@ -457,6 +459,9 @@ def _project_or_raise(row: Row, cfg: ModelConfig, hw: Hardware, mode: str,
     description = {"label": c.label, "cfg": dataclasses.asdict(cfg), "mode": mode}
     key = cache.priced_key(description, hardware_to_dict(hw))
     result = cache.priced(key)
+    if result is None and row.unchunked and row.unchunked["fits"]:
+        result = row.unchunked  # one chunk fits: what the chunk search would return
+        cache.store_priced(key, result)
     if result is None:
         try:
             result = P.project(cfg, c.layout, hw, mode=mode, remat=c.remat,
