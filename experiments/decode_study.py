@@ -20,8 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from helix_jax.analysis.hardware import load_hardware
-from helix_jax.analysis.project import project
+from helix_jax.analysis.costmodel.hardware import load_hardware
+from helix_jax.analysis.costmodel.project import project
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.report.fmt import num

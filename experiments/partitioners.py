@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from helix_jax.analysis.hardware import load_hardware
+from helix_jax.analysis.costmodel.hardware import load_hardware
 from helix_jax.analysis.partitioners import project_both
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout

@@ -22,7 +22,7 @@ Afterwards the README's planner block is rewritten from results/plan.json (`--no
 
 from __future__ import annotations
 
-from helix_jax.analysis.plan_cache import use_fast_codegen
+from helix_jax.analysis.planner.cache import use_fast_codegen
 
 use_fast_codegen()  # before jax starts: see plan_cache.FAST_CODEGEN_FLAGS
 from helix_jax.devices import ensure_host_devices
@@ -39,10 +39,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from helix_jax.analysis.hardware import load_hardware
-from helix_jax.analysis.plan import compare, option_changes, paper_anchors, plan
-from helix_jax.analysis.plan_bounds import whole_model_floor
-from helix_jax.analysis.plan_cache import ProgramCache
+from helix_jax.analysis.costmodel.hardware import load_hardware
+from helix_jax.analysis.planner.bounds import whole_model_floor
+from helix_jax.analysis.planner.cache import ProgramCache
+from helix_jax.analysis.planner.search import compare, option_changes, paper_anchors, plan
 from helix_jax.config import load_model_file, resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.report.fmt import num, pct

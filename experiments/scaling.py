@@ -2,7 +2,7 @@
 
 Every point is the full-size model compiled for a layout on fake devices (nothing allocated), its
 FLOPs, memory and collectives read off the program, priced on a hardware profile (default
-h100-paper: 4 GPUs per node); see `helix_jax.analysis.project`. Four sweeps, and one
+h100-paper: 4 GPUs per node); see `helix_jax.analysis.costmodel.project`. Four sweeps, and one
 analytic comparison:
 
   mxn     paper-dense on helix m x n = 1x16, 2x8, 4x4, 8x2, 16x1 (m: head-dim split, n: head
@@ -36,9 +36,9 @@ import time
 from pathlib import Path
 
 from helix_jax.analysis import load_hardware
-from helix_jax.analysis.formulas import DTYPE_BYTES
-from helix_jax.analysis.pricing import collective_seconds
-from helix_jax.analysis.project import project
+from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES
+from helix_jax.analysis.costmodel.pricing import collective_seconds
+from helix_jax.analysis.costmodel.project import project
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.report.fmt import gb, human, num
@@ -528,7 +528,7 @@ def markdown(report: dict) -> str:
         f"Every number except the decode section is a projection: the full-size model compiled "
         f"for the layout on fake devices, FLOPs, memory and collectives read off the program and "
         f"priced on **{meta['hardware']}** (NVLink, InfiniBand, GPUs per node and memory per the "
-        f"paper's cluster; `helix_jax.analysis.project`). Forward pass only."), "",
+        f"paper's cluster; `helix_jax.analysis.costmodel.project`). Forward pass only."), "",
         "## Summary (computed)", "", *[f"- {line}" for line in report["summary"]], ""]
     studies = {
         "mxn": "## helix m x n on paper-dense (16 devices)",

@@ -33,9 +33,9 @@ import sys
 import time
 from pathlib import Path
 
-from helix_jax.analysis.hardware import load_hardware
-from helix_jax.analysis.project import project
-from helix_jax.analysis.terms import model_flops_per_token
+from helix_jax.analysis.costmodel.hardware import load_hardware
+from helix_jax.analysis.costmodel.project import project
+from helix_jax.analysis.costmodel.terms import model_flops_per_token
 from helix_jax.config import load_model_file
 from helix_jax.layouts import parse_layout
 from helix_jax.report.fmt import num, pct
@@ -139,7 +139,7 @@ def markdown(report: dict) -> str:
             f"{pct(r['measured_mfu'])} | {r['memory_gb']:.0f} ({num(r['fits'])}) |")
     lines += ["", "Each projection compiles the program named below and extends the rest by "
               "formula (docs/cost-model.md); every hardware constant is in the profile with its "
-              "source (`helix_jax/analysis/hardware.py`). The Megatron-LM rows assume "
+              "source (`helix_jax/analysis/costmodel/hardware.py`). The Megatron-LM rows assume "
               "micro-batch 1, which its README does not state.", ""]
     for r in report["rows"]:
         lines.append(f"- **{r['label']}** (`{r['command']}`): compiled {r['compiled']}"

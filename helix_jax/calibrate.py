@@ -95,7 +95,7 @@ def calibrate(base: str = "h100-sxm", quick: bool = False, dtype: str | None = N
     """Measure and return (profile fields ready for JSON, the raw measurements)."""
     import jax
 
-    from helix_jax.analysis.hardware import hardware_to_dict, load_hardware
+    from helix_jax.analysis.costmodel.hardware import hardware_to_dict, load_hardware
 
     device = jax.devices()[0]
     dtype = dtype or ("float32" if device.platform == "cpu" else "bfloat16")

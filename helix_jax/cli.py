@@ -303,13 +303,13 @@ def _context_as_seq(args: argparse.Namespace) -> None:
 def cmd_project(args: argparse.Namespace) -> int:
     _context_as_seq(args)
     cfg, layout = _model_and_layout(args)
-    from helix_jax.analysis.hardware import load_hardware
+    from helix_jax.analysis.costmodel.hardware import load_hardware
 
     hw = load_hardware(args.hardware)
     checks.output_file(args.json, "--json")
     if args.mode != "train" and args.remat != "none":
         raise ValueError(f"--remat {args.remat} applies to --mode train only")
-    from helix_jax.analysis.project import check_partitioner as check_step
+    from helix_jax.analysis.costmodel.project import check_partitioner as check_step
     from helix_jax.devices import ensure_host_devices
 
     check_step(cfg, layout, args.mode, "gspmd" if args.partitioner == "both" else args.partitioner)
@@ -319,7 +319,7 @@ def cmd_project(args: argparse.Namespace) -> int:
                         else layout.devices)
     import json
 
-    from helix_jax.analysis.project import project
+    from helix_jax.analysis.costmodel.project import project
 
     chunks = None if args.batch_chunks == "auto" else int(args.batch_chunks)
     progress = lambda msg: print(f"  {msg}", file=sys.stderr)  # noqa: E731
@@ -387,7 +387,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from helix_jax.analysis.hardware import load_hardware
+    from helix_jax.analysis.costmodel.hardware import load_hardware
 
     load_hardware(args.base)  # a clear error before any measuring
     checks.output_file(args.out, "--out")
@@ -397,7 +397,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from helix_jax.analysis.hardware import load_hardware
+    from helix_jax.analysis.costmodel.hardware import load_hardware
 
     checks.output_dir(args.out, "--out")
     load_hardware(args.hardware)  # a clear error before any work

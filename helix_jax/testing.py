@@ -228,7 +228,7 @@ def compiled_text(cfg: ModelConfig, layout: str, mode: str = "forward") -> str:
 
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
-    from helix_jax.analysis.compiler import compile_program, compile_step
+    from helix_jax.analysis.costmodel.compiler import compile_program, compile_step
 
     sharded = Sharded.build(cfg, parse_layout(layout))
     compile_ = compile_program if mode in ("forward", "train") else compile_step

@@ -1,4 +1,4 @@
-"""helix_jax.analysis.flops: matmul FLOPs from compiled CPU HLO, with loop trip counts applied."""
+"""helix_jax.analysis.hlo.flops: matmul FLOPs from compiled CPU HLO, with loop trip counts applied."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from helix_jax.analysis.flops import matmul_flops, program_flops
+from helix_jax.analysis.hlo.flops import matmul_flops, program_flops
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.model import Sharded

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from helix_jax import npz
-from helix_jax.analysis.hardware import HARDWARE, hardware_to_dict
+from helix_jax.analysis.costmodel.hardware import HARDWARE, hardware_to_dict
 from helix_jax.errors import classify
 
 GPT = ('name = "mini"\nn_layers = 2\nd_model = 64\nn_heads = 4\nhead_dim = 16\nd_ff = 128\n'

@@ -60,7 +60,7 @@ def test_kvp_forward_equals_single(spec):
 
 
 def _decode_hlo(spec: str, context: int, model: str = "tiny-dense") -> str:
-    from helix_jax.analysis.compiler import compile_step
+    from helix_jax.analysis.costmodel.compiler import compile_step
 
     cfg = resolve_model(model).replace(seq=context, kv_block=0)
     return compile_step(Sharded.build(cfg, parse_layout(spec)), "decode").as_text()
@@ -148,8 +148,8 @@ def test_bad_decode_inputs_are_one_line_errors(args, message, tmp_path):
 
 
 def test_decode_and_prefill_projections_are_never_below_their_hbm_time():
-    from helix_jax.analysis.hardware import HARDWARE
-    from helix_jax.analysis.project import project
+    from helix_jax.analysis.costmodel.hardware import HARDWARE
+    from helix_jax.analysis.costmodel.project import project
 
     cfg = resolve_model("tiny-dense").replace(seq=64)
     for mode in ("prefill", "decode"):

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from helix_jax.analysis import project as P
-from helix_jax.analysis.compiler import compile_program
-from helix_jax.analysis.cost import read_memory
+from helix_jax.analysis.costmodel import project as P
+from helix_jax.analysis.costmodel.compiler import compile_program
+from helix_jax.analysis.hlo.compiled import read_memory
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
 

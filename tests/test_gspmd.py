@@ -11,10 +11,10 @@ import pytest
 
 from helix_jax import cli, npz, testing
 from helix_jax.analysis import load_hardware
-from helix_jax.analysis.hlo import parse_replica_groups
+from helix_jax.analysis.costmodel.project import project
+from helix_jax.analysis.costmodel.sites import collective_sites
+from helix_jax.analysis.hlo.collectives import parse_replica_groups
 from helix_jax.analysis.partitioners import project_both
-from helix_jax.analysis.project import project
-from helix_jax.analysis.sites import collective_sites
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.model import Sharded, random_input
@@ -87,7 +87,7 @@ def sites(cfg, spec: str) -> Counter:
     """(op, mesh axes, executions, first operand shape) -> how many, in XLA's program."""
     sharded = Sharded.build(cfg, parse_layout(spec), partitioner="gspmd")
     hlo = sharded.forward_fn().lower(*sharded.abstract_inputs()).compile().as_text()
-    from helix_jax.analysis.hlo import collectives
+    from helix_jax.analysis.hlo.collectives import collectives
 
     shapes = {c.name: c.operand_shapes[0] for c in collectives(hlo)}
     return Counter((s["op"], tuple(s["axes"]), s["count"], shapes[s["name"]])

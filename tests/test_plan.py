@@ -10,12 +10,12 @@ import pytest
 
 from helix_jax import cli
 from helix_jax.analysis import collectives, load_hardware, matmul_flops, memo
-from helix_jax.analysis.compiler import compile_program
-from helix_jax.analysis.hlo_module import parse_module
-from helix_jax.analysis.plan import TERMS, bound_violations, plan, step_terms
-from helix_jax.analysis.plan_cache import ProgramCache
-from helix_jax.analysis.plan_space import enumerate_candidates, parse_candidate, short_spec
-from helix_jax.analysis.project import project
+from helix_jax.analysis.costmodel.compiler import compile_program
+from helix_jax.analysis.costmodel.project import project
+from helix_jax.analysis.hlo.module import parse_module
+from helix_jax.analysis.planner.cache import ProgramCache
+from helix_jax.analysis.planner.search import TERMS, bound_violations, plan, step_terms
+from helix_jax.analysis.planner.space import enumerate_candidates, parse_candidate, short_spec
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.model import Sharded
@@ -164,7 +164,7 @@ def _check_least_steps(full, cfg, hw):
     a search that projected them all: a composed step is at least its share of any larger
     microbatch of the same stage; a recomputing whole step is at least the matmul, attention
     and exposed collectives of its no-recompute sibling's unchunked program."""
-    from helix_jax.analysis import plan as PL
+    from helix_jax.analysis.planner import search as PL
 
     rows = [r for r in full.rows.values() if r.projection]
     pairs = [(r, o) for r in rows for o in rows if r.candidate.composed and o.candidate.composed
@@ -186,7 +186,7 @@ def test_least_steps_from_larger_microbatches_hold():
     """Composed training steps of one stage (tp=2, pp=2) at four microbatch sizes and two
     data-parallel degrees, each projected: each is at least its share of every larger
     microbatch of the same stage."""
-    from helix_jax.analysis import plan as PL
+    from helix_jax.analysis.planner import search as PL
 
     cfg = TINY.replace(batch=8)
     hw = dataclasses.replace(HW, hbm_capacity_bytes=1e9, nvlink_bytes_per_s=1e13,
@@ -236,8 +236,8 @@ def test_helix_plan_end_to_end(tmp_path, capsys):
 def test_a_kv_cache_no_layout_can_hold_is_explained_with_the_batch_that_could():
     """Weights and KV cache beyond all the devices together: every candidate is pruned without a
     compile, and the plan says why and which batch could fit, from the cache's size by formula."""
-    from helix_jax.analysis.plan import nothing_fits
-    from helix_jax.analysis.plan_bounds import whole_model_floor
+    from helix_jax.analysis.planner.bounds import whole_model_floor
+    from helix_jax.analysis.planner.search import nothing_fits
 
     cfg = TINY.replace(batch=8)
     kv_per_sequence = cfg.n_layers * 2 * cfg.seq * cfg.n_heads * cfg.head_dim * 2  # k and v, fp16

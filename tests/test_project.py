@@ -6,8 +6,8 @@ import pytest
 
 from helix_jax import cli
 from helix_jax.analysis import load_hardware
-from helix_jax.analysis.formulas import forward_flops_per_token
-from helix_jax.analysis.project import project
+from helix_jax.analysis.costmodel.formulas import forward_flops_per_token
+from helix_jax.analysis.costmodel.project import project
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
 

@@ -4,9 +4,9 @@ in compiled programs carry exactly the attention's FLOPs."""
 
 import pytest
 
-from helix_jax.analysis.hardware import HARDWARE
-from helix_jax.analysis.roofline import kernels
-from helix_jax.analysis.terms import score_blocks
+from helix_jax.analysis.costmodel.hardware import HARDWARE
+from helix_jax.analysis.costmodel.roofline import kernels
+from helix_jax.analysis.costmodel.terms import score_blocks
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.model import Sharded

@@ -1,7 +1,7 @@
 """The sensitivity study of the hardware constants (experiments/sensitivity.py): every quoted
 range holds its profile's value, and a faster constant never makes a projected step slower."""
 
-from helix_jax.analysis.hardware import load_hardware
+from helix_jax.analysis.costmodel.hardware import load_hardware
 from helix_jax.report.sensitivity import RANGES, markdown, study
 
 TINY = """name = "tiny-validated"

@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helix_jax.analysis.flops import matmul_flops
-from helix_jax.analysis.hardware import HARDWARE, hardware_to_dict, load_hardware
-from helix_jax.analysis.pricing import measured_seconds
-from helix_jax.analysis.project import project
+from helix_jax.analysis.costmodel.hardware import HARDWARE, hardware_to_dict, load_hardware
+from helix_jax.analysis.costmodel.pricing import measured_seconds
+from helix_jax.analysis.costmodel.project import project
+from helix_jax.analysis.hlo.flops import matmul_flops
 from helix_jax.config import dump_model_file, load_model_file, resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.model import Sharded

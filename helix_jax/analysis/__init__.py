@@ -1,16 +1,23 @@
-"""Read a compiled program's collectives, FLOPs and memory, and price them on a hardware profile."""
+"""Analysis of compiled programs, in three parts whose imports point one way:
 
-from helix_jax.analysis.cost import read_cost, read_memory, scale_for_loops
-from helix_jax.analysis.flops import matmul_flops, program_flops
-from helix_jax.analysis.hardware import HARDWARE, Hardware, load_hardware
-from helix_jax.analysis.hlo import (
+  hlo/        read an XLA program (ops, loops, FLOPs, collectives, memory); no model, no hardware
+  costmodel/  hardware profiles, pricing, and the projection of one layout (reads hlo/)
+  planner/    the search over layouts (calls costmodel/ with a compiler it is handed)
+
+plus `partitioners` (the hand-written and XLA's collectives of one layout, side by side). The
+names below are the ones notebooks and tests reach for most."""
+
+from helix_jax.analysis.costmodel.hardware import HARDWARE, Hardware, load_hardware
+from helix_jax.analysis.costmodel.pricing import collective_seconds, collective_time, crosses_nodes
+from helix_jax.analysis.hlo.collectives import (
     Collective,
     collectives,
     device_groups_cross_nodes,
     parse_replica_groups,
     while_trip_counts,
 )
-from helix_jax.analysis.pricing import collective_seconds, collective_time, crosses_nodes
+from helix_jax.analysis.hlo.compiled import read_cost, read_memory, scale_for_loops
+from helix_jax.analysis.hlo.flops import matmul_flops, program_flops
 
 __all__ = [
     "HARDWARE",

@@ -290,6 +290,6 @@ class Attention(nnx.Module):
 
 # The scope every attention core runs under (defined last, so the source lines that compiled
 # programs cite above stay put): on a GPU the core is one fused (flash) kernel, and the roofline
-# (analysis/roofline.py) prices whatever the compiled program keeps under this name as that
+# (analysis/costmodel/roofline.py) prices whatever the compiled program keeps under this name as that
 # kernel. One constant for both, so a rename cannot silently un-fuse attention.
 ATTENTION_SCOPE = "attention_core"

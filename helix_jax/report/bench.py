@@ -51,7 +51,7 @@ def measure(cfg: ModelConfig, layout: Layout, warmup: int = 2, repeat: int = 5, 
     import jax
     import numpy as np
 
-    from helix_jax.analysis.cost import read_memory
+    from helix_jax.analysis.hlo.compiled import read_memory
     from helix_jax.model import Sharded, random_input
 
     sharded = Sharded.build(cfg, layout)

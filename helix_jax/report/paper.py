@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from helix_jax.analysis.hardware import Hardware
+from helix_jax.analysis.costmodel.hardware import Hardware
 from helix_jax.config import ModelConfig, resolve_model
 from helix_jax.report.fmt import gb, num, pct
 from helix_jax.report.ranking import fastest_that_fits, full_projection
@@ -93,7 +93,7 @@ def limits(cfg: ModelConfig, hw: Hardware, devices: int = DEVICES) -> dict[str, 
     The decode bound: one decode step (one new token for each of the B sequences) must read the
     whole KV cache, 2·L·B·S·H·d elements, from HBM at no more than the datasheet rate.
     """
-    from helix_jax.analysis.formulas import DTYPE_BYTES, forward_flops_per_token
+    from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES, forward_flops_per_token
 
     f_full = forward_flops_per_token(cfg.replace(causal=False))
     f_causal = forward_flops_per_token(cfg.replace(causal=True))

@@ -1,7 +1,7 @@
 """`helix plan` as a reader sees it: the ranked table, the one-line reason the best wins, `--explain`
 for any layout, the JSON and the Pareto chart of memory per device against step time.
 
-The search itself is `helix_jax.analysis.plan`; this module only formats what it found.
+The search itself is `helix_jax.analysis.planner.search`; this module only formats what it found.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from helix_jax.report.fmt import gb, num, pct
 
 if TYPE_CHECKING:  # the analysis (and jax) load when a plan runs, not when the CLI starts
-    from helix_jax.analysis.plan import Plan
+    from helix_jax.analysis.planner.search import Plan
 
 SHORT_TERM = {"compute": "compute", "HBM": "HBM", "exposed NVLink": "NVLink",
               "exposed InfiniBand": "InfiniBand", "pipeline bubble": "bubble"}
@@ -59,7 +59,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
 
 def describe_best(plan: Plan) -> str:
     """'dp: compute 3.06 s of its 3.06 s step, no exposed communication'."""
-    from helix_jax.analysis.plan import TERMS, step_terms
+    from helix_jax.analysis.planner.search import TERMS, step_terms
 
     best = plan.best
     if best is None:
@@ -92,7 +92,7 @@ def loses_line(c: dict) -> str:
 
 def reason_line(plan: Plan) -> str:
     """The one line saying why the best wins against the named layouts."""
-    from helix_jax.analysis.plan import compare
+    from helix_jax.analysis.planner.search import compare
 
     if plan.best is None:
         return "no candidate fits"
@@ -104,7 +104,7 @@ def reason_line(plan: Plan) -> str:
 def explain_lines(plan: Plan, label: str) -> list[str]:
     """Why candidate `label` is where it is: status, rank, its step term by term against the
     best, memory, its heaviest collectives and, for a pruned one, the bound that pruned it."""
-    from helix_jax.analysis.plan import compare, option_changes, summary
+    from helix_jax.analysis.planner.search import compare, option_changes, summary
 
     row = plan.rows[label]
     out = [f"{label} ({row.role or 'candidate'}): {row.status}"
@@ -150,7 +150,7 @@ def print_plan(plan: Plan, top: int = 10) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from helix_jax.analysis.plan import summary
+    from helix_jax.analysis.planner.search import summary
 
     console = Console(width=None if sys.stdout.isatty() else 150)
     cfg, n = plan.cfg, plan.counts()
@@ -185,7 +185,7 @@ def print_plan(plan: Plan, top: int = 10) -> None:
                       "best" if i == 1 else f"+{pct(s['step_seconds'] / best.step - 1)}")
     console.print(table)
     if best is None:
-        from helix_jax.analysis.plan import nothing_fits
+        from helix_jax.analysis.planner.search import nothing_fits
 
         console.print("[red]no candidate fits[/]: " + nothing_fits(plan))
         return
@@ -202,7 +202,7 @@ def print_plan(plan: Plan, top: int = 10) -> None:
 
 def plan_report(plan: Plan, command: str) -> dict:
     """The plan's JSON with provenance, the reason line and the explanations as text."""
-    from helix_jax.analysis.plan import to_json
+    from helix_jax.analysis.planner.search import to_json
     from helix_jax.report.provenance import generated_by
 
     out = {"generated_by": generated_by(command), **to_json(plan)}
@@ -294,9 +294,9 @@ def run_plan(args: argparse.Namespace, cfg, command: str) -> int:
     """`helix plan` after the CLI has read the model: check every input, search, print, write."""
     import json
 
-    from helix_jax.analysis.hardware import load_hardware
-    from helix_jax.analysis.plan import checked_target, paper_anchors
-    from helix_jax.analysis.plan import plan as search
+    from helix_jax.analysis.costmodel.hardware import load_hardware
+    from helix_jax.analysis.planner.search import checked_target, paper_anchors
+    from helix_jax.analysis.planner.search import plan as search
     from helix_jax.checks import atomic_output, output_file
     from helix_jax.layouts import LAYOUTS
     from helix_jax.limits import MAX_DEVICES, MAX_HOST_DEVICES, MAX_WHOLE_DEVICES
@@ -313,7 +313,7 @@ def run_plan(args: argparse.Namespace, cfg, command: str) -> int:
     output_file(args.chart, "--chart")
     for text in args.explain:  # read before any work: a typo is an error, not a wasted run
         checked_target(text, cfg, args.devices, args.mode)
-    from helix_jax.analysis.plan_cache import ProgramCache, default_dir, use_fast_codegen
+    from helix_jax.analysis.planner.cache import ProgramCache, default_dir, use_fast_codegen
     from helix_jax.devices import ensure_host_devices
 
     use_fast_codegen()

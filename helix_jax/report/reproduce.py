@@ -122,7 +122,7 @@ def run_row(table: TableSpec, row: RowSpec, hw, *, measure: bool, warmup: int, r
             params_cache: dict | None = None, train: bool = True) -> dict:
     """Projection (forward and, with `train`, a training step) and measurement of one row;
     errors are recorded, not raised."""
-    from helix_jax.analysis.project import project
+    from helix_jax.analysis.costmodel.project import project
     from helix_jax.config import resolve_model
     from helix_jax.layouts import parse_layout
     from helix_jax.report import bench, paper

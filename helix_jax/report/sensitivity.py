@@ -8,9 +8,9 @@ import dataclasses
 import statistics
 from pathlib import Path
 
-from helix_jax.analysis.hardware import load_hardware
-from helix_jax.analysis.plan_cache import ProgramCache
-from helix_jax.analysis.project import project
+from helix_jax.analysis.costmodel.hardware import load_hardware
+from helix_jax.analysis.costmodel.project import project
+from helix_jax.analysis.planner.cache import ProgramCache
 from helix_jax.config import load_model_file
 from helix_jax.layouts import parse_layout
 from helix_jax.report.fmt import pct
@@ -89,7 +89,7 @@ def markdown(report: dict) -> str:
              "Every published training step of `experiments/validate_measured.py`, projected with "
              "one constant of its profile at each end of the range its sources quote (the others "
              "as they are). The error is projected / measured − 1; the profiles' own values are "
-             f"in `helix_jax/analysis/hardware.py`. With the profiles as they are the median "
+             f"in `helix_jax/analysis/costmodel/hardware.py`. With the profiles as they are the median "
              f"|error| over these rows is {pct(report['median_abs_error'])}.", "",
              "| constant | profile value | quoted range | median abs error at low / high | "
              "largest |shift| of a row | source of the range |", "|---|---|---|---|---|---|"]

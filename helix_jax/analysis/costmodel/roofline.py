@@ -26,9 +26,9 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
-from helix_jax.analysis.flops import OP_NAME, dims_attr
-from helix_jax.analysis.hlo_module import HloModule, Instruction, array_bytes, parse_arrays, parse_module
-from helix_jax.analysis.memo import per_program
+from helix_jax.analysis.hlo.flops import OP_NAME, dims_attr
+from helix_jax.analysis.hlo.memo import per_program
+from helix_jax.analysis.hlo.module import HloModule, Instruction, array_bytes, parse_arrays, parse_module
 from helix_jax.nn.attention import ATTENTION_SCOPE
 
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional",

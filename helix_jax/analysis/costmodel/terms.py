@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 
-from helix_jax.analysis.formulas import forward_flops_per_token
-from helix_jax.analysis.hardware import Hardware
-from helix_jax.analysis.hlo import collectives
-from helix_jax.analysis.pricing import collective_time, crosses_nodes
+from helix_jax.analysis.costmodel.formulas import forward_flops_per_token
+from helix_jax.analysis.costmodel.hardware import Hardware
+from helix_jax.analysis.costmodel.pricing import collective_time, crosses_nodes
+from helix_jax.analysis.hlo.collectives import collectives
 from helix_jax.config import ModelConfig
 from helix_jax.layouts import Layout
 

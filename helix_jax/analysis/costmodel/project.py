@@ -25,15 +25,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 
-from helix_jax.analysis.compiler import DIRECT, Compiler
-from helix_jax.analysis.compose import project_composed
-from helix_jax.analysis.cost import read_memory
-from helix_jax.analysis.flops import matmul_flops
-from helix_jax.analysis.formulas import DTYPE_BYTES, expected_comm_bytes
-from helix_jax.analysis.hardware import Hardware
-from helix_jax.analysis.roofline import compute_time
-from helix_jax.analysis.sites import collective_sites
-from helix_jax.analysis.terms import (
+from helix_jax.analysis.costmodel.compiler import DIRECT, Compiler
+from helix_jax.analysis.costmodel.compose import project_composed
+from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES, expected_comm_bytes
+from helix_jax.analysis.costmodel.hardware import Hardware
+from helix_jax.analysis.costmodel.roofline import compute_time
+from helix_jax.analysis.costmodel.sites import collective_sites
+from helix_jax.analysis.costmodel.terms import (
     analysed_config,
     build_sharded,
     model_flops_per_token,
@@ -42,6 +40,8 @@ from helix_jax.analysis.terms import (
     pricing_terms,
     score_blocks,
 )
+from helix_jax.analysis.hlo.compiled import read_memory
+from helix_jax.analysis.hlo.flops import matmul_flops
 from helix_jax.config import ModelConfig
 from helix_jax.gspmd import check_partitioner as check_layout
 from helix_jax.layouts import Layout
@@ -287,7 +287,7 @@ def hbm_floor_bytes(sharded) -> float:
     """Bytes a step must read from HBM at least, per device: its 16-bit weights and its KV cache."""
     import math
 
-    from helix_jax.analysis.compose import local_parameter_count
+    from helix_jax.analysis.costmodel.compose import local_parameter_count
 
     cfg = sharded.cfg
     elem = DTYPE_BYTES[cfg.dtype]

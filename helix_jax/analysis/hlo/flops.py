@@ -46,9 +46,9 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from helix_jax.analysis.cost import read_cost
-from helix_jax.analysis.hlo_module import HloModule, Instruction, attribute, parse_arrays, parse_module
-from helix_jax.analysis.memo import per_program
+from helix_jax.analysis.hlo.compiled import read_cost
+from helix_jax.analysis.hlo.memo import per_program
+from helix_jax.analysis.hlo.module import HloModule, Instruction, attribute, parse_arrays, parse_module
 
 MATMUL_OPCODES = ("dot", "convolution", "ragged-dot")
 _MATMUL_LIKE_TARGET = re.compile(r"matmul|gemm|dot|conv|einsum", re.I)

@@ -34,19 +34,16 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from helix_jax.analysis import memo
-from helix_jax.analysis.compiler import DIRECT
+from helix_jax.analysis.costmodel.compiler import DIRECT
+from helix_jax.analysis.hlo import memo
 
 ENV = "HELIX_PLAN_CACHE"  # overrides the default cache folder
-_PACKAGE = Path(__file__).resolve().parent.parent
-# Source files that never change what is compiled: pricing, reporting, the CLI, the planner.
-_PRICING_ONLY = {"analysis/roofline.py", "analysis/pricing.py", "analysis/hardware.py",
-                 "analysis/hlo.py", "analysis/hlo_module.py", "analysis/flops.py",
-                 "analysis/cost.py", "analysis/formulas.py", "analysis/__init__.py", "cli.py",
-                 "calibrate.py", "decode.py", "distributed.py", "checkpoint.py", "npz.py"}
-# The planner itself: it decides what to project, not what a projection is.
-_PLANNER = {"analysis/plan.py", "analysis/plan_cache.py", "analysis/plan_bounds.py",
-            "analysis/plan_space.py"}
+_PACKAGE = Path(__file__).resolve().parents[2]  # helix_jax/
+# Source files (besides analysis/hlo/) that never change what is compiled, only its price.
+_PRICING_ONLY = {"analysis/costmodel/roofline.py", "analysis/costmodel/pricing.py",
+                 "analysis/costmodel/hardware.py", "analysis/costmodel/formulas.py",
+                 "analysis/__init__.py", "cli.py", "calibrate.py", "decode.py", "distributed.py",
+                 "checkpoint.py", "npz.py"}
 _MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
                   "alias_size_in_bytes", "generated_code_size_in_bytes")
 
@@ -81,9 +78,12 @@ def source_hash(pricing_too: bool) -> str:
     h = hashlib.sha256()
     for path in sorted(_PACKAGE.rglob("*.py")):
         rel = path.relative_to(_PACKAGE).as_posix()
-        if rel.startswith("report/") or rel in _PLANNER:
+        # the report layer and the planner itself (it decides what to project, not what a
+        # projection is) change neither a program nor its price; the HLO reader and the
+        # pricing files change only the price
+        if rel.startswith(("report/", "analysis/planner/")):
             continue
-        if not pricing_too and rel in _PRICING_ONLY:
+        if not pricing_too and (rel in _PRICING_ONLY or rel.startswith("analysis/hlo/")):
             continue
         h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()

@@ -41,11 +41,11 @@ import functools
 import math
 from dataclasses import dataclass
 
-from helix_jax.analysis.compose import activation_bytes_per_layer, in_flight, local_parameter_count
-from helix_jax.analysis.formulas import DTYPE_BYTES, expected_comm_bytes
-from helix_jax.analysis.hardware import Hardware
-from helix_jax.analysis.plan_space import Candidate
-from helix_jax.analysis.terms import analysed_config, build_sharded
+from helix_jax.analysis.costmodel.compose import activation_bytes_per_layer, in_flight, local_parameter_count
+from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES, expected_comm_bytes
+from helix_jax.analysis.costmodel.hardware import Hardware
+from helix_jax.analysis.costmodel.terms import analysed_config, build_sharded
+from helix_jax.analysis.planner.space import Candidate
 from helix_jax.config import ModelConfig
 from helix_jax.layouts import parse_layout
 
@@ -138,7 +138,7 @@ def bounds(c: Candidate, cfg: ModelConfig, hw: Hardware, mode: str) -> Bounds:
     local = _local_params(analysed, lay.spec)
     weights_read = local * elem / hw.hbm_bytes_per_s
     if mode in ("prefill", "decode"):
-        from helix_jax.analysis.project import hbm_floor_bytes
+        from helix_jax.analysis.costmodel.project import hbm_floor_bytes
 
         floor_bytes = hbm_floor_bytes(build_sharded(analysed, lay, 1))
         T = cfg.seq if mode == "prefill" else 1
@@ -228,7 +228,7 @@ class Floor:
 def whole_model_floor(cfg: ModelConfig, hw: Hardware, devices: int, mode: str) -> Floor:
     """The `Floor` of `cfg` in `mode` on `devices` devices of `hw` (bytes per parameter as in
     `bounds`: 4 to run forward, 12 to train, 16-bit weights to prefill or decode)."""
-    from helix_jax.analysis.project import hbm_floor_bytes
+    from helix_jax.analysis.costmodel.project import hbm_floor_bytes
 
     analysed = analysed_config(cfg)
     whole = build_sharded(analysed, parse_layout("single"), 1)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from helix_jax.analysis.hlo_module import (
+from helix_jax.analysis.hlo.memo import per_program
+from helix_jax.analysis.hlo.module import (
     HloModule,
     Instruction,
     array_bytes,
@@ -24,7 +25,6 @@ from helix_jax.analysis.hlo_module import (
     parse_arrays,
     parse_module,
 )
-from helix_jax.analysis.memo import per_program
 
 Shape = tuple[int, ...]
 

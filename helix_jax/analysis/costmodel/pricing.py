@@ -30,8 +30,8 @@ import bisect
 import math
 from collections.abc import Callable
 
-from helix_jax.analysis.hardware import Hardware
-from helix_jax.analysis.hlo import Collective, device_groups_cross_nodes
+from helix_jax.analysis.costmodel.hardware import Hardware
+from helix_jax.analysis.hlo.collectives import Collective, device_groups_cross_nodes
 
 _OPS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 

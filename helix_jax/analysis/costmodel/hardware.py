@@ -23,7 +23,7 @@ class Hardware:
 
     The fields after `notes` are optional refinements, each 0 or empty when a profile has no
     measurement for it (the simpler model then applies, see docs/cost-model.md):
-      sm_count, mm_tile_m, mm_tile_n   GEMM tile x wave quantization (analysis/roofline.py)
+      sm_count, mm_tile_m, mm_tile_n   GEMM tile x wave quantization (analysis/costmodel/roofline.py)
       attention_flops_per_s            achieved rate of a fused attention kernel
       allreduce_busbw                  measured all-reduce bus bandwidth inside a node, as
                                        ((bytes, busbw bytes/s), ...) by message size

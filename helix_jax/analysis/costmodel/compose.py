@@ -32,14 +32,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from helix_jax.analysis.compiler import DIRECT, Compiler
-from helix_jax.analysis.cost import read_memory
-from helix_jax.analysis.flops import matmul_flops
-from helix_jax.analysis.formulas import DTYPE_BYTES
-from helix_jax.analysis.hardware import Hardware
-from helix_jax.analysis.pricing import collective_seconds, measured_seconds
-from helix_jax.analysis.roofline import compute_time
-from helix_jax.analysis.terms import (
+from helix_jax.analysis.costmodel.compiler import DIRECT, Compiler
+from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES
+from helix_jax.analysis.costmodel.hardware import Hardware
+from helix_jax.analysis.costmodel.pricing import collective_seconds, measured_seconds
+from helix_jax.analysis.costmodel.roofline import compute_time
+from helix_jax.analysis.costmodel.terms import (
     analysed_config,
     build_sharded,
     model_flops_per_token,
@@ -48,6 +46,8 @@ from helix_jax.analysis.terms import (
     pricing_terms,
     score_blocks,
 )
+from helix_jax.analysis.hlo.compiled import read_memory
+from helix_jax.analysis.hlo.flops import matmul_flops
 from helix_jax.config import ModelConfig
 from helix_jax.layouts import Layout, parse_layout
 from helix_jax.limits import MAX_WHOLE_DEVICES

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from helix_jax.analysis.hlo_module import parse_module
+from helix_jax.analysis.hlo.module import parse_module
 
 
 def _cost_dict(compiled: Any) -> dict:

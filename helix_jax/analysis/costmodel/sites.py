@@ -14,11 +14,11 @@ import dataclasses
 import re
 from pathlib import Path
 
-from helix_jax.analysis.hardware import Hardware
-from helix_jax.analysis.hlo import Collective, collectives
-from helix_jax.analysis.hlo_module import attribute, parse_module
-from helix_jax.analysis.memo import per_program
-from helix_jax.analysis.pricing import collective_time, crosses_nodes
+from helix_jax.analysis.costmodel.hardware import Hardware
+from helix_jax.analysis.costmodel.pricing import collective_time, crosses_nodes
+from helix_jax.analysis.hlo.collectives import Collective, collectives
+from helix_jax.analysis.hlo.memo import per_program
+from helix_jax.analysis.hlo.module import attribute, parse_module
 from helix_jax.layouts import Layout
 
 _SECTIONS = ("FileNames", "FunctionNames", "FileLocations", "StackFrames")
@@ -100,7 +100,7 @@ def mesh_axes_of(c: Collective, layout: Layout) -> tuple[str, ...] | None:
     groups, e.g. a permutation that is not a shift along axes)."""
     from itertools import combinations
 
-    from helix_jax.analysis.terms import axis_groups
+    from helix_jax.analysis.costmodel.terms import axis_groups
 
     if c.op == "collective-permute":
         groups = {frozenset(p) for p in c.source_target_pairs if p[0] != p[1]}

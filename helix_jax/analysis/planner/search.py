@@ -33,10 +33,10 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from helix_jax.analysis.hardware import Hardware, hardware_to_dict
-from helix_jax.analysis.plan_bounds import Bounds, bounds, whole_model_floor
-from helix_jax.analysis.plan_cache import ProgramCache
-from helix_jax.analysis.plan_space import (
+from helix_jax.analysis.costmodel.hardware import Hardware, hardware_to_dict
+from helix_jax.analysis.planner.bounds import Bounds, bounds, whole_model_floor
+from helix_jax.analysis.planner.cache import ProgramCache
+from helix_jax.analysis.planner.space import (
     Candidate,
     default_gspmd,
     enumerate_candidates,
@@ -382,7 +382,7 @@ def _smaller_microbatch_cannot_win(row: Row, rows: dict[str, Row], cfg: ModelCon
 def _unchunked(row: Row, cfg: ModelConfig, hw: Hardware, mode: str,
                cache: ProgramCache) -> dict | None:
     """`row`'s whole program projected at one batch chunk (kept on the row), None if it fails."""
-    from helix_jax.analysis import project as P
+    from helix_jax.analysis.costmodel import project as P
 
     if row.unchunked is None:
         c = row.candidate
@@ -453,7 +453,7 @@ def _project(row: Row, cfg: ModelConfig, hw: Hardware, mode: str, cache: Program
 
 def _project_or_raise(row: Row, cfg: ModelConfig, hw: Hardware, mode: str,
                       cache: ProgramCache) -> None:
-    from helix_jax.analysis import project as P
+    from helix_jax.analysis.costmodel import project as P
 
     c = row.candidate
     description = {"label": c.label, "cfg": dataclasses.asdict(cfg), "mode": mode}

@@ -204,7 +204,7 @@ def _gspmd_runs(cfg: ModelConfig, layout: Layout, mode: str) -> bool:
     """Whether the gspmd partitioner applies (`project.check_partitioner`: not to pipelines,
     composed training steps or KV-cache steps), and gives a program of its own: under gspmd the
     qk_gather core is the same program as score_psum (XLA picks the score reduction)."""
-    from helix_jax.analysis.project import check_partitioner
+    from helix_jax.analysis.costmodel.project import check_partitioner
 
     if layout.options.get("core") == "qk_gather":
         return False

@@ -1,0 +1,72 @@
+"""The named choices the library offers, each in one place: the CLI's strings are the enum values
+(a `StrEnum` compares equal to its string), so `--mode train`, `Mode.TRAIN` and `"train"` are the
+same thing, and a list of choices is `tuple(Enum)`, never retyped."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Mode(StrEnum):
+    """What program a projection or measurement compiles."""
+
+    FORWARD = "forward"
+    TRAIN = "train"
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+class Remat(StrEnum):
+    """Activation recompute in the backward: none, the attention core, or every layer."""
+
+    NONE = "none"
+    SELECTIVE = "selective"
+    FULL = "full"
+
+
+class Partitioner(StrEnum):
+    """Who places the collectives: the hand-written shard_map layouts, or XLA (GSPMD)."""
+
+    SHARD_MAP = "shard_map"
+    GSPMD = "gspmd"
+
+
+class Core(StrEnum):
+    """How attention runs when the head dimension is split (helix m > 1)."""
+
+    SCORE_PSUM = "score_psum"
+    SEQ_A2A = "seq_a2a"
+    QK_GATHER = "qk_gather"
+
+
+class Schedule(StrEnum):
+    """Pipeline schedules; 1f1b with virtual=V > 1 is interleaved."""
+
+    GPIPE = "gpipe"
+    ONE_F_ONE_B = "1f1b"
+
+
+class Placement(StrEnum):
+    """Where a tp-pp layout puts a tensor-parallel group's stages: tensor ranks share a node
+    (tensor-inner, Megatron's default), or the stages of one tensor rank do (stage-inner)."""
+
+    TENSOR_INNER = "tensor-inner"
+    STAGE_INNER = "stage-inner"
+
+
+class RowStatus(StrEnum):
+    """Where a planner candidate stands."""
+
+    PENDING = "pending"
+    PROJECTING = "projecting"
+    RANKED = "ranked"
+    DOES_NOT_FIT = "does not fit"
+    ERROR = "error"
+    PRUNED_MEMORY = "pruned: memory"
+    PRUNED_TIME = "pruned: time"
+    SKIPPED_RECOMPUTE = "skipped: recompute"
+
+
+def choices(enum: type[StrEnum]) -> tuple[str, ...]:
+    """The enum's values as plain strings, in order (for argparse and messages)."""
+    return tuple(e.value for e in enum)
