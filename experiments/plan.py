@@ -16,6 +16,7 @@ configurations of the validation set. Writes results/plan.{json,md,png}.
             projected beside the best.
 
     python experiments/plan.py [--out results] [--only paper|megatron] [--cache-dir D]
+    python experiments/plan.py --render-only   # plan.md and the README block from plan.json
 
 Afterwards the README's planner block is rewritten from results/plan.json (`--no-readme` to skip).
 """
@@ -47,6 +48,7 @@ from helix_jax.config import load_model_file, resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.report.fmt import num, pct
 from helix_jax.report.planning import (
+    best_candidate,
     draw_pareto,
     plan_report,
     readme_block,
@@ -54,6 +56,7 @@ from helix_jax.report.planning import (
     run_mode,
 )
 from helix_jax.report.provenance import generated_by, markdown_header
+from helix_jax.report.wording import mark_why, priced_only_footnote, priced_only_mark, rendered_note
 
 HERE = Path(__file__).resolve().parent
 PAPER = [(model, hw, mode) for hw in ("h100-paper", "dgx-h100")
@@ -171,15 +174,18 @@ def megatron_section(cache_dir: Path) -> list[dict]:
 # ----------------------------------------------------------------------------- writing
 
 def _top(r: dict, k: int = 5) -> list[str]:
+    """The `k` fastest layouts of one search, tokens/s of the mode searched."""
     rows = {c["label"]: c for c in r["candidates"]}
-    out = ["| # | layout | step s | tokens/s | MFU | GB/device | dominant |", "|---|---|---|---|---|---|---|"]
+    out = [f"| # | layout | step s | {r['mode']} tokens/s | MFU | GB/device | dominant |",
+           "|---|---|---|---|---|---|---|"]
     for i, label in enumerate(r["ranking"][:k], 1):
-        s = rows[label]["projection"]
+        s, mark = rows[label]["projection"], priced_only_mark(label)
         dom = s["dominant"]
-        out.append(f"| {i} | `{label}` | {num(s['step_seconds'])} | {num(s['tokens_per_s'])} | "
-                   f"{pct(s['mfu'])} | {s['memory_bytes'] / 1e9:.1f} | {dom} "
+        out.append(f"| {i} | `{label}` | {num(s['step_seconds'])}{mark} | "
+                   f"{num(s['tokens_per_s'])}{mark} | {pct(s['mfu'])} | "
+                   f"{s['memory_bytes'] / 1e9:.1f} | {dom} "
                    f"{pct(s['terms'][dom] / s['step_seconds'], 0)} |")
-    return out
+    return out + priced_only_footnote(r["ranking"][:k])
 
 
 def _nothing_fits(r: dict) -> str:
@@ -194,67 +200,93 @@ def _counts(r: dict) -> str:
             f"{r['seconds']:.0f} s")
 
 
+def _why(r: dict) -> str:
+    """The run's reason line, its best layout marked when only the cost model prices it."""
+    return "Why: " + mark_why(r["why"], r["best"]) + "."
+
+
+def _paper_md(paper: list[dict]) -> list[str]:
+    """The paper's models on 16 GPUs: one row per search, then each search's fastest five."""
+    lines = ["## The paper's models on 16 GPUs", "",
+             "| model | mode | hardware | best | step s | tokens/s of that mode | margin over "
+             "runner-up | candidates: legal / projected / fit | bound violations | cold s | warm s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in paper:
+        best = best_candidate(r)
+        s, mark = (best["projection"] if best else None), priced_only_mark(r["best"])
+        n, margin = r["counts"], r["margin_over_runner_up"]
+        warm = f"{r['warm']['seconds']:.1f}" if "warm" in r else "–"
+        lines.append(
+            f"| {r['model']} | {run_mode(r)} | {r['hardware']} | "
+            f"{'`' + r['best'] + '`' if r['best'] else 'nothing fits'} | "
+            f"{num(s['step_seconds']) + mark if s else '–'} | "
+            f"{num(s['tokens_per_s']) + mark if s else '–'} | "
+            f"{pct(margin) if margin is not None else '–'} | {n['considered']} / "
+            f"{n['projected']} / {n['fit']} | {len(r['bound_violations'])} | "
+            f"{r['seconds']:.0f} | {warm} |")
+    lines += priced_only_footnote(r["best"] for r in paper)
+    lines += ["", "Cold: an empty cache; warm: the same search again (every projection "
+              "reused). The dgx-h100 searches re-price the programs that the h100-paper "
+              "searches compiled. Machine load during each run is in plan.json "
+              "(`conditions`).", ""]
+    for r in paper:
+        lines += [f"### {r['model']}, {run_mode(r)}, {r['hardware']}", "", _counts(r) + ".", "",
+                  *(_top(r) if r["best"] else [_nothing_fits(r)]), "", _why(r), ""]
+    return lines
+
+
+def _megatron_md(mega: list[dict]) -> list[str]:
+    """Megatron-LM's published configurations: measured, our projection of the same layout, and
+    the best the planner found."""
+    lines = ["## Megatron-LM's published configurations (dgx-h100, training steps)", "",
+             "The published layout (experiments/validate_measured.py) is projected beside "
+             "the best the planner finds in Megatron's own space (`--kinds tp-pp`); the measured "
+             "step is the published run's.", "",
+             "| row | GPUs | measured s | published layout | its projection s | best found | "
+             "its projection s | what changed |", "|---|---|---|---|---|---|---|---|"]
+    for r in mega:
+        m, best = r["megatron"], best_candidate(r)
+        step = best["projection"]["step_seconds"] if best else None
+        pub = m.get("published_projected_s")
+        lines.append(f"| {m['label']} | {m['devices']} | {num(m['measured_s'])} | "
+                     f"`{m['published']}` | {num(pub)}{priced_only_mark(m['published'])}"
+                     f"{'' if m.get('published_fits', True) else ' (does not fit)'} | "
+                     f"`{r['best']}` | {num(step)}{priced_only_mark(r['best'])} | "
+                     f"{', '.join(m.get('changes') or []) or '–'} |")
+    lines += priced_only_footnote([r["best"] for r in mega] + [r["megatron"]["published"]
+                                                                for r in mega])
+    lines.append("")
+    for r in mega:
+        m = r["megatron"]
+        pub = next((c for c in r["candidates"] if c["label"] == m["published"]), None)
+        if pub and pub["projection"] and not pub["projection"]["fits"]:
+            lines += [f"{m['label']}'s published layout does not fit here: "
+                      f"{pub['projection']['fits_why']}. The published runs' activation "
+                      "recompute and sequence parallelism are not stated; the published row "
+                      "is projected with both off (as experiments/validate_measured.py "
+                      "does), and the layouts found turn sequence parallelism on.", ""]
+    for r in mega:
+        lines += [f"### {r['megatron']['label']}", "", _counts(r) + ".", "", *_top(r), "",
+                  _why(r), ""]
+    return lines
+
+
 def markdown(report: dict) -> str:
+    """results/plan.md from the plan report (with `rendered_by`: says it was rendered again)."""
     lines = ["# Which layout should I use? `helix plan`", "",
-             markdown_header(report["generated_by"]), "",
-             "Every legal layout of the model on the GPUs, pruned by lower bounds on memory and "
-             "step time, compiled on fake devices and priced (docs/plan.md). Bounds never exceed "
-             "a projection: `bound violations` counts projections that came in under their "
-             "bounds (none expected).", ""]
+             markdown_header(report["generated_by"]), ""]
+    if report.get("rendered_by"):
+        lines += [rendered_note(report["rendered_by"], "plan.json"), ""]
+    lines += ["Every legal layout of the model on the GPUs, pruned by lower bounds on memory and "
+              "step time, compiled on fake devices and priced (docs/plan.md). Bounds never exceed "
+              "a projection: `bound violations` counts projections that came in under their "
+              "bounds (none expected).", ""]
     paper = [r for r in report["runs"] if "megatron" not in r]
     if paper:
-        lines += ["## The paper's models on 16 GPUs", "",
-                  "| model | mode | hardware | best | step s | tokens/s | margin over runner-up | "
-                  "candidates: legal / projected / fit | bound violations | cold s | warm s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in paper:
-            best = next((c for c in r["candidates"] if c["label"] == r["best"]), None)
-            s = best["projection"] if best else None
-            n, margin = r["counts"], r["margin_over_runner_up"]
-            warm = f"{r['warm']['seconds']:.1f}" if "warm" in r else "–"
-            lines.append(
-                f"| {r['model']} | {run_mode(r)} | {r['hardware']} | "
-                f"{'`' + r['best'] + '`' if r['best'] else 'nothing fits'} | "
-                f"{num(s['step_seconds']) if s else '–'} | {num(s['tokens_per_s']) if s else '–'} | "
-                f"{pct(margin) if margin is not None else '–'} | {n['considered']} / "
-                f"{n['projected']} / {n['fit']} | {len(r['bound_violations'])} | "
-                f"{r['seconds']:.0f} | {warm} |")
-        lines += ["", "Cold: an empty cache; warm: the same search again (every projection "
-                  "reused). The dgx-h100 searches re-price the programs that the h100-paper "
-                  "searches compiled. Machine load during each run is in plan.json "
-                  "(`conditions`).", ""]
-        for r in paper:
-            lines += [f"### {r['model']}, {run_mode(r)}, {r['hardware']}", "", _counts(r) + ".", "",
-                      *(_top(r) if r["best"] else [_nothing_fits(r)]), "",
-                      "Why: " + r["why"] + ".", ""]
+        lines += _paper_md(paper)
     mega = [r for r in report["runs"] if "megatron" in r]
     if mega:
-        lines += ["## Megatron-LM's published configurations (dgx-h100, training steps)", "",
-                  "The published layout (experiments/validate_measured.py) is projected beside "
-                  "the best the planner finds in Megatron's own space (`--kinds tp-pp`).", "",
-                  "| row | GPUs | measured s | published layout | its projection s | best found | "
-                  "its projection s | what changed |", "|---|---|---|---|---|---|---|---|"]
-        for r in mega:
-            m = r["megatron"]
-            best = next((c for c in r["candidates"] if c["label"] == r["best"]), None)
-            step = best["projection"]["step_seconds"] if best else None
-            pub = m.get("published_projected_s")
-            lines.append(f"| {m['label']} | {m['devices']} | {m['measured_s']} | `{m['published']}` | "
-                         f"{num(pub)}{'' if m.get('published_fits', True) else ' (does not fit)'} | "
-                         f"`{r['best']}` | {num(step)} | {', '.join(m.get('changes') or []) or '–'} |")
-        lines.append("")
-        for r in mega:
-            m = r["megatron"]
-            pub = next((c for c in r["candidates"] if c["label"] == m["published"]), None)
-            if pub and pub["projection"] and not pub["projection"]["fits"]:
-                lines += [f"{m['label']}'s published layout does not fit here: "
-                          f"{pub['projection']['fits_why']}. The published runs' activation "
-                          "recompute and sequence parallelism are not stated; the published row "
-                          "is projected with both off (as experiments/validate_measured.py "
-                          "does), and the layouts found turn sequence parallelism on.", ""]
-        for r in mega:
-            lines += [f"### {r['megatron']['label']}", "", _counts(r) + ".", "", *_top(r), "",
-                      "Why: " + r["why"] + ".", ""]
+        lines += _megatron_md(mega)
     lines += ["![Pareto charts](plan.png)", ""]
     return "\n".join(lines)
 
@@ -287,10 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", help="plan cache (default: a new empty folder, so that "
                         "the recorded cold times are cold)")
     parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite plan.md and the README's planner block from <out>/plan.json, "
+                        "searching nothing (plan.png needs the searches: left as it is)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if not out.is_dir():
         raise SystemExit(f"plan: output folder {out} does not exist; create it")
+    if args.render_only:
+        return render_only(out, readme=not args.no_readme)
     cache_dir = Path(args.cache_dir) if args.cache_dir else Path(tempfile.mkdtemp(prefix="plan-"))
     start = time.perf_counter()
     runs = (paper_section(cache_dir) if args.only != "megatron" else []) + \
@@ -311,10 +348,29 @@ def main(argv: list[str] | None = None) -> int:
     (out / "plan.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "plan.md").write_text(markdown(report))
     print(f"wrote {out / 'plan.json'}, plan.md, plan.png in {report['seconds']:.0f} s")
-    if not args.no_readme and out.resolve() == (HERE.parent / "results").resolve():
+    if not args.no_readme:
+        write_readme(report, out)
+    return 0
+
+
+def write_readme(report: dict, out: Path) -> None:
+    """Rewrite the README's planner block from `report` when `out` is the committed results."""
+    if out.resolve() == (HERE.parent / "results").resolve():
         readme = HERE.parent / "README.md"
         readme.write_text(replace_readme_block(readme.read_text(), readme_block(report)))
         print(f"rewrote the planner block of {readme}")
+
+
+def render_only(out: Path, readme: bool) -> int:
+    """plan.md (and the README's block) from the committed plan.json, with the wording of this
+    commit and the numbers of the run that wrote plan.json (its `generated_by` kept)."""
+    report = json.loads((out / "plan.json").read_text())
+    report["rendered_by"] = generated_by("python experiments/plan.py --render-only"
+                                         + ("" if out == Path("results") else f" --out {out}"))
+    (out / "plan.md").write_text(markdown(report))
+    print(f"rewrote {out / 'plan.md'} from {out / 'plan.json'}")
+    if readme:
+        write_readme(report, out)
     return 0
 
 

@@ -12,6 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from helix_jax.report.fmt import gb, num, pct
+from helix_jax.report.wording import (
+    PRICED_ONLY,
+    mark_why,
+    priced_only_footnote,
+    priced_only_mark,
+    priced_only_options,
+)
 
 if TYPE_CHECKING:  # the analysis (and jax) load when a plan runs, not when the CLI starts
     from helix_jax.analysis.planner.search import Plan
@@ -109,6 +116,8 @@ def explain_lines(plan: Plan, label: str) -> list[str]:
     row = plan.rows[label]
     out = [f"{label} ({row.role or 'candidate'}): {row.status}"
            + (f" ({row.pruned_by})" if row.pruned_by else "")]
+    if only := priced_only_options(label):
+        out.append(f"  {PRICED_ONLY} priced only: the runtime does not run {', '.join(only)} yet")
     if row.bounds is not None:
         out.append(f"  lower bounds: {num(row.bounds.seconds)} s per step (compute "
                    f"{num(row.bounds.compute_seconds)} s + communication "
@@ -179,11 +188,14 @@ def print_plan(plan: Plan, top: int = 10) -> None:
     for i, label in enumerate(plan.ranking[:top], 1):
         s = summary(plan.rows[label], plan.hw)
         dom = s["dominant"]
-        table.add_row(str(i), label, num(s["step_seconds"]), num(s["tokens_per_s"]),
+        mark = priced_only_mark(label)
+        table.add_row(str(i), label, num(s["step_seconds"]) + mark, num(s["tokens_per_s"]) + mark,
                       pct(s["mfu"]), f"{s['memory_bytes'] / 1e9:.1f}",
                       f"{dom} {pct(s['terms'][dom] / s['step_seconds'], 0)}",
                       "best" if i == 1 else f"+{pct(s['step_seconds'] / best.step - 1)}")
     console.print(table)
+    for line in priced_only_footnote(plan.ranking[:top])[1:]:
+        console.print(line, markup=False)
     if best is None:
         from helix_jax.analysis.planner.search import nothing_fits
 
@@ -193,7 +205,7 @@ def print_plan(plan: Plan, top: int = 10) -> None:
         runner = plan.rows[plan.ranking[1]]
         console.print(f"best {best.candidate.label}: {pct(runner.step / best.step - 1)} faster than "
                       f"the runner-up {runner.candidate.label}")
-    console.print("why: " + reason_line(plan))
+    console.print("why: " + mark_why(reason_line(plan), best.candidate.label))
     for label in plan.explain:
         console.print("\n".join(explain_lines(plan, label)))
 
@@ -257,8 +269,10 @@ def draw_pareto(ax, plan: Plan, title: str | None = None) -> None:
     best = plan.best
     if best is not None:
         bx, by = best.step, best.projection["memory_bytes_per_device"] / 1e9
+        mark = priced_only_mark(best.candidate.label)
         ax.scatter([bx], [by], marker="*", s=260, color="#C44E52", zorder=5,
-                   label=f"chosen: {best.candidate.label}")
+                   label=f"chosen: {best.candidate.label}{mark}"
+                   + (" (priced only: the runtime does not run it yet)" if mark else ""))
     for label in plan.anchors:
         r = plan.rows[label]
         if r.projection is not None and (best is None or label != best.candidate.label):
@@ -362,44 +376,57 @@ def readme_block(report: dict) -> str:
     lines = ["**Which layout should I use?** `helix plan` compiles and prices every legal layout "
              "for the GPUs it is given, after pruning those whose lower bounds rule them out "
              "([results/plan.md](results/plan.md), from `python experiments/plan.py`; "
-             "[docs/plan.md](docs/plan.md)). On 16 GPUs of `h100-paper`:", "",
+             "[docs/plan.md](docs/plan.md)). On 16 GPUs of `h100-paper` (tokens/s of the step "
+             "named):", "",
              "| model | step | best layout | step s | tokens/s | MFU | legal layouts | "
              "projected | search s (cold / warm) |", "|---|---|---|---|---|---|---|---|---|"]
     paper = [r for r in report["runs"] if "megatron" not in r and r["hardware"] == "h100-paper"]
     for r in paper:
-        best = next((c for c in r["candidates"] if c["label"] == r["best"]), None)
+        best = best_candidate(r)
         if best is None:
             continue
-        s, n = best["projection"], r["counts"]
+        s, n, mark = best["projection"], r["counts"], priced_only_mark(r["best"])
         warm = f"{r['warm']['seconds']:.0f}" if "warm" in r else "–"
-        lines.append(f"| {r['model']} | {run_mode(r)} | `{r['best']}` | {num(s['step_seconds'])} | "
-                     f"{num(s['tokens_per_s'])} | {pct(s['mfu'])} | {n['considered']} | "
-                     f"{n['projected']} | {r['seconds']:.0f} / {warm} |")
+        lines.append(f"| {r['model']} | {run_mode(r)} | `{r['best']}` | {num(s['step_seconds'])}"
+                     f"{mark} | {num(s['tokens_per_s'])}{mark} | {pct(s['mfu'])} | "
+                     f"{n['considered']} | {n['projected']} | {r['seconds']:.0f} / {warm} |")
     trains = [r for r in paper if r["mode"] == "train" and r["best"]]
     if trains:
-        lines += [""] + [f"Training {r['model']}: {r['why']}." for r in trains]
+        lines += [""] + [f"Training {r['model']}: {mark_why(r['why'], r['best'])}." for r in trains]
     unfit = [f"{r['model']} {run_mode(r)}: nothing fits: {r['nothing_fits']}." for r in paper
              if not r["best"] and r.get("nothing_fits")]
     if unfit:
         lines += [""] + unfit
     mega = [r for r in report["runs"] if "megatron" in r]
     if mega:
-        parts = []
-        for r in mega:
-            m = r["megatron"]
-            best = next((c for c in r["candidates"] if c["label"] == r["best"]), None)
-            if best is None or m.get("published_projected_s") is None:
-                parts.append(f"{m['label']}: no layout fits")
-                continue
-            step, pub = best["projection"]["step_seconds"], m["published_projected_s"]
-            changes = ", ".join(m.get("changes") or []) or "nothing"
-            fits = "" if m.get("published_fits", True) else " (it does not fit in 80 GB here)"
-            parts.append(f"{m['label']} on {m['devices']} GPUs: published {num(pub)} s{fits}, "
-                         f"best {num(step)} s ({pct(1 - step / pub)} less; changed: {changes})")
-        lines += ["", "Megatron-LM's published training configurations (dgx-h100, the same "
-                  "model, GPUs, batch and sequence; searched over tp-pp): " + "; ".join(parts)
-                  + "."]
-    return "\n".join(lines)
+        lines += ["", megatron_sentence(mega)]
+    return "\n".join(lines + priced_only_footnote(r["best"] for r in paper + mega))
+
+
+def best_candidate(run: dict) -> dict | None:
+    """The best candidate's entry of one run of results/plan.json, or None when nothing fits."""
+    return next((c for c in run["candidates"] if c["label"] == run["best"]), None)
+
+
+def megatron_sentence(runs: list[dict]) -> str:
+    """Megatron-LM's published configurations: the measured step beside our projection of the
+    same published layout, then the best layout the planner found and what it changed."""
+    parts = []
+    for r in runs:
+        m, best = r["megatron"], best_candidate(r)
+        if best is None or m.get("published_projected_s") is None:
+            parts.append(f"{m['label']}: no layout fits")
+            continue
+        step, pub = best["projection"]["step_seconds"], m["published_projected_s"]
+        changes = ", ".join(m.get("changes") or []) or "nothing"
+        fits = "" if m.get("published_fits", True) else " (it does not fit in 80 GB here)"
+        parts.append(f"{m['label']} on {m['devices']} GPUs: measured {num(m['measured_s'])} s, "
+                     f"projected {num(pub)} s{priced_only_mark(m['published'])}{fits}; best found "
+                     f"{num(step)} s{priced_only_mark(r['best'])} ({pct(1 - step / pub)} less than "
+                     f"that projection; changed: {changes})")
+    return ("Megatron-LM's published training configurations (dgx-h100, the same model, GPUs, "
+            "batch and sequence; searched over tp-pp), each as measured and as we project the "
+            "same published layout: " + "; ".join(parts) + ".")
 
 
 def replace_readme_block(text: str, block: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from helix_jax.report.fmt import gb, num
 from helix_jax.report.ranking import fastest_that_fits
+from helix_jax.report.wording import above, beats, priced_only_mark
 
 START, END = "<!-- numbers:start -->", "<!-- numbers:end -->"
 VALIDATION_START, VALIDATION_END = "<!-- validation:start -->", "<!-- validation:end -->"
@@ -43,7 +44,7 @@ def numbers_block(report: dict) -> str:
     hw = report["meta"]["hardware"]
     lines = [f"From `results/reproduce.json` (projections on the `{hw}` profile; regenerate with "
              "`helix reproduce`, then `python -m helix_jax.report.readme`):", "",
-             "| model | layout | paper claims tokens/s | projected tokens/s | memory/GPU |",
+             "| model | layout | paper claims tokens/s | projected forward tokens/s | memory/GPU |",
              "|---|---|---|---|---|"]
     for table, specs in ROWS.items():
         for spec in specs:
@@ -51,7 +52,8 @@ def numbers_block(report: dict) -> str:
             p, c = r["projection"], r["claim"]
             label = f"`{spec}`" + (f" {LABELS[spec]}" if spec in LABELS else "")
             lines.append(f"| {'dense' if table == 'dense' else 'MoE'} | {label} | "
-                         f"{num(c and c['tokens_per_s'])} | {num(p['tokens_per_s'])} | "
+                         f"{num(c and c['tokens_per_s'])} | {num(p['tokens_per_s'])}"
+                         f"{priced_only_mark(r['layout'])} | "
                          f"{gb(p['memory_gb'] * 1e9)} |")
     tp, helix, a2a = (_row(report, "dense", s) for s in ("tp-pp", "helix", "helix:core=seq_a2a"))
     m = helix["mesh"].get("dim", 1)
@@ -63,24 +65,27 @@ def numbers_block(report: dict) -> str:
     def claimed(a: dict, b: dict) -> str:
         return f"{a['claim']['tokens_per_s'] / b['claim']['tokens_per_s']:.2f}x"
 
-    order = "below" if tps(helix) < tps(tp) else "above"
+    order = above(tps(helix), tps(tp))
     best_dense = fastest_that_fits(report["tables"]["dense"]["rows"])
     moe_tp, moe_ep = _row(report, "moe", "tp-pp"), _row(report, "moe", "ep")
     best_moe = fastest_that_fits(report["tables"]["moe"]["rows"])
     verdicts = report["cannot_hold"]
     lines += ["",
               f"The paper's helix core (`score_psum`) reaches {tps(helix) / tps(tp):.2f}x TP×PP's "
-              f"projected throughput, {order} it (the paper claims {claimed(helix, tp)}): its "
+              f"projected forward throughput, {order} it (the paper claims {claimed(helix, tp)}): its "
               f"score all-reduce over the {m} head-dim shards moves {gb(score, 0)} per GPU per "
               f"step (L·B·(H/n)·S² elements, causal blocks only), against {gb(output, 0)} for "
               f"all of its output all-reduces. The same weight layout with the `seq_a2a` core gets "
               f"{tps(a2a) / tps(helix):.2f}x the paper's core. The fastest dense layout that fits "
-              f"is `{best_dense['row']}` at {num(tps(best_dense))} tokens/s."
+              f"is `{best_dense['row']}` at {num(tps(best_dense))}"
+              f"{priced_only_mark(best_dense['layout'])} forward tokens/s."
               if best_dense else "No dense layout fits in memory.",
               "",
-              f"For the MoE model, EP reaches {tps(moe_ep) / tps(moe_tp):.2f}x TP×PP (the paper "
-              f"claims {claimed(moe_ep, moe_tp)}); the fastest MoE layout that fits is "
-              f"`{best_moe['row']}` at {num(tps(best_moe))} tokens/s."
+              f"For the MoE model, EP {beats(tps(moe_ep), tps(moe_tp))} TP×PP in a forward pass: "
+              f"{tps(moe_ep) / tps(moe_tp):.2f}x its projected throughput (the paper claims "
+              f"{claimed(moe_ep, moe_tp)}); the fastest MoE layout that fits is "
+              f"`{best_moe['row']}` at {num(tps(best_moe))}{priced_only_mark(best_moe['layout'])} "
+              "forward tokens/s."
               if best_moe else "No MoE layout fits in memory.",
               "",
               f"`results/reproduce.md` lists {len(verdicts)} checks of the paper's figures "

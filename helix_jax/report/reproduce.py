@@ -30,9 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from helix_jax.report.answer import answer_lines
 from helix_jax.report.fmt import gb, gb_label, num
 from helix_jax.report.provenance import generated_by, markdown_header
 from helix_jax.report.ranking import fastest_that_fits
+from helix_jax.report.wording import priced_only_footnote, priced_only_mark, rendered_note
 
 DEVICES = 16
 
@@ -352,7 +354,7 @@ def write_charts(report: dict, out: Path, name: str) -> list[Path]:
             f"{t['measured_model']} measured on {DEVICES} fake CPU devices", cats,
             {"median": [m["tokens_per_s_median"] if m else None for m in meas],
              "trimmed mean": [m["tokens_per_s_trimmed_mean"] if m else None for m in meas]},
-            "tokens/s on this CPU", note=f"{DEVICES} fake devices share {cores} CPU core(s):\n"
+            "forward tokens/s on this CPU", note=f"{DEVICES} fake devices share {cores} CPU core(s):\n"
             "shows the program runs; ranks nothing about GPUs", missing="not measured"))
     files = [bar_chart(out / f"{name}_tokens.png", panels,
                        "Throughput per layout: the paper's claims, our projections, CPU runs",
@@ -401,14 +403,16 @@ def headline(report: dict) -> list[str]:
         for r in t["rows"]:
             p, c = r.get("projection"), r["claim"]
             if c and p:
-                parts.append(f"`{r['row']}` claimed {num(c['tokens_per_s'])}, projected "
-                             f"{num(p['tokens_per_s'])} tokens/s (claim = "
+                parts.append(f"`{r['row']}` claimed {num(c['tokens_per_s'])} tokens/s, "
+                             f"projected {num(p['tokens_per_s'])}{priced_only_mark(r['layout'])} "
+                             f"forward tokens/s (claim = "
                              f"{c['tokens_per_s'] / p['tokens_per_s']:.2f}x projection)")
         best = fastest_that_fits(t["rows"])
         text = f"{t['model']}: " + "; ".join(parts)
         if best is not None:
             text += (f". Fastest projected layout that fits {capacity}: `{best['row']}` at "
-                     f"{num(best['projection']['tokens_per_s'])} tokens/s "
+                     f"{num(best['projection']['tokens_per_s'])}"
+                     f"{priced_only_mark(best['layout'])} forward tokens/s "
                      f"(MFU {best['projection']['mfu']:.0%})")
         out.append(text + ".")
     verdicts: dict[str, int] = {}
@@ -420,12 +424,16 @@ def headline(report: dict) -> list[str]:
 
 
 def markdown(report: dict) -> str:
+    """The report as Markdown: the answer first, then how to read it, the tables, the checks."""
     meta, hw = report["meta"], report["hardware"]
     lines = [
         f"# Reproducing the paper's tables ({meta['name']})",
         "",
         markdown_header(report["generated_by"]),
         "",
+        *([rendered_note(report["rendered_by"], f"{meta['name']}.json"), ""]
+          if report.get("rendered_by") else []),
+        *answer_lines(report),
         (f"Written by `{meta['command']}` on {meta['created_utc']} in "
         f"{meta.get('elapsed_s', 0):.0f} s (jax {meta['jax']}, {meta['devices']} "
         f"{meta['platform']} devices, {meta['cpu_cores']} CPU cores). Hardware profile for the "
@@ -470,7 +478,7 @@ def markdown(report: dict) -> str:
     for i, s in enumerate(report["cannot_hold"], 1):
         lines.append(f"{i}. **{s['verdict']}** — *{s['title']}.* {s['text']}")
     lines += ["", "## Physical limits (docs/cost-model.md)", "",
-              ("| model | forward GFLOP/token (non-causal / causal) | peak tokens/s on 16 GPUs "
+              ("| model | forward GFLOP/token (non-causal / causal) | peak forward tokens/s on 16 GPUs "
               "(non-causal / causal) | KV cache for one decode step | decode step at least | "
               "decode tokens/s at most |"), "|---|---|---|---|---|---|"]
     for lim in report["limits"].values():
@@ -499,19 +507,21 @@ def _decode_md(t: dict, report: dict) -> list[str]:
              " never faster than reading the weights and the cache from HBM; *step / seq* is the "
              "forward projection divided by the sequence length, the only reading a forward "
              "measurement allows.", "",
-             f"| layout | paper TPOT ms | decode TPOT ms | HBM floor ms | decode comm ms | "
-             f"step / seq ms | memory GB/device (fits {cap}) |", "|---|---|---|---|---|---|---|"]
+             f"| layout | paper TPOT ms | decode TPOT ms | decode tokens/s | HBM floor ms | "
+             f"decode comm ms | step / seq ms | memory GB/device (fits {cap}) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d, c, f = r["projection_decode"], r["claim"], r.get("projection")
         if d is None:
             lines.append(f"| `{r['row']}` | {num(c and c['tpot_ms'])} | failed: "
-                         f"{r.get('projection_decode_error', '')} | | | | |")
+                         f"{r.get('projection_decode_error', '')} | | | | | |")
             continue
-        lines.append(f"| `{r['row']}` | {num(c and c['tpot_ms'])} | {d['tpot_ms']:.3g}"
-                     f"{' (HBM-bound)' if d['hbm_bound'] else ''} | {d['hbm_floor_ms']:.3g} | "
-                     f"{d['comm_ms']:.3g} | {num(f and f['tpot_ms'])} | {d['memory_gb']:.1f} "
-                     f"({num(d['fits'])}) |")
-    return lines + [""]
+        mark = priced_only_mark(r["layout"])
+        lines.append(f"| `{r['row']}` | {num(c and c['tpot_ms'])} | {d['tpot_ms']:.3g}{mark}"
+                     f"{' (HBM-bound)' if d['hbm_bound'] else ''} | {num(d['tokens_per_s'])}{mark} "
+                     f"| {d['hbm_floor_ms']:.3g} | {d['comm_ms']:.3g} | {num(f and f['tpot_ms'])} | "
+                     f"{d['memory_gb']:.1f} ({num(d['fits'])}) |")
+    return lines + priced_only_footnote(r["layout"] for r in rows) + [""]
 
 
 def _train_md(t: dict, report: dict) -> list[str]:
@@ -532,9 +542,11 @@ def _train_md(t: dict, report: dict) -> list[str]:
                          f"{r.get('projection_train_error', '')} | | | | |")
             continue
         ratio = p["flops_per_device"] / f["flops_per_device"] if f else None
-        lines.append(f"| `{r['row']}` | {num(f and f['tokens_per_s'])} | {num(p['tokens_per_s'])} "
-                     f"| {p['step_seconds']:.3g} | {p['mfu']:.1%} | {num(ratio)} | "
-                     f"{p['memory_gb']:.1f} ({num(p['fits'])}) |")
+        mark = priced_only_mark(r["layout"])
+        lines.append(f"| `{r['row']}` | {num(f and f['tokens_per_s'])}{mark} | "
+                     f"{num(p['tokens_per_s'])}{mark} | {p['step_seconds']:.3g}{mark} | "
+                     f"{p['mfu']:.1%} | {num(ratio)} | {p['memory_gb']:.1f} ({num(p['fits'])}) |")
+    lines += priced_only_footnote(r["layout"] for r in rows)
     why = [f"`{r['row']}`: {r['projection_train']['fits_why']}" for r in rows
            if r["projection_train"] and not r["projection_train"]["fits"]]
     if why:
@@ -543,11 +555,13 @@ def _train_md(t: dict, report: dict) -> list[str]:
 
 
 def _table_md(t: dict, report: dict) -> list[str]:
+    """A table's forward projections beside the paper's claims, then its CPU measurements."""
     lim = report["limits"].get(t["name"], {})
     lines = [f"## {t['title']}", "",
              (f"Projected model **{t['model']}**; measured model **{t['measured_model']}**. "
              f"Forward peak on 16 GPUs: {num(lim.get('peak_tokens_per_s'))} tokens/s."), "",
-             ("| layout | paper tokens/s | paper TPOT ms | projected tokens/s | claim / projection "
+             ("| layout | paper claims tokens/s | paper TPOT ms | projected forward tokens/s "
+             "| claim / projection "
              "| TPOT ms (step/seq) | exposed comm / seq ms | step s = compute + exposed comm | MFU "
              f"| memory GB/device (fits {gb(report['hardware']['hbm_capacity_bytes'], 0)}) | NVLink GB "
              "| InfiniBand GB | batch chunks |"),
@@ -562,11 +576,13 @@ def _table_md(t: dict, report: dict) -> list[str]:
         ratio = c["tokens_per_s"] / p["tokens_per_s"] if c else None
         lines.append(
             f"| `{r['row']}` | {num(c and c['tokens_per_s'])} | {num(c and c['tpot_ms'])} | "
-            f"{num(p['tokens_per_s'])} | {num(ratio)}{'x' if ratio else ''} | {p['tpot_ms']:.3g} | "
+            f"{num(p['tokens_per_s'])}{priced_only_mark(r['layout'])} | "
+            f"{num(ratio)}{'x' if ratio else ''} | {p['tpot_ms']:.3g} | "
             f"{p['exposed_comm_per_position_ms']:.3g} | {p['step_seconds']:.3g} = "
             f"{p['compute_seconds']:.3g} + {p['exposed_comm_seconds']:.3g} | {p['mfu']:.1%} | "
             f"{p['memory_gb']:.1f} ({num(p['fits'])}) | {p['nvlink_bytes'] / 1e9:,.0f} | "
             f"{p['ib_bytes'] / 1e9:,.0f} | {p['batch_chunks']} |")
+    lines += priced_only_footnote(r["layout"] for r in t["rows"])
     lines += ["", "Rows: " + "; ".join(f"`{r['row']}` (`{r['layout']}`): {r['role']}"
                                        for r in t["rows"]) + ".",
               ""]
@@ -576,7 +592,8 @@ def _table_md(t: dict, report: dict) -> list[str]:
                   "time, the compiled program's FLOPs count them (an upper bound on compute)."), ""]
     lines += [(f"Measured on this machine ({t['measured_model']}, {DEVICES} fake CPU devices; "
               "ranks nothing about GPUs):"), "",
-              ("| layout | tokens/s median | tokens/s trimmed mean | runs (ms) | compile s | "
+              ("| layout | forward tokens/s median | forward tokens/s trimmed mean | runs (ms) "
+              "| compile s | "
               "finite output |"), "|---|---|---|---|---|---|"]
     for r in t["rows"]:
         m = r.get("measured")
