@@ -40,7 +40,7 @@ def point(spec: str, batch: int, context: int, hw) -> dict:
                                                q_block=8192)
     out = {"layout": spec, "batch": batch, "context": context}
     try:
-        r = project(cfg, parse_layout(spec), hw, mode="decode")
+        r = project(cfg, parse_layout(spec), hw, mode="decode").to_dict()
     except ValueError as e:
         return {**out, "error": str(e)}
     p = r["projected"]

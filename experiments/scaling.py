@@ -105,7 +105,7 @@ def run_point(pt: dict, hw) -> dict:
            "seq": cfg.seq, "projection": None}
     start = time.perf_counter()
     try:
-        full = project(cfg, layout, hw)
+        full = project(cfg, layout, hw).to_dict()
         out["projection"] = summarize_projection(full)
         out["projection"]["comm_bytes_by_op"] = full["comm_bytes_by_op"]
         out["projection"]["tokens_per_s_per_device"] = (full["projected"]["tokens_per_s"]

@@ -85,7 +85,7 @@ def run_row(row: dict) -> dict:
         batch=row["batch"], seq=row["seq"], dtype=row["dtype"])
     layout, hw = parse_layout(row["layout"]), load_hardware(row["hardware"])
     start = time.perf_counter()
-    p = project(cfg, layout, hw, mode="train", remat=row["remat"])
+    p = project(cfg, layout, hw, mode="train", remat=row["remat"]).to_dict()
     seconds = time.perf_counter() - start
     flops = model_flops_per_token(cfg, "train") * cfg.batch * cfg.seq
     measured_mfu = flops / (row["measured"] * layout.devices * hw.peak_flops_per_s)

@@ -332,7 +332,7 @@ def cmd_project(args: argparse.Namespace) -> int:
         print_comparison(result)
     else:
         result = project(cfg, layout, hw, batch_chunks=chunks, mode=args.mode, remat=args.remat,
-                         progress=progress, partitioner=args.partitioner)
+                         progress=progress, partitioner=args.partitioner).to_dict()
         print_projection(result)
     if args.json:
         with checks.atomic_output(args.json) as tmp:

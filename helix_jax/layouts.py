@@ -2,7 +2,7 @@
 
 A `Layout` is a mesh (shape + axis names), the rules that map the model's logical axis names
 (batch, heads, head_dim, mlp, expert, layers, ...) to mesh axes, layout options (attention core,
-microbatches, ...) and the placement of mesh positions on the cluster's nodes. This module is the one
+microbatches, ...) and the order in which mesh positions are numbered onto GPUs. This module is the one
 place where logical names meet mesh axes. Layouts are parsed from strings such as
 `helix:m=4,n=4,core=seq_a2a` (see `parse_layout`, `LAYOUTS`).
 """
@@ -21,7 +21,6 @@ from helix_jax.routing import check_moe
 
 CORES = ("score_psum", "seq_a2a", "qk_gather")
 SCHEDULES = ("gpipe", "1f1b")  # pipeline schedules; 1f1b with virtual=V > 1 is interleaved
-GPUS_PER_NODE = 4  # the paper's cluster: 4 nodes x 4 H100
 
 
 @dataclass(frozen=True)
@@ -33,9 +32,8 @@ class Layout:
     mesh_shape: tuple[int, ...]
     rules: dict[str, tuple[str, ...]]
     options: dict[str, Any] = field(default_factory=dict)
-    # Axis order, slowest first, in which mesh positions are numbered onto GPUs (and so nodes).
+    # Axis order, slowest first, in which mesh positions are numbered onto GPUs.
     placement: tuple[str, ...] = ()
-    gpus_per_node: int = GPUS_PER_NODE
 
     @property
     def devices(self) -> int:
@@ -91,35 +89,17 @@ class Layout:
                 f"layout {self.spec} needs {self.devices} devices but jax sees {len(available)}; "
                 f"run through the `helix` command (it sets up host devices) or call "
                 f"helix_jax.devices.ensure_host_devices({self.devices}) before jax starts")
-        order = self._placement_order()
+        order = self.placement_order()
         grid = np.array(available[: self.devices], dtype=object).reshape(
             [self.axis_sizes[a] for a in order])
         grid = grid.transpose([order.index(a) for a in self.axis_names])
         axis_types = (jax.sharding.AxisType.Auto,) * len(self.axis_names)
         return jax.sharding.Mesh(grid, self.axis_names, axis_types=axis_types)
 
-    def _placement_order(self) -> tuple[str, ...]:
+    def placement_order(self) -> tuple[str, ...]:
+        """Mesh axes, slowest first, in which mesh positions are numbered onto GPUs (which GPUs
+        share a node is the hardware's to say: `analysis.costmodel.topology`)."""
         return self.placement or self.axis_names
-
-    def node_of(self, position: int) -> int:
-        """The node holding mesh position `position` (row-major index in the mesh = HLO partition id)."""
-        coords = dict(zip(self.axis_names, _unravel(position, self.mesh_shape)))
-        order = self._placement_order()
-        gpu = 0
-        for a in order:
-            gpu = gpu * self.axis_sizes[a] + coords[a]
-        return gpu // self.gpus_per_node
-
-    def intra_node_axes(self) -> tuple[str, ...]:
-        """Mesh axes whose groups stay inside one node under this placement."""
-        inside = []
-        for axis in self.axis_names:
-            step = math.prod(self.mesh_shape[self.axis_names.index(axis) + 1:])
-            groups = [[p + i * step for i in range(self.axis_sizes[axis])]
-                      for p in range(self.devices) if (p // step) % self.axis_sizes[axis] == 0]
-            if all(len({self.node_of(q) for q in g}) == 1 for g in groups):
-                inside.append(axis)
-        return tuple(inside)
 
     def validate(self, cfg: ModelConfig, devices: int | None = None) -> None:
         """Raise a ValueError naming the numbers when `cfg` cannot run on this layout."""
@@ -156,14 +136,6 @@ class Layout:
 
 def _fmt(v: Any) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
-
-
-def _unravel(index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
-    coords = []
-    for n in reversed(shape):
-        coords.append(index % n)
-        index //= n
-    return tuple(reversed(coords))
 
 
 # ----------------------------------------------------------------------------- registry

@@ -267,9 +267,10 @@ def test_collective_time_picks_link_and_scales_by_trips():
     v = 4 * 2**20
     intra = Collective("all-reduce", "f32", ((v // 4,),), ((v // 4,),), DIM_GROUPS, trip_count=3)
     inter = Collective("all-reduce", "f32", ((v // 4,),), ((v // 4,),), HEAD_GROUPS)
-    assert collective_time(intra, hw) == pytest.approx(
+    by_four = lambda d: d // 4  # noqa: E731 - the paper's 4 GPUs per node, positions in order
+    assert collective_time(intra, hw, by_four) == pytest.approx(
         3 * collective_seconds("all-reduce", v, 4, hw.nvlink_bytes_per_s, hw.latency_nvlink_s))
-    assert collective_time(inter, hw) == pytest.approx(
+    assert collective_time(inter, hw, by_four) == pytest.approx(
         collective_seconds("all-reduce", v, 4, hw.ib_bytes_per_s, hw.latency_ib_s))
     assert collective_time(inter, hw, node_of=lambda d: 0) == pytest.approx(
         collective_seconds("all-reduce", v, 4, hw.nvlink_bytes_per_s, hw.latency_nvlink_s))

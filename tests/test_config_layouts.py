@@ -2,6 +2,8 @@
 
 import pytest
 
+from helix_jax.analysis.costmodel.hardware import HARDWARE
+from helix_jax.analysis.costmodel.topology import intra_node_axes, node_of
 from helix_jax.config import PRESETS, resolve_model
 from helix_jax.layouts import LAYOUTS, parse_layout
 
@@ -74,5 +76,10 @@ def test_device_count_must_match_the_mesh():
 
 def test_helix_dim_groups_stay_inside_a_node():
     layout = parse_layout("helix")  # (head=4, dim=4) on 4 nodes x 4 GPUs
-    assert [layout.node_of(i) for i in range(16)] == [i // 4 for i in range(16)]
-    assert layout.intra_node_axes() == ("dim",)
+    paper, dgx = HARDWARE["h100-paper"], HARDWARE["dgx-h100"]
+    assert [node_of(layout, paper)(i) for i in range(16)] == [i // 4 for i in range(16)]
+    assert intra_node_axes(layout, paper) == ("dim",)
+    # the hardware decides too: on 8-GPU nodes a head pair shares a node, but no head group does
+    assert [node_of(layout, dgx)(i) for i in range(16)] == [i // 8 for i in range(16)]
+    assert intra_node_axes(layout, dgx) == ("dim",)
+    assert intra_node_axes(parse_layout("helix:m=4,n=2"), dgx) == ("head", "dim")

@@ -7,6 +7,8 @@ import pytest
 
 from helix_jax import testing
 from helix_jax.analysis import collectives
+from helix_jax.analysis.costmodel.hardware import HARDWARE
+from helix_jax.analysis.costmodel.topology import intra_node_axes
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.model import Sharded, logical_axes
@@ -67,4 +69,5 @@ def test_helix_with_a_data_axis_keeps_collectives_inside_each_replica():
 def test_a_64_device_layout_is_described():
     layout = parse_layout("helix:m=4,n=4,dp=4")
     assert layout.devices == 64 and layout.axis_sizes == {"data": 4, "head": 4, "dim": 4}
-    assert layout.intra_node_axes() == ("dim",)  # 16 nodes of 4: score reductions on NVLink
+    # 16 nodes of 4: score reductions on NVLink
+    assert intra_node_axes(layout, HARDWARE["h100-paper"]) == ("dim",)

@@ -155,6 +155,6 @@ def test_decode_and_prefill_projections_are_never_below_their_hbm_time():
     for mode in ("prefill", "decode"):
         for spec in ("helix", "kvp:kvp=4"):
             r = project(cfg, parse_layout(spec), HARDWARE["dgx-h100"], mode=mode)
-            p = r["projected"]
-            assert p["step_seconds"] >= p["hbm_floor_seconds"] > 0
-            assert r["tokens_per_step"] == cfg.batch * (64 if mode == "prefill" else 1)
+            p = r.projected
+            assert p.step_seconds >= p.hbm_floor_seconds > 0
+            assert r.tokens_per_step == cfg.batch * (64 if mode == "prefill" else 1)

@@ -9,9 +9,10 @@ import jax
 import pytest
 
 from helix_jax import cli
-from helix_jax.analysis import collectives, load_hardware, matmul_flops, memo
+from helix_jax.analysis import collectives, load_hardware, matmul_flops
 from helix_jax.analysis.costmodel.compiler import compile_program
 from helix_jax.analysis.costmodel.project import project
+from helix_jax.analysis.hlo import memo
 from helix_jax.analysis.hlo.module import parse_module
 from helix_jax.analysis.planner.cache import ProgramCache
 from helix_jax.analysis.planner.search import TERMS, bound_violations, plan, step_terms
@@ -101,7 +102,7 @@ def test_an_unchunked_step_no_faster_than_the_best_is_pruned():
     assert chunked
     for row in chunked:
         one = project(cfg, row.candidate.layout, hw, batch_chunks=1, compiler=cache)
-        assert row.step >= one["projected"]["step_seconds"], row.candidate.label
+        assert row.step >= one.step_seconds, row.candidate.label
 
 
 def test_training_search_prunes_safely_and_the_cache_re_prices_without_compiling(
@@ -178,7 +179,7 @@ def _check_least_steps(full, cfg, hw):
     for r in recomputing:
         plain = full.rows[dataclasses.replace(r.candidate, remat="none").label]
         one = project(cfg, plain.candidate.layout, hw, batch_chunks=1, mode="train",
-                      compiler=full.cache)
+                      compiler=full.cache).to_dict()
         assert PL._recompute_floor(one) <= r.step * (1 + 1e-9), r.candidate.label
 
 
@@ -196,7 +197,7 @@ def test_least_steps_from_larger_microbatches_hold():
     for dp, M in ((1, 1), (1, 2), (1, 4), (1, 8), (2, 1), (2, 2)):
         c = parse_candidate(f"tp-pp:tp=2,pp=2,dp={dp},microbatches={M}@none", "train")
         rows[c.label] = PL.Row(c, projection=project(cfg, c.layout, hw, mode="train",
-                                                       compiler=cache))
+                                                       compiler=cache).to_dict())
     plan_ = PL.Plan(cfg, hw, 8, "train", rows, Counter(), [], False, 0.0, cache, False)
     _check_least_steps(plan_, cfg, hw)
     assert {r.projection["microbatch_size"] for r in rows.values()} == {1, 2, 4, 8}

@@ -46,7 +46,7 @@ def check_formulas(r, tol=0.10):
 
 @pytest.mark.parametrize("model, spec, chunks", PAPER)
 def test_paper_layouts_fit_and_match_the_formulas(model, spec, chunks):
-    r = project(resolve_model(model), parse_layout(spec), HW, batch_chunks=chunks)
+    r = project(resolve_model(model), parse_layout(spec), HW, batch_chunks=chunks).to_dict()
     assert r["fits"] and r["memory_bytes_per_device"] <= 80e9
     check_consistent(r)
     check_formulas(r)
@@ -54,7 +54,7 @@ def test_paper_layouts_fit_and_match_the_formulas(model, spec, chunks):
 
 def test_score_psum_payload_is_within_the_formula_range():
     cfg = resolve_model("paper-dense")
-    r = project(cfg, parse_layout("helix"), HW, batch_chunks=32)
+    r = project(cfg, parse_layout("helix"), HW, batch_chunks=32).to_dict()
     scores = [c for c in r["collectives"] if c["op"] == "all-reduce" and c["group_size"] == 4]
     total = sum(c["payload_bytes_per_device"] * c["count"] for c in scores)
     full = cfg.n_layers * cfg.batch * (cfg.n_heads // 4) * cfg.seq**2 * 2
@@ -71,14 +71,14 @@ def test_score_psum_payload_is_within_the_formula_range():
 ])
 def test_small_scale_matches_the_formulas(model, spec):
     cfg = resolve_model(model, dtype="float16")
-    r = project(cfg, parse_layout(spec), HW, batch_chunks=1)
+    r = project(cfg, parse_layout(spec), HW, batch_chunks=1).to_dict()
     check_consistent(r)
     check_formulas(r)
 
 
 def test_too_few_chunks_do_not_fit():
     r = project(resolve_model("paper-dense"), parse_layout("helix"), HW, batch_chunks=1)
-    assert not r["fits"] and r["memory_bytes_per_device"] > 80e9
+    assert not r.fits and r.memory_bytes_per_device > 80e9
 
 
 def test_cli_project_writes_json(tmp_path, capsys):

@@ -7,6 +7,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from helix_jax import testing
+from helix_jax.analysis.costmodel.hardware import HARDWARE
+from helix_jax.analysis.costmodel.topology import intra_node_axes, node_of
 from helix_jax.comm import Comm
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
@@ -105,12 +107,14 @@ def test_sequence_parallel_turns_all_reduces_into_pairs():
 
 
 def test_tp_groups_cross_nodes_unless_placed_otherwise():
+    paper = HARDWARE["h100-paper"]  # 4 GPUs per node
     default = parse_layout("tp-pp")  # stage x tensor, TP innermost: a TP group spans 2 nodes
-    assert len({default.node_of(p) for p in range(8)}) == 2
-    assert default.intra_node_axes() == ()
+    assert len({node_of(default, paper)(p) for p in range(8)}) == 2
+    assert intra_node_axes(default, paper) == ()
     inner = parse_layout("tp-pp:place=stage-inner")  # the 2 stages of a TP rank share a node
-    assert inner.intra_node_axes() == ("stage",)
-    assert len({inner.node_of(p) for p in range(8)}) == 4
+    assert intra_node_axes(inner, paper) == ("stage",)
+    assert len({node_of(inner, paper)(p) for p in range(8)}) == 4
+    assert intra_node_axes(default, HARDWARE["dgx-h100"]) == ("tensor",)  # 8 GPUs per node
 
 
 @pytest.mark.parametrize("spec, overrides, words", [

@@ -143,9 +143,10 @@ def test_remat_changes_the_compiled_flops_as_the_math_says():
 
 def test_train_projection_of_a_whole_program():
     cfg = resolve_model("tiny-dense").replace(batch=16, seq=32)
-    fwd = project(cfg, parse_layout("helix:m=2,n=2"), HARDWARE["h100-sxm"], batch_chunks=1)
+    fwd = project(cfg, parse_layout("helix:m=2,n=2"), HARDWARE["h100-sxm"],
+                  batch_chunks=1).to_dict()
     r = project(cfg, parse_layout("helix:m=2,n=2"), HARDWARE["h100-sxm"], batch_chunks=1,
-                mode="train")
+                mode="train").to_dict()
     assert r["mode"] == "train" and r["extended_by_formula"] == []
     assert r["flops_per_device"] == pytest.approx(3 * fwd["flops_per_device"], rel=0.02)
     p = r["projected"]
@@ -161,7 +162,7 @@ def test_composed_pipeline_schedules():
     runs = {}
     for sched in ("schedule=gpipe", "schedule=1f1b", "schedule=1f1b,virtual=2"):
         lay = parse_layout(f"tp-pp:tp=2,pp=4,dp=2,microbatches=8,{sched}")
-        runs[sched] = project(cfg, lay, hw, mode="train")
+        runs[sched] = project(cfg, lay, hw, mode="train").to_dict()
     g, f, v = (runs[k]["projected"] for k in runs)
     t_mb = g["microbatch_seconds"]
     assert f["microbatch_seconds"] == pytest.approx(t_mb)
@@ -242,7 +243,7 @@ def test_calibrate_writes_a_profile_that_projects(tmp_path):
     assert set(data["measurements"]["attention_flops_per_s"]) == {"score_psum", "qk_gather",
                                                                   "seq_a2a"}
     p = project(resolve_model("tiny-dense"), parse_layout("helix:m=2,n=2"), hw, batch_chunks=1)
-    assert p["projected"]["step_seconds"] > 0
+    assert p.step_seconds > 0
 
 
 def test_cli_projects_a_composed_training_step(gpt, tmp_path):

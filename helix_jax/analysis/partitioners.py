@@ -165,7 +165,7 @@ def project_both(cfg, layout, hw, batch_chunks: int | None = None,
 
     check_partitioner(cfg, layout, mode, "gspmd")
     hand = project(cfg, layout, hw, batch_chunks=batch_chunks, progress=progress, mode=mode,
-                   remat=remat)
+                   remat=remat).to_dict()
     xla = project(cfg, layout, hw, batch_chunks=hand["batch_chunks"], progress=progress,
-                  mode=mode, remat=remat, partitioner="gspmd")
+                  mode=mode, remat=remat, partitioner="gspmd").to_dict()
     return {"shard_map": hand, "gspmd": xla, "comparison": compare(hand, xla)}

@@ -141,7 +141,7 @@ def run_row(table: TableSpec, row: RowSpec, hw, *, measure: bool, warmup: int, r
     cfg = resolve_model(table.model, **(project_overrides or {}))
     try:
         start = time.perf_counter()
-        full = project(cfg, layout, hw)  # with the fewest batch chunks that fit
+        full = project(cfg, layout, hw).to_dict()  # with the fewest batch chunks that fit
         full["analysis_seconds"] = time.perf_counter() - start
         out["projection"] = summarize_projection(full)
         out["projection_detail"] = full
@@ -150,7 +150,7 @@ def run_row(table: TableSpec, row: RowSpec, hw, *, measure: bool, warmup: int, r
     if train:
         stage(f"{table.name} {row.layout}: projecting a training step")
         try:
-            t = project(cfg, layout, hw, mode="train")
+            t = project(cfg, layout, hw, mode="train").to_dict()
             out["projection_train"] = {**summarize_projection(t), "fits_why": t.get("fits_why"),
                                        "compiled": t["compiled"],
                                        "extended_by_formula": t["extended_by_formula"]}
@@ -160,7 +160,7 @@ def run_row(table: TableSpec, row: RowSpec, hw, *, measure: bool, warmup: int, r
     if train:  # the paper's TPOT as a real decode step: batch B, a cache of `seq` positions
         stage(f"{table.name} {row.layout}: projecting a decode step")
         try:
-            d = project(cfg, layout, hw, mode="decode")
+            d = project(cfg, layout, hw, mode="decode").to_dict()
             out["projection_decode"] = {
                 "tpot_ms": d["projected"]["tpot_ms"],
                 "hbm_floor_ms": d["projected"]["hbm_floor_seconds"] * 1e3,

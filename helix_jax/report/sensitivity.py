@@ -43,7 +43,7 @@ def error(row: dict, hw, cache: ProgramCache, models: Path) -> float:
         batch=row["batch"], seq=row["seq"], dtype=row["dtype"])
     p = project(cfg, parse_layout(row["layout"]), hw, mode="train", remat=row["remat"],
                 compiler=cache)
-    return p["projected"]["step_seconds"] / row["measured"] - 1
+    return p.step_seconds / row["measured"] - 1
 
 
 def study(rows: list[dict], models: Path, progress: bool = True) -> dict:

@@ -62,10 +62,6 @@ class Hardware:
         """Whether collectives are priced from measured curves (hierarchically across nodes)."""
         return bool(self.allreduce_busbw and self.nic_bytes_per_s)
 
-    def node_of(self, device: int) -> int:
-        """Node of a mesh position, with positions filling nodes in order."""
-        return device // self.gpus_per_node
-
     def link(self, crosses_nodes: bool) -> tuple[float, float]:
         """(bytes/s per direction, latency per step) of NVLink, or of InfiniBand across nodes."""
         if crosses_nodes:

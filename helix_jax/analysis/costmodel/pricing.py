@@ -120,18 +120,17 @@ def crosses_nodes(c: Collective, node_of: Callable[[int], int]) -> bool:
     return device_groups_cross_nodes(c.replica_groups + c.source_target_pairs, node_of)
 
 
-def collective_time(c: Collective, hw: Hardware,
-                    node_of: Callable[[int], int] | None = None) -> float:
+def collective_time(c: Collective, hw: Hardware, node_of: Callable[[int], int]) -> float:
     """Seconds per program run: one execution priced on NVLink or InfiniBand, times trip_count.
 
-    `node_of` maps a mesh position to its node; by default `hw.node_of` (positions fill nodes in
-    order). Returns 0 for groups of one device.
+    `node_of` maps a mesh position to its node (`topology.node_of`). Returns 0 for groups of one
+    device.
     """
     n = c.group_size
     if n <= 1:
         return 0.0
     if hw.measured_links:
-        nodes = nodes_spanned(c, node_of or hw.node_of)
+        nodes = nodes_spanned(c, node_of)
         return c.trip_count * measured_seconds(c.op, c.payload_bytes, n, nodes, hw)
-    bandwidth, latency = hw.link(crosses_nodes(c, node_of or hw.node_of))
+    bandwidth, latency = hw.link(crosses_nodes(c, node_of))
     return c.trip_count * collective_seconds(c.op, c.payload_bytes, n, bandwidth, latency)

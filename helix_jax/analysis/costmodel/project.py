@@ -22,18 +22,21 @@ behind the backward (forward) compute of the last (first) accumulation step.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 
 from helix_jax.analysis.costmodel.compiler import DIRECT, Compiler
 from helix_jax.analysis.costmodel.compose import project_composed
 from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES, expected_comm_bytes
 from helix_jax.analysis.costmodel.hardware import Hardware
+from helix_jax.analysis.costmodel.projection import Projection, Timing
 from helix_jax.analysis.costmodel.roofline import compute_time
 from helix_jax.analysis.costmodel.sites import collective_sites
 from helix_jax.analysis.costmodel.terms import (
     analysed_config,
+    breakdown,
     build_sharded,
+    flops_note,
+    mfu_convention,
     model_flops_per_token,
     overlap_exposed,
     price_collectives,
@@ -138,7 +141,7 @@ def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
 
 
 def _timing(cfg: ModelConfig, layout: Layout, hw: Hardware, compute: dict, priced: dict,
-            mode: str, accumulation: int = 1) -> dict:
+            mode: str, accumulation: int = 1) -> Timing:
     """Step time = compute + exposed communication, and what follows from it."""
     tokens = cfg.batch * cfg.seq
     compute_seconds = compute["seconds"]
@@ -153,20 +156,15 @@ def _timing(cfg: ModelConfig, layout: Layout, hw: Hardware, compute: dict, price
                                        1 / cfg.n_layers)
     exposed = priced["seconds"] - hidden - data + data_exposed
     step = compute_seconds + exposed
-    return {
-        "step_seconds": step,
-        "compute_seconds": compute_seconds,
-        "compute_breakdown": {k: compute[k] for k in ("matmul_seconds", "attention_seconds",
-                                                      "memory_seconds")},
-        "comm_seconds": priced["seconds"],
-        "exposed_comm_seconds": exposed,
-        "data_parallel_comm_seconds": data,
-        "data_parallel_exposed_seconds": data_exposed,
-        "tokens_per_s": tokens / step,
-        "mfu": model_flops_per_token(cfg, mode) * tokens / step / (
+    return Timing(
+        step_seconds=step, compute_seconds=compute_seconds,
+        compute_breakdown=breakdown(compute),
+        comm_seconds=priced["seconds"], exposed_comm_seconds=exposed,
+        data_parallel_comm_seconds=data, data_parallel_exposed_seconds=data_exposed,
+        tokens_per_s=tokens / step,
+        mfu=model_flops_per_token(cfg, mode) * tokens / step / (
             layout.devices * hw.peak_flops_per_s),
-        "tpot_ms": step / cfg.seq * 1e3,
-    }
+        tpot_ms=step / cfg.seq * 1e3)
 
 
 def _under(partitioner: str) -> str:
@@ -196,7 +194,7 @@ def _composed(layout: Layout) -> bool:
 def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | None = None,
             progress: Callable[[str], None] | None = None, mode: str = "forward",
             remat: str = "none", partitioner: str = "shard_map",
-            compiler: Compiler = DIRECT) -> dict:
+            compiler: Compiler = DIRECT) -> Projection:
     """The full read-out and projection of `cfg` on `layout` priced on `hw` (see module doc).
     `partitioner` "gspmd" compiles the same model with XLA choosing the collectives
     (helix_jax/model.py): forward and whole training steps only. `compiler` compiles the
@@ -220,67 +218,53 @@ def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | 
     return read_out(cfg, layout, hw, sharded, compiled, mode)
 
 
-def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled, mode: str) -> dict:
-    """Everything read off one compiled program, priced: the projection's JSON."""
+def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled,
+             mode: str) -> Projection:
+    """Everything read off one compiled program, priced."""
+    from helix_jax.train import accumulation_steps
+
     hlo = compiled.as_text()
     flops = matmul_flops(hlo)
     memory = read_memory(compiled)
     compute = compute_time(hlo, hw, DTYPE_BYTES[cfg.dtype], score_blocks(cfg, layout))
     priced = price_collectives(hlo, cfg, layout, hw)
-    by_op: dict[str, float] = defaultdict(float)
-    for r in priced["rows"]:
-        by_op[r["op"]] += r["payload_bytes_per_device"] * r["count"]
-    from helix_jax.train import accumulation_steps
-
     accumulation = accumulation_steps(sharded) if mode == "train" else 1
-    return {
-        "model": cfg.name,
-        "layout": layout.spec,
-        "hardware": hw.name,
-        "mode": mode,
-        "partitioner": sharded.partitioner,
-        "remat": sharded.remat,
-        "devices": layout.devices,
-        "mesh": layout.axis_sizes,
-        "batch": cfg.batch,
-        "seq": cfg.seq,
-        "dtype": cfg.dtype,
-        "batch_chunks": sharded.batch_chunks,
-        "accumulation_steps": accumulation,
-        "tokens_per_step": cfg.batch * cfg.seq,
-        "compiled": f"the whole {mode} program of all {layout.devices} devices"
-                    + (", partitioned by XLA (gspmd)" if sharded.partitioner == "gspmd" else ""),
-        "extended_by_formula": [],
-        "flops_per_device": flops["flops"],
-        "flops_note": ("upper bound: runtime-skipped causal blocks counted"
-                       if flops.get("conditionals") else "exact"),
-        "model_flops_per_token": model_flops_per_token(cfg, mode),
-        "mfu_convention": ("3 x forward, attention non-causal, recompute excluded (Megatron)"
-                           if mode == "train" else "forward, causal attention at S/2 keys"),
-        "memory_bytes_per_device": memory["total_bytes"],
-        "memory": memory,
-        "fits": memory["total_bytes"] <= hw.hbm_capacity_bytes,
-        "fits_why": (f"{memory['total_bytes'] / 1e9:.1f} GB per device against "
-                     f"{hw.hbm_capacity_bytes / 1e9:.0f} GB: arguments (parameters"
-                     + (", optimizer state" if mode == "train" else "") + f", input) "
-                     f"{memory['argument_bytes'] / 1e9:.1f} GB + temporaries "
-                     f"{memory['temp_bytes'] / 1e9:.1f} GB ("
-                     + (f"activations kept for the backward of one of {accumulation} "
-                        f"accumulation steps of {cfg.batch // accumulation} sequences"
-                        if mode == "train" else f"one of {sharded.batch_chunks} batch chunks")
-                     + "; on CPU f32 upcasts make this err high)"),
-        "collectives": priced["rows"],
-        "collective_sites": collective_sites(hlo, layout, hw),
-        "comm_bytes_per_device": priced["comm"],
-        "comm_bytes_by_op": dict(by_op),
-        "expected_comm_bytes_by_op": (expected_comm_bytes(
+    return Projection(
+        model=cfg.name, layout=layout.spec, hardware=hw.name, mode=mode,
+        partitioner=sharded.partitioner, remat=sharded.remat, devices=layout.devices,
+        mesh=layout.axis_sizes, batch=cfg.batch, seq=cfg.seq, dtype=cfg.dtype,
+        batch_chunks=sharded.batch_chunks, accumulation_steps=accumulation,
+        tokens_per_step=cfg.batch * cfg.seq,
+        compiled=f"the whole {mode} program of all {layout.devices} devices"
+                 + (", partitioned by XLA (gspmd)" if sharded.partitioner == "gspmd" else ""),
+        extended_by_formula=[],
+        flops_per_device=flops["flops"], flops_note=flops_note(flops),
+        model_flops_per_token=model_flops_per_token(cfg, mode), mfu_convention=mfu_convention(mode),
+        memory_bytes_per_device=memory["total_bytes"], memory=memory,
+        fits=memory["total_bytes"] <= hw.hbm_capacity_bytes,
+        fits_why=_fits_why(cfg, hw, memory, mode, accumulation, sharded.batch_chunks),
+        collectives=priced["rows"], collective_sites=collective_sites(hlo, layout, hw),
+        comm_bytes_per_device=priced["comm"], comm_bytes_by_op=priced["by_op"],
+        expected_comm_bytes_by_op=(expected_comm_bytes(
             analysed_config(cfg), layout,
             sharded.batch_chunks, sharded.spread_axes) if mode == "forward" else {}),
-        "projected": _timing(cfg, layout, hw, compute, priced, mode, accumulation),
-        "pricing": pricing_terms(hw),
-        "intra_node_axes": priced["intra_node_axes"],
-        "bytes_per_element": DTYPE_BYTES[cfg.dtype],
-    }
+        projected=_timing(cfg, layout, hw, compute, priced, mode, accumulation),
+        pricing=pricing_terms(hw), intra_node_axes=priced["intra_node_axes"],
+        bytes_per_element=DTYPE_BYTES[cfg.dtype])
+
+
+def _fits_why(cfg: ModelConfig, hw: Hardware, memory: dict, mode: str, accumulation: int,
+              batch_chunks: int) -> str:
+    """Why a whole program fits or not: its memory against the capacity, by part."""
+    return (f"{memory['total_bytes'] / 1e9:.1f} GB per device against "
+            f"{hw.hbm_capacity_bytes / 1e9:.0f} GB: arguments (parameters"
+            + (", optimizer state" if mode == "train" else "") + f", input) "
+            f"{memory['argument_bytes'] / 1e9:.1f} GB + temporaries "
+            f"{memory['temp_bytes'] / 1e9:.1f} GB ("
+            + (f"activations kept for the backward of one of {accumulation} "
+               f"accumulation steps of {cfg.batch // accumulation} sequences"
+               if mode == "train" else f"one of {batch_chunks} batch chunks")
+            + "; on CPU f32 upcasts make this err high)")
 
 
 def hbm_floor_bytes(sharded) -> float:
@@ -297,7 +281,7 @@ def hbm_floor_bytes(sharded) -> float:
 
 
 def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
-                 compiler: Compiler = DIRECT) -> dict:
+                 compiler: Compiler = DIRECT) -> Projection:
     """A prefill of `cfg.seq` positions or one decode step at context `cfg.seq`: compiled, read,
     priced; the step is never faster than reading its weights and cache from HBM."""
     sharded = build_sharded(analysed_config(cfg), layout, 1)
@@ -316,38 +300,34 @@ def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
     busy = compute["seconds"] + priced["seconds"]
     step = max(busy, floor)
     tokens = cfg.batch * (cfg.seq if mode == "prefill" else 1)
-    flops = matmul_flops(hlo)
-    return {
-        "model": cfg.name, "layout": layout.spec, "hardware": hw.name, "mode": mode,
-        "devices": layout.devices, "mesh": layout.axis_sizes, "batch": cfg.batch,
-        "context": cfg.seq, "seq": cfg.seq, "dtype": cfg.dtype, "batch_chunks": 1,
-        "tokens_per_step": tokens,
-        "compiled": (f"the {mode} step of all {layout.devices} devices: "
-                     + (f"{cfg.seq} positions into an empty cache" if mode == "prefill" else
-                        f"one new position against a cache of {cfg.seq}")),
-        "extended_by_formula": [f"HBM floor: 16-bit weights + KV cache = {floor_bytes / 1e9:.2f} "
-                                f"GB per device at {hw.hbm_bytes_per_s / 1e12:.2f} TB/s"],
-        "flops_per_device": flops["flops"], "flops_note": "exact" if not flops.get(
-            "conditionals") else "upper bound: runtime-skipped causal blocks counted",
-        "model_flops_per_token": model_flops_per_token(cfg, "forward"),
-        "memory_bytes_per_device": memory["total_bytes"], "memory": memory,
-        "fits": memory["total_bytes"] <= hw.hbm_capacity_bytes,
-        "fits_why": (f"{memory['total_bytes'] / 1e9:.1f} GB per device against "
-                     f"{hw.hbm_capacity_bytes / 1e9:.0f} GB (weights, KV cache, temporaries)"),
-        "collectives": priced["rows"], "comm_bytes_per_device": priced["comm"],
-        "comm_bytes_by_op": {}, "expected_comm_bytes_by_op": {},
-        "projected": {
-            "step_seconds": step, "compute_seconds": compute["seconds"],
-            "compute_breakdown": {k: compute[k] for k in ("matmul_seconds", "attention_seconds",
-                                                          "memory_seconds")},
-            "comm_seconds": priced["seconds"], "exposed_comm_seconds": priced["seconds"],
-            "hbm_floor_seconds": floor, "hbm_bound": floor >= busy,
-            "tokens_per_s": tokens / step,
-            "mfu": model_flops_per_token(cfg, "forward") * tokens / step / (
-                layout.devices * hw.peak_flops_per_s),
-            "tpot_ms": step * 1e3 if mode == "decode" else step / cfg.seq * 1e3,
-            "ttft_ms": step * 1e3 if mode == "prefill" else None,
-        },
-        "pricing": pricing_terms(hw), "intra_node_axes": priced["intra_node_axes"],
-        "bytes_per_element": DTYPE_BYTES[cfg.dtype],
-    }
+    mfu = model_flops_per_token(cfg, "forward") * tokens / step / (
+        layout.devices * hw.peak_flops_per_s)
+    return Projection(
+        model=cfg.name, layout=layout.spec, hardware=hw.name, mode=mode,
+        partitioner=sharded.partitioner, remat=sharded.remat, devices=layout.devices,
+        mesh=layout.axis_sizes, batch=cfg.batch, seq=cfg.seq, context=cfg.seq, dtype=cfg.dtype,
+        batch_chunks=1, accumulation_steps=1, tokens_per_step=tokens,
+        compiled=(f"the {mode} step of all {layout.devices} devices: "
+                  + (f"{cfg.seq} positions into an empty cache" if mode == "prefill" else
+                     f"one new position against a cache of {cfg.seq}")),
+        extended_by_formula=[f"HBM floor: 16-bit weights + KV cache = {floor_bytes / 1e9:.2f} "
+                             f"GB per device at {hw.hbm_bytes_per_s / 1e12:.2f} TB/s"],
+        flops_per_device=matmul_flops(hlo)["flops"], flops_note=flops_note(matmul_flops(hlo)),
+        model_flops_per_token=model_flops_per_token(cfg, "forward"),
+        mfu_convention=mfu_convention("forward"),
+        memory_bytes_per_device=memory["total_bytes"], memory=memory,
+        fits=memory["total_bytes"] <= hw.hbm_capacity_bytes,
+        fits_why=(f"{memory['total_bytes'] / 1e9:.1f} GB per device against "
+                  f"{hw.hbm_capacity_bytes / 1e9:.0f} GB (weights, KV cache, temporaries)"),
+        collectives=priced["rows"], collective_sites=collective_sites(hlo, layout, hw),
+        comm_bytes_per_device=priced["comm"], comm_bytes_by_op=priced["by_op"],
+        expected_comm_bytes_by_op={},
+        projected=Timing(
+            step_seconds=step, compute_seconds=compute["seconds"],
+            compute_breakdown=breakdown(compute),
+            comm_seconds=priced["seconds"], exposed_comm_seconds=priced["seconds"],
+            hbm_floor_seconds=floor, hbm_bound=floor >= busy, tokens_per_s=tokens / step,
+            mfu=mfu, tpot_ms=step * 1e3 if mode == "decode" else step / cfg.seq * 1e3,
+            ttft_ms=step * 1e3 if mode == "prefill" else None),
+        pricing=pricing_terms(hw), intra_node_axes=priced["intra_node_axes"],
+        bytes_per_element=DTYPE_BYTES[cfg.dtype])

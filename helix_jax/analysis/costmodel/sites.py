@@ -16,6 +16,7 @@ from pathlib import Path
 
 from helix_jax.analysis.costmodel.hardware import Hardware
 from helix_jax.analysis.costmodel.pricing import collective_time, crosses_nodes
+from helix_jax.analysis.costmodel.topology import node_of
 from helix_jax.analysis.hlo.collectives import Collective, collectives
 from helix_jax.analysis.hlo.memo import per_program
 from helix_jax.analysis.hlo.module import attribute, parse_module
@@ -122,7 +123,7 @@ def collective_sites(hlo_text: str, layout: Layout, hw: Hardware) -> list[dict]:
     """Every collective instruction with more than one device per group, as a JSON row: op,
     dtype, mesh axes, group size, payload bytes per execution, executions, link, seconds, the
     op_name XLA kept and the source line it attributes the collective to."""
-    placed = dataclasses.replace(layout, gpus_per_node=hw.gpus_per_node)
+    node = node_of(layout, hw)
     rows = []
     for c, op_name, frame in _sourced(hlo_text):
         axes = mesh_axes_of(c, layout)
@@ -130,8 +131,8 @@ def collective_sites(hlo_text: str, layout: Layout, hw: Hardware) -> list[dict]:
             "name": c.name, "op": c.op, "dtype": c.dtype,
             "axes": list(axes) if axes is not None else None,
             "group_size": c.group_size, "payload_bytes": c.payload_bytes, "count": c.trip_count,
-            "link": "ib" if crosses_nodes(c, placed.node_of) else "nvlink",
-            "seconds": collective_time(c, hw, placed.node_of),
+            "link": "ib" if crosses_nodes(c, node) else "nvlink",
+            "seconds": collective_time(c, hw, node),
             "op_name": op_name, "source": str(frame) if frame else "",
         })
     return rows

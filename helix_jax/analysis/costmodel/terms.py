@@ -6,12 +6,12 @@ hardware constants each term uses (with their sources). `project` (whole program
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 
 from helix_jax.analysis.costmodel.formulas import forward_flops_per_token
 from helix_jax.analysis.costmodel.hardware import Hardware
 from helix_jax.analysis.costmodel.pricing import collective_time, crosses_nodes
+from helix_jax.analysis.costmodel.topology import intra_node_axes, node_of
 from helix_jax.analysis.hlo.collectives import collectives
 from helix_jax.config import ModelConfig
 from helix_jax.layouts import Layout
@@ -56,24 +56,27 @@ def axis_groups(layout: Layout, axes: tuple[str, ...]) -> set[frozenset[int]]:
 def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) -> dict:
     """Every collective of the compiled program `hlo`, grouped and priced on `hw`.
 
-    Returns {"rows": [...], "comm": {"nvlink", "ib"} bytes, "seconds": all collectives,
+    Returns {"rows": [...], "comm": {"nvlink", "ib"} bytes, "by_op": bytes per op,
+    "seconds": all collectives,
     "hidden": seconds that `ep:chunks=K` may overlap (before the cap by expert compute),
     "data_seconds": the collectives over data replicas only (gradient reduction, FSDP gathers)}.
     """
-    placed = dataclasses.replace(layout, gpus_per_node=hw.gpus_per_node)
+    node = node_of(layout, hw)
     data_axes = layout.mesh_axes("batch", "fsdp")
     data = axis_groups(layout, data_axes) if data_axes else set()
     rows: dict[tuple, dict] = {}
     comm = {"nvlink": 0.0, "ib": 0.0}
+    by_op: dict[str, float] = defaultdict(float)
     total = hidden = data_seconds = 0.0
     for c in collectives(hlo):
         if c.group_size <= 1:
             continue
-        link = "ib" if crosses_nodes(c, placed.node_of) else "nvlink"
+        link = "ib" if crosses_nodes(c, node) else "nvlink"
         dtype = cfg.dtype if c.dtype not in _FOUR_BYTE or cfg.dtype == "float32" else c.dtype
         dtype = {"float16": "f16", "bfloat16": "bf16", "float32": "f32"}.get(dtype, dtype)
-        seconds = collective_time(c, hw, placed.node_of)
+        seconds = collective_time(c, hw, node)
         comm[link] += c.payload_bytes * c.trip_count
+        by_op[c.op] += c.payload_bytes * c.trip_count
         total += seconds
         if c.op == "all-to-all" and layout.options.get("chunks", 1) > 1:
             k = layout.options["chunks"]
@@ -88,8 +91,9 @@ def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) 
         row["count"] += c.trip_count
         row["seconds"] += seconds
     return {"rows": sorted(rows.values(), key=lambda r: -r["seconds"]), "comm": comm,
+            "by_op": dict(by_op),
             "seconds": total, "hidden": hidden, "data_seconds": data_seconds,
-            "intra_node_axes": placed.intra_node_axes()}
+            "intra_node_axes": intra_node_axes(layout, hw)}
 
 
 def model_flops_per_token(cfg: ModelConfig, mode: str) -> float:
@@ -98,6 +102,26 @@ def model_flops_per_token(cfg: ModelConfig, mode: str) -> float:
     if mode == "train":
         return 3 * forward_flops_per_token(cfg.replace(causal=False))
     return forward_flops_per_token(cfg)
+
+
+def mfu_convention(mode: str) -> str:
+    """Which model FLOPs MFU counts (`model_flops_per_token`), in words."""
+    if mode == "train":
+        return "3 x forward, attention non-causal, recompute excluded (Megatron)"
+    return "forward, causal attention at S/2 keys"
+
+
+def flops_note(flops: dict) -> str:
+    """Whether the program's FLOPs are exact or count causal blocks skipped at run time."""
+    if flops.get("conditionals"):
+        return "upper bound: runtime-skipped causal blocks counted"
+    return "exact"
+
+
+def breakdown(compute: dict, scale: float = 1.0) -> dict[str, float]:
+    """The roofline's compute seconds by kernel kind (`roofline.compute_time`), times `scale`."""
+    return {k: scale * compute[k] for k in ("matmul_seconds", "attention_seconds",
+                                            "memory_seconds")}
 
 
 def overlap_exposed(seconds: float, window: float, floor_fraction: float) -> float:

@@ -34,6 +34,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from helix_jax.analysis.costmodel.hardware import Hardware, hardware_to_dict
+from helix_jax.analysis.costmodel.topology import data_replica_nodes, stages_cross_nodes
 from helix_jax.analysis.planner.bounds import Bounds, bounds, whole_model_floor
 from helix_jax.analysis.planner.cache import ProgramCache
 from helix_jax.analysis.planner.space import (
@@ -44,6 +45,7 @@ from helix_jax.analysis.planner.space import (
 )
 from helix_jax.checks import gb
 from helix_jax.config import ModelConfig
+from helix_jax.layouts import parse_layout
 
 TERMS = ("compute", "HBM", "exposed NVLink", "exposed InfiniBand", "pipeline bubble")
 # The paper's layouts on 16 devices: what the best is explained against by default.
@@ -388,7 +390,8 @@ def _unchunked(row: Row, cfg: ModelConfig, hw: Hardware, mode: str,
         c = row.candidate
         try:
             row.unchunked = P.project(cfg, c.layout, hw, batch_chunks=1, mode=mode,
-                                      remat=c.remat, partitioner=c.partitioner, compiler=cache)
+                                      remat=c.remat, partitioner=c.partitioner,
+                                      compiler=cache).to_dict()
         except Exception:  # noqa: BLE001 - one chunk may not build or compile: the fit will say
             row.unchunked = {}
     return row.unchunked or None
@@ -465,7 +468,7 @@ def _project_or_raise(row: Row, cfg: ModelConfig, hw: Hardware, mode: str,
     if result is None:
         try:
             result = P.project(cfg, c.layout, hw, mode=mode, remat=c.remat,
-                               partitioner=c.partitioner, compiler=cache)
+                               partitioner=c.partitioner, compiler=cache).to_dict()
         except ValueError as e:  # this layout cannot run this model (kept: it will not either)
             result = {"error": str(e)}
         cache.store_priced(key, result)
@@ -500,12 +503,10 @@ def step_terms(r: dict, hw: Hardware) -> dict[str, float]:
         t["HBM"] = cb["memory_seconds"] * keep + p["optimizer_seconds"]
         by_link(p["tensor_comm_exposed_seconds"] * keep, rows)
         t["pipeline bubble"] = p["bubble_seconds"]
-        mesh = r["mesh"]
-        tp, pp, dp = mesh.get("tensor", 1), mesh.get("stage", 1), mesh.get("data", 1)
-        G = hw.gpus_per_node
-        t["exposed InfiniBand" if tp >= G else "exposed NVLink"] += p["pipeline_send_seconds"]
-        dp_nodes = dp if tp * pp >= G else max(1, dp * tp * pp // G)
-        t["exposed InfiniBand" if dp_nodes > 1 else "exposed NVLink"] += \
+        layout = parse_layout(r["layout"])
+        t["exposed InfiniBand" if stages_cross_nodes(layout, hw) else "exposed NVLink"] += \
+            p["pipeline_send_seconds"]
+        t["exposed InfiniBand" if data_replica_nodes(layout, hw) > 1 else "exposed NVLink"] += \
             p["data_parallel_exposed_seconds"]
         return t
     t["compute"] = cb["matmul_seconds"] + cb["attention_seconds"]

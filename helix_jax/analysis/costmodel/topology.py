@@ -1,0 +1,72 @@
+"""Which devices share a node: decided here, and only here, by the hardware profile (how many GPUs
+a node holds) and the layout's placement (in which axis order mesh positions are numbered onto
+GPUs) together. A collective whose group spans nodes runs over InfiniBand, else over NVLink.
+
+Mesh position p (row-major in the mesh = the HLO partition id) is numbered onto GPU g by the
+layout's placement order; GPU g sits on node g // gpus_per_node.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from helix_jax.analysis.costmodel.hardware import Hardware
+from helix_jax.layouts import Layout
+
+
+def node_of(layout: Layout, hw: Hardware) -> Callable[[int], int]:
+    """The function from a mesh position to the node that holds it on `hw`."""
+    order = layout.placement_order()
+    sizes = layout.axis_sizes
+
+    def node(position: int) -> int:
+        coords = dict(zip(layout.axis_names, _unravel(position, layout.mesh_shape)))
+        gpu = 0
+        for a in order:
+            gpu = gpu * sizes[a] + coords[a]
+        return gpu // hw.gpus_per_node
+
+    return node
+
+
+def intra_node_axes(layout: Layout, hw: Hardware) -> tuple[str, ...]:
+    """Mesh axes whose groups stay inside one node on `hw` under the layout's placement."""
+    node = node_of(layout, hw)
+    inside = []
+    for axis in layout.axis_names:
+        step = math.prod(layout.mesh_shape[layout.axis_names.index(axis) + 1:])
+        n = layout.axis_sizes[axis]
+        groups = [[p + i * step for i in range(n)]
+                  for p in range(layout.devices) if (p // step) % n == 0]
+        if all(len({node(q) for q in g}) == 1 for g in groups):
+            inside.append(axis)
+    return tuple(inside)
+
+
+def stages_cross_nodes(layout: Layout, hw: Hardware) -> bool:
+    """Whether neighbouring pipeline stages of a composed tp-pp step sit on different nodes (the
+    pipeline's sends run over InfiniBand). Composition prices Megatron's placement, tensor ranks
+    inside a node and stages outside it, whatever `place=` says: a stage's neighbour is `tp` GPUs
+    away."""
+    return layout.options["tp"] >= hw.gpus_per_node
+
+
+def data_replica_nodes(layout: Layout, hw: Hardware) -> int:
+    """How many nodes one data-parallel group of a composed tp-pp step spans (its gradient
+    reduce-scatter and parameter all-gather cross them), in Megatron's placement: every replica
+    on its own node(s) once a replica fills a node, else `gpus_per_node / (tp * pp)` replicas to
+    a node."""
+    o = layout.options
+    tp, pp, dp = o["tp"], o["pp"], o["dp"]
+    if tp * pp >= hw.gpus_per_node:
+        return dp
+    return max(1, dp * tp * pp // hw.gpus_per_node)
+
+
+def _unravel(position: int, shape: tuple[int, ...]) -> list[int]:
+    coords = []
+    for n in reversed(shape):
+        coords.append(position % n)
+        position //= n
+    return coords[::-1]
