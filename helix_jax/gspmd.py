@@ -11,9 +11,10 @@ No jax here: the CLI checks a request before jax starts.
 
 from __future__ import annotations
 
+from helix_jax.enums import Partitioner, choices
 from helix_jax.layouts import Layout
 
-PARTITIONERS = ("shard_map", "gspmd")
+PARTITIONERS = choices(Partitioner)
 
 
 def check_partitioner(layout: Layout, partitioner: str) -> None:

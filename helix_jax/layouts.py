@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from helix_jax.config import ModelConfig
+from helix_jax.enums import Core, Placement, Schedule, choices
 from helix_jax.errors import quote, unknown_name
 from helix_jax.limits import MAX_DEVICES as MAX_OPTION
 from helix_jax.routing import check_moe
 
-CORES = ("score_psum", "seq_a2a", "qk_gather")
-SCHEDULES = ("gpipe", "1f1b")  # pipeline schedules; 1f1b with virtual=V > 1 is interleaved
+CORES = choices(Core)
+SCHEDULES = choices(Schedule)  # pipeline schedules; 1f1b with virtual=V > 1 is interleaved
+PLACEMENTS = choices(Placement)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,11 @@ class Layout:
     options: dict[str, Any] = field(default_factory=dict)
     # Axis order, slowest first, in which mesh positions are numbered onto GPUs.
     placement: tuple[str, ...] = ()
+
+    def __hash__(self) -> int:
+        """Layouts key caches and sets: the spec names the kind and every option, and the rules
+        and placement follow from them."""
+        return hash(self.spec)
 
     @property
     def devices(self) -> int:
@@ -213,7 +220,7 @@ LAYOUTS: dict[str, LayoutKind] = {k.name: k for k in (
     LayoutKind("tp-pp", "Megatron tensor parallelism x GPipe pipeline (the paper's baseline)",
                {"tp": 8, "pp": 2, "microbatches": 4, "sp": False, "dp": 1, "place": "tensor-inner",
                 "schedule": "gpipe", "virtual": 1, "tp_overlap": False},
-               _tp_pp, {"place": ("tensor-inner", "stage-inner"), "schedule": SCHEDULES}),
+               _tp_pp, {"place": PLACEMENTS, "schedule": SCHEDULES}),
     LayoutKind("ep", "expert parallelism: one expert per device, tokens moved by all-to-all; "
                "attention data parallel", {"ep": 16, "chunks": 1, "dp": 1}, _ep),
     LayoutKind("helix-ep", "helix attention with the experts spread one per device; tokens stay "

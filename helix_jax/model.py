@@ -26,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from helix_jax.comm import Comm
 from helix_jax.config import ModelConfig
+from helix_jax.enums import Remat, choices
 from helix_jax.gspmd import check_partitioner
 from helix_jax.layouts import Layout
 from helix_jax.nn.stats import combine_stats
@@ -33,7 +34,7 @@ from helix_jax.nn.transformer import Transformer
 
 Params = dict[str, Any]
 STAT_KEYS_MOE = ("dropped", "routed", "aux_loss", "z_loss")
-REMAT = ("none", "selective", "full")
+REMAT = choices(Remat)
 
 
 def _is_var(v) -> bool:

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from helix_jax.config import ModelConfig, resolve_model
+from helix_jax.enums import Mode, choices
 
-MODES = ("forward", "train", "prefill", "decode")
+MODES = choices(Mode)
 
 
 def fake_devices(n: int) -> None:

@@ -83,3 +83,10 @@ def test_helix_dim_groups_stay_inside_a_node():
     assert [node_of(layout, dgx)(i) for i in range(16)] == [i // 8 for i in range(16)]
     assert intra_node_axes(layout, dgx) == ("dim",)
     assert intra_node_axes(parse_layout("helix:m=4,n=2"), dgx) == ("head", "dim")
+
+
+def test_layouts_are_hashable_by_what_they_describe():
+    same = {parse_layout("helix"), parse_layout("helix:m=4,n=4,core=score_psum")}
+    assert len(same) == 1
+    assert parse_layout("tp-pp") != parse_layout("tp-pp:place=stage-inner")
+    assert len({parse_layout("tp-pp"), parse_layout("tp-pp:place=stage-inner")}) == 2

@@ -14,8 +14,11 @@ from helix_jax.analysis.costmodel.compiler import compile_program
 from helix_jax.analysis.costmodel.project import project
 from helix_jax.analysis.hlo import memo
 from helix_jax.analysis.hlo.module import parse_module
+from helix_jax.analysis.planner import prune as PR
+from helix_jax.analysis.planner import rows as rows_mod
 from helix_jax.analysis.planner.cache import ProgramCache
-from helix_jax.analysis.planner.search import TERMS, bound_violations, plan, step_terms
+from helix_jax.analysis.planner.explain import TERMS, bound_violations, step_terms
+from helix_jax.analysis.planner.search import plan
 from helix_jax.analysis.planner.space import enumerate_candidates, parse_candidate, short_spec
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
@@ -165,14 +168,13 @@ def _check_least_steps(full, cfg, hw):
     a search that projected them all: a composed step is at least its share of any larger
     microbatch of the same stage; a recomputing whole step is at least the matmul, attention
     and exposed collectives of its no-recompute sibling's unchunked program."""
-    from helix_jax.analysis.planner import search as PL
 
     rows = [r for r in full.rows.values() if r.projection]
     pairs = [(r, o) for r in rows for o in rows if r.candidate.composed and o.candidate.composed
-             and PL._stage_group(o.candidate) == PL._stage_group(r.candidate)
-             and PL._microbatch(o.candidate, cfg) >= PL._microbatch(r.candidate, cfg)]
+             and PR.stage_group(o.candidate) == PR.stage_group(r.candidate)
+             and PR.microbatch(o.candidate, cfg) >= PR.microbatch(r.candidate, cfg)]
     for r, o in pairs:
-        assert PL._smaller_microbatch_bound(r.candidate, cfg, o) <= r.step * (1 + 1e-9), (
+        assert PR.smaller_microbatch_bound(r.candidate, cfg, o) <= r.step * (1 + 1e-9), (
             r.candidate.label, o.candidate.label)
     recomputing = [r for r in rows if not r.candidate.composed and r.candidate.remat != "none"]
     assert pairs or recomputing
@@ -180,14 +182,13 @@ def _check_least_steps(full, cfg, hw):
         plain = full.rows[dataclasses.replace(r.candidate, remat="none").label]
         one = project(cfg, plain.candidate.layout, hw, batch_chunks=1, mode="train",
                       compiler=full.cache).to_dict()
-        assert PL._recompute_floor(one) <= r.step * (1 + 1e-9), r.candidate.label
+        assert PR.recompute_floor(one) <= r.step * (1 + 1e-9), r.candidate.label
 
 
 def test_least_steps_from_larger_microbatches_hold():
     """Composed training steps of one stage (tp=2, pp=2) at four microbatch sizes and two
     data-parallel degrees, each projected: each is at least its share of every larger
     microbatch of the same stage."""
-    from helix_jax.analysis.planner import search as PL
 
     cfg = TINY.replace(batch=8)
     hw = dataclasses.replace(HW, hbm_capacity_bytes=1e9, nvlink_bytes_per_s=1e13,
@@ -196,9 +197,9 @@ def test_least_steps_from_larger_microbatches_hold():
     rows = {}
     for dp, M in ((1, 1), (1, 2), (1, 4), (1, 8), (2, 1), (2, 2)):
         c = parse_candidate(f"tp-pp:tp=2,pp=2,dp={dp},microbatches={M}@none", "train")
-        rows[c.label] = PL.Row(c, projection=project(cfg, c.layout, hw, mode="train",
+        rows[c.label] = rows_mod.Row(c, projection=project(cfg, c.layout, hw, mode="train",
                                                        compiler=cache).to_dict())
-    plan_ = PL.Plan(cfg, hw, 8, "train", rows, Counter(), [], False, 0.0, cache, False)
+    plan_ = rows_mod.Plan(cfg, hw, 8, "train", rows, Counter(), [], False, 0.0, cache, False)
     _check_least_steps(plan_, cfg, hw)
     assert {r.projection["microbatch_size"] for r in rows.values()} == {1, 2, 4, 8}
 
@@ -238,7 +239,7 @@ def test_a_kv_cache_no_layout_can_hold_is_explained_with_the_batch_that_could():
     """Weights and KV cache beyond all the devices together: every candidate is pruned without a
     compile, and the plan says why and which batch could fit, from the cache's size by formula."""
     from helix_jax.analysis.planner.bounds import whole_model_floor
-    from helix_jax.analysis.planner.search import nothing_fits
+    from helix_jax.analysis.planner.explain import nothing_fits
 
     cfg = TINY.replace(batch=8)
     kv_per_sequence = cfg.n_layers * 2 * cfg.seq * cfg.n_heads * cfg.head_dim * 2  # k and v, fp16

@@ -161,9 +161,9 @@ def project_both(cfg, layout, hw, batch_chunks: int | None = None,
     """Project `cfg` on `layout` under both partitioners and compare them: {"shard_map",
     "gspmd" (the two projections), "comparison"}. The gspmd program walks the batch in as many
     chunks as the hand-written one was fitted with, so both hold the same work per step."""
-    from helix_jax.analysis.costmodel.project import check_partitioner, project
+    from helix_jax.analysis.costmodel.project import check_projection, project
 
-    check_partitioner(cfg, layout, mode, "gspmd")
+    check_projection(cfg, layout, mode, "gspmd")
     hand = project(cfg, layout, hw, batch_chunks=batch_chunks, progress=progress, mode=mode,
                    remat=remat).to_dict()
     xla = project(cfg, layout, hw, batch_chunks=hand["batch_chunks"], progress=progress,

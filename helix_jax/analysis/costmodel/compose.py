@@ -60,6 +60,16 @@ from helix_jax.layouts import Layout, parse_layout
 from helix_jax.limits import MAX_WHOLE_DEVICES
 
 
+def is_composed(layout: Layout, mode: str) -> bool:
+    """Whether a projection of `mode` on `layout` is composed from one stage's program (a tp-pp
+    training step with pipeline stages or data replicas, or a training step of more than
+    MAX_WHOLE_DEVICES devices) rather than compiled whole."""
+    if mode != "train":
+        return False
+    pipelined = layout.kind == "tp-pp" and (layout.size("layers") > 1 or layout.size("batch") > 1)
+    return pipelined or layout.devices > MAX_WHOLE_DEVICES
+
+
 def _p2p_seconds(nbytes: float, across_nodes: bool, hw: Hardware) -> float:
     if hw.measured_links:
         return measured_seconds("collective-permute", nbytes, 2, 2 if across_nodes else 1, hw)

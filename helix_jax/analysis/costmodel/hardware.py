@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from helix_jax.checks import input_file
+from helix_jax.files import input_file
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from helix_jax.analysis.costmodel.compiler import DIRECT, Compiler
-from helix_jax.analysis.costmodel.compose import project_composed
+from helix_jax.analysis.costmodel.compose import is_composed, project_composed
 from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES, expected_comm_bytes
 from helix_jax.analysis.costmodel.hardware import Hardware
 from helix_jax.analysis.costmodel.projection import Projection, Timing
@@ -46,11 +46,11 @@ from helix_jax.analysis.costmodel.terms import (
 from helix_jax.analysis.hlo.compiled import read_memory
 from helix_jax.analysis.hlo.flops import matmul_flops
 from helix_jax.config import ModelConfig
+from helix_jax.enums import Mode, choices
 from helix_jax.gspmd import check_partitioner as check_layout
 from helix_jax.layouts import Layout
-from helix_jax.limits import MAX_WHOLE_DEVICES
 
-MODES = ("forward", "train", "prefill", "decode")
+MODES = choices(Mode)
 
 
 def chunk_candidates(cfg: ModelConfig, layout: Layout) -> list[int]:
@@ -171,24 +171,22 @@ def _under(partitioner: str) -> str:
     return "" if partitioner == "shard_map" else f" under {partitioner}"
 
 
-def check_partitioner(cfg: ModelConfig, layout: Layout, mode: str, partitioner: str) -> None:
-    """A ValueError, before any compiling, for what the gspmd partitioner does not run."""
+def check_projection(cfg: ModelConfig, layout: Layout, mode: str, partitioner: str) -> None:
+    """A ValueError, before any compiling, for a mode, layout or partitioner that cannot be
+    projected together (the gspmd partitioner runs whole forward and training programs only)."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    layout.validate(cfg)
     check_layout(layout, partitioner)
     if partitioner == "shard_map":
         return
     if mode in ("prefill", "decode"):
         raise ValueError(f"{layout.spec}: --mode {mode} (KV-cache steps) runs under "
                          f"--partitioner shard_map only")
-    if mode == "train" and _composed(layout):
+    if is_composed(layout, mode):
         raise ValueError(f"{layout.spec}: its training step is composed from one data replica "
                          f"by formula (the distributed optimizer), which runs under --partitioner "
                          f"shard_map only; use dp=1 under gspmd")
-
-
-def _composed(layout: Layout) -> bool:
-    """Whether a training step on this layout is composed rather than compiled whole."""
-    tp_pp = layout.kind == "tp-pp" and (layout.size("layers") > 1 or layout.size("batch") > 1)
-    return tp_pp or layout.devices > MAX_WHOLE_DEVICES
 
 
 def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | None = None,
@@ -199,13 +197,10 @@ def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | 
     `partitioner` "gspmd" compiles the same model with XLA choosing the collectives
     (helix_jax/model.py): forward and whole training steps only. `compiler` compiles the
     programs (`analysis.compiler`; the planner passes its cache)."""
-    if mode not in MODES:
-        raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
-    layout.validate(cfg)
-    check_partitioner(cfg, layout, mode, partitioner)
+    check_projection(cfg, layout, mode, partitioner)
     if mode in ("prefill", "decode"):
         return project_step(cfg, layout, hw, mode, compiler)
-    if mode == "train" and _composed(layout):
+    if is_composed(layout, mode):
         return project_composed(cfg, layout, hw, remat=remat, progress=progress,
                                 compiler=compiler)
     analysed = analysed_config(cfg)

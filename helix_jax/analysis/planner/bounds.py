@@ -41,7 +41,12 @@ import functools
 import math
 from dataclasses import dataclass
 
-from helix_jax.analysis.costmodel.compose import activation_bytes_per_layer, in_flight, local_parameter_count
+from helix_jax.analysis.costmodel.compose import (
+    activation_bytes_per_layer,
+    in_flight,
+    local_parameter_count,
+    model_state_bytes,
+)
 from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES, expected_comm_bytes
 from helix_jax.analysis.costmodel.hardware import Hardware
 from helix_jax.analysis.costmodel.terms import analysed_config, build_sharded
@@ -183,7 +188,7 @@ def _composed(c: Candidate, cfg: ModelConfig, hw: Hardware) -> Bounds:
         tensor = comm_seconds(expected_comm_bytes(analysed, parse_layout(stage_spec)), hw)
     sends = 2 * M * V if pp > 1 else 0
     p2p = sends * micro * cfg.seq * cfg.d_model * elem / tp / fastest_link(hw)
-    states = local * (elem + 4.0 + 12.0 / dp)
+    states = model_state_bytes(local, elem, dp)
     act = activation_bytes_per_layer(cfg, micro, tp, sp, c.remat) * stage_cfg.n_layers
     memory = states + in_flight(schedule, pp, M, V) * act
     compute = chunks_time * per_micro

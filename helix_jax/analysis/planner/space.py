@@ -27,12 +27,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from helix_jax.analysis.costmodel.compose import is_composed
 from helix_jax.config import ModelConfig
+from helix_jax.enums import Mode, Partitioner, Remat, Schedule, choices
 from helix_jax.layouts import CORES, LAYOUTS, Layout, parse_layout
 from helix_jax.limits import MAX_SPECS, MAX_WHOLE_DEVICES
 
-MODES = ("forward", "train", "prefill", "decode")
-REMATS = ("none", "selective", "full")
+MODES = choices(Mode)
+REMATS = choices(Remat)
 EP_CHUNKS = (1, 2, 4, 8)
 
 
@@ -56,9 +58,7 @@ class Candidate:
     @property
     def composed(self) -> bool:
         """Whether `project` composes this training step from one stage's program."""
-        lay = self.layout
-        pipelined = lay.kind == "tp-pp" and (lay.size("layers") > 1 or lay.size("batch") > 1)
-        return self.train and (pipelined or lay.devices > MAX_WHOLE_DEVICES)
+        return is_composed(self.layout, "train" if self.train else "forward")
 
 
 def short_spec(layout: Layout) -> str:
@@ -70,8 +70,9 @@ def short_spec(layout: Layout) -> str:
 
 
 def default_gspmd(mode: str) -> bool:
-    """Whether gspmd candidates join by default: in forward passes. Not in training steps: XLA's choice of collectives has no cheap bound, so each
-    would cost a whole training-step compile of its own (`--partitioners both` adds them)."""
+    """Whether gspmd candidates join by default: in forward passes. Not in training steps: XLA's
+    choice of collectives has no cheap bound, so each would cost a whole training-step compile of
+    its own (`--partitioners both` adds them)."""
     return mode == "forward"
 
 
@@ -85,7 +86,7 @@ def parse_candidate(text: str, mode: str) -> Candidate:
             if mode != "train":
                 raise ValueError(f"{text!r}: a remat policy (@{extra}) applies to --mode train only")
             remat = extra
-        elif extra in ("shard_map", "gspmd"):
+        elif extra in choices(Partitioner):
             partitioner = extra
         else:
             raise ValueError(f"{text!r}: cannot read @{extra}; after the layout spec come "
@@ -132,12 +133,11 @@ def _tp_pp_specs(cfg: ModelConfig, tp: int, pp: int, dp: int, mode: str,
     sps = ("false", "true") if tp > 1 else ("false",)
     per_replica = max(cfg.batch // dp, 1)
     out = []
-    composed = mode == "train" and (pp > 1 or dp > 1 or tp * pp * dp > MAX_WHOLE_DEVICES)
-    if composed:
+    if is_composed(parse_layout(base), mode):
         for M in _divisors(per_replica):
             if max_micro and per_replica // M > max_micro:
                 continue
-            for schedule in ("gpipe", "1f1b"):  # with pp = 1: 1f1b keeps one microbatch
+            for schedule in Schedule:  # with pp = 1: 1f1b keeps one microbatch
                 virtuals = _divisors(cfg.n_layers // pp) if schedule == "1f1b" and pp > 1 else [1]
                 for v in virtuals:
                     for overlap in (("false", "true") if tp > 1 else ("false",)):
@@ -201,15 +201,15 @@ def enumerate_candidates(cfg: ModelConfig, devices: int, mode: str,
 
 
 def _gspmd_runs(cfg: ModelConfig, layout: Layout, mode: str) -> bool:
-    """Whether the gspmd partitioner applies (`project.check_partitioner`: not to pipelines,
+    """Whether the gspmd partitioner applies (`project.check_projection`: not to pipelines,
     composed training steps or KV-cache steps), and gives a program of its own: under gspmd the
     qk_gather core is the same program as score_psum (XLA picks the score reduction)."""
-    from helix_jax.analysis.costmodel.project import check_partitioner
+    from helix_jax.analysis.costmodel.project import check_projection
 
     if layout.options.get("core") == "qk_gather":
         return False
     try:
-        check_partitioner(cfg, layout, mode, "gspmd")
+        check_projection(cfg, layout, mode, "gspmd")
     except ValueError:
         return False
     return True
