@@ -43,8 +43,10 @@ from helix_jax.analysis.costmodel.roofline import compute_time
 from helix_jax.analysis.costmodel.sites import collective_sites
 from helix_jax.analysis.costmodel.terms import (
     analysed_config,
+    backward_window,
     breakdown,
     build_sharded,
+    forward_window,
     mfu_convention,
     model_flops_per_token,
     overlap_exposed,
@@ -175,8 +177,8 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
     t_rs = _group_seconds("reduce-scatter", grad_bytes, dp, dp_nodes, hw)
     t_ag = _group_seconds("all-gather", grad_bytes, dp, dp_nodes, hw)
     floor = 1 / max(stage.cfg.n_layers, 1)
-    exposed_dp = (overlap_exposed(t_rs, t_mb * 2 / 3, floor)
-                  + overlap_exposed(t_ag, t_mb / 3, floor))
+    exposed_dp = (overlap_exposed(t_rs, backward_window(t_mb), floor)
+                  + overlap_exposed(t_ag, forward_window(t_mb), floor))
     step = t_pipe + t_p2p + exposed_dp + t_update
     memory = _composed_memory(cfg, layout, hw, stage, params_local, remat)
     tokens = cfg.batch * cfg.seq

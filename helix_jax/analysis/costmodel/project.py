@@ -33,6 +33,7 @@ from helix_jax.analysis.costmodel.roofline import compute_time
 from helix_jax.analysis.costmodel.sites import collective_sites
 from helix_jax.analysis.costmodel.terms import (
     analysed_config,
+    backward_window,
     breakdown,
     build_sharded,
     flops_note,
@@ -152,7 +153,7 @@ def _timing(cfg: ModelConfig, layout: Layout, hw: Hardware, compute: dict, price
     data = priced["data_seconds"] if mode == "train" else 0.0
     data_exposed = 0.0
     if data:  # behind the backward of the last accumulation step (2/3 of its compute)
-        data_exposed = overlap_exposed(data, compute_seconds / accumulation * 2 / 3,
+        data_exposed = overlap_exposed(data, backward_window(compute_seconds / accumulation),
                                        1 / cfg.n_layers)
     exposed = priced["seconds"] - hidden - data + data_exposed
     step = compute_seconds + exposed

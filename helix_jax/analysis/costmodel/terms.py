@@ -124,6 +124,18 @@ def breakdown(compute: dict, scale: float = 1.0) -> dict[str, float]:
                                             "memory_seconds")}
 
 
+def backward_window(step_compute_seconds: float) -> float:
+    """Compute a gradient reduction can hide behind: the backward of one forward + backward
+    (2 of its 3 matmul passes)."""
+    return step_compute_seconds * 2 / 3
+
+
+def forward_window(step_compute_seconds: float) -> float:
+    """Compute a parameter all-gather can hide behind: the forward of one forward + backward
+    (1 of its 3 matmul passes)."""
+    return step_compute_seconds / 3
+
+
 def overlap_exposed(seconds: float, window: float, floor_fraction: float) -> float:
     """Exposed part of communication that can run behind `window` seconds of compute; at least
     `floor_fraction` of it (the last bucket, which has nothing left to hide behind)."""
