@@ -9,7 +9,8 @@ from helix_jax.devices import ensure_host_devices
 
 ensure_host_devices(16)  # before jax starts: the tables run on 16 (fake) devices
 
-from helix_jax.report.reproduce import TABLES, run_reproduce
+from helix_jax.commands.reproduce import run_reproduce
+from helix_jax.report.reproduce import TABLES
 
 
 def main(table: str, doc: str, argv: list[str] | None = None) -> int:

@@ -39,13 +39,14 @@ from helix_jax.analysis import load_hardware
 from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES
 from helix_jax.analysis.costmodel.pricing import collective_seconds
 from helix_jax.analysis.costmodel.project import project
+from helix_jax.commands.reproduce import summarize_projection
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
-from helix_jax.report.fmt import gb, human, num
+from helix_jax.report.fmt import human, num
 from helix_jax.report.plots import COLORS, LinePanel, line_chart
 from helix_jax.report.provenance import generated_by, markdown_header
 from helix_jax.report.ranking import fastest_that_fits
-from helix_jax.report.reproduce import summarize_projection
+from helix_jax.units import gb
 
 CORES = ("score_psum", "seq_a2a", "qk_gather")
 SHAPES = ((1, 16), (2, 8), (4, 4), (8, 2), (16, 1))

@@ -140,7 +140,7 @@ def cmd_calibrate(args) -> int:
     """`helix calibrate` once the CLI has checked its options and paths."""
     import json
 
-    from helix_jax.checks import atomic_output
+    from helix_jax.files import atomic_output
 
     profile, raw = calibrate(args.base, args.quick, args.dtype, args.warmup, args.repeat)
     with atomic_output(args.out) as tmp:

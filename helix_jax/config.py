@@ -146,7 +146,7 @@ def load_model_file(path) -> ModelConfig:
     MODEL_FILE_OPTIONAL); every problem is a ValueError naming the file and the key."""
     import tomllib
 
-    from helix_jax.checks import input_file
+    from helix_jax.files import input_file
 
     path = input_file(path, "model file", "a TOML file")
     try:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from helix_jax import checks
+from helix_jax import options
 from helix_jax.model import Sharded
 
 
@@ -46,7 +46,7 @@ def compile_decode(sharded: Sharded, prompt_len: int, step=None) -> tuple:
     from jax.sharding import NamedSharding
 
     cfg = sharded.cfg
-    checks.prompt_len(prompt_len, cfg.seq)
+    options.prompt_len(prompt_len, cfg.seq)
     step = step or sharded.step_fn()
     mesh = sharded.mesh
     cache = jax.ShapeDtypeStruct(sharded.cache_shape(cfg.seq), jnp.dtype(cfg.dtype),
@@ -74,7 +74,7 @@ def run_decode(sharded: Sharded, params, x: jax.Array, prompt_len: int,
     from jax.sharding import NamedSharding
 
     cfg = sharded.cfg
-    checks.prompt_len(prompt_len, cfg.seq)
+    options.prompt_len(prompt_len, cfg.seq)
     prefill, one, compile_s = programs or compile_decode(sharded, prompt_len, step)
     x_sharding = NamedSharding(sharded.mesh, sharded.step_input_spec)
     cache = sharded.init_cache(cfg.seq)

@@ -90,7 +90,7 @@ def flat_to_params(flat: dict[str, np.ndarray], shapes: dict, source: str = "par
 def save(path: str | Path, cfg: ModelConfig, params: dict, x, y) -> None:
     """Write params, input and output (all float32) and the config as JSON to exactly `path`,
     through a temporary file: an existing file is replaced whole or not at all."""
-    from helix_jax.checks import atomic_output
+    from helix_jax.files import atomic_output
 
     arrays = params_to_flat(params)
     arrays["input"] = np.asarray(x, dtype=np.float32)
@@ -105,7 +105,7 @@ def load(path: str | Path, flag: str = "--params") -> tuple[dict[str, np.ndarray
     """All arrays of an npz file, and its config if it carries one. A missing, unreadable,
     garbage or truncated file, or a config that is not one: a ValueError naming the file. (The
     parameters' values are checked where they are read as parameters: `flat_to_params`.)"""
-    from helix_jax.checks import input_file
+    from helix_jax.files import input_file
 
     path = input_file(path, flag, "an npz file")
     source = f"{flag} {path}"

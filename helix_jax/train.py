@@ -315,7 +315,7 @@ def _kill_during_save_hook(step: int) -> None:
 
 def _host_memory_check(sharded: Sharded, compiled) -> None:
     """Refuse, before anything is allocated, a training run this host cannot hold."""
-    from helix_jax.checks import check_fits
+    from helix_jax.memory_check import check_fits
 
     cfg = sharded.cfg
     check_fits([compiled], sharded.mesh, what=f"training {cfg.name} on {sharded.layout.spec}",

@@ -22,7 +22,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from helix_jax.report.reproduce import run_reproduce
+    from helix_jax.commands.reproduce import run_reproduce
 
     out = tmp_path_factory.mktemp("reproduce")
     rep = run_reproduce(out, quick=True, progress=False, tables=("dense",), rows=("tp-pp", "helix"),
@@ -109,7 +109,7 @@ def test_projection_statements_carry_numbers(report):
 
 
 def test_cli_hooks(report, monkeypatch, capsys):
-    from helix_jax.report import reproduce
+    from helix_jax.commands import reproduce
 
     parser = argparse.ArgumentParser()
     reproduce.add_reproduce_args(parser)
@@ -130,7 +130,7 @@ def test_cli_hooks(report, monkeypatch, capsys):
 
 
 def test_reproduce_rejects_unknown_rows(tmp_path):
-    from helix_jax.report.reproduce import run_reproduce
+    from helix_jax.commands.reproduce import run_reproduce
 
     with pytest.raises(ValueError, match="no rows left"):
         run_reproduce(tmp_path, progress=False, tables=("dense",), rows=("nope",))

@@ -6,8 +6,9 @@ Every word of it (yes or no, fits or not) is chosen from the report's numbers (`
 
 from __future__ import annotations
 
-from helix_jax.report.fmt import gb, num
+from helix_jax.report.fmt import num
 from helix_jax.report.wording import PRICED_ONLY_NOTE, priced_only_mark, yes_no
+from helix_jax.units import gb
 
 # the report row key of each mode, the number that says how long its step is, and that number's unit
 MODES = (("forward", "projection", "step_seconds", "s a step"),

@@ -1,4 +1,5 @@
-"""Numbers and sizes as the reports, the terminal and the charts print them: one place, one style."""
+"""Numbers as the reports, the terminal and the charts print them: one place, one style (sizes in
+bytes: `helix_jax.units.gb`, which the core uses too)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,6 @@ def num(x: float | bool | None, digits: int = 3) -> str:
     if abs(x) >= 1000:
         return f"{x:,.0f}"
     return f"{x:.{digits}g}"
-
-
-def gb(n_bytes: float | None, digits: int = 1) -> str:
-    """Bytes as gigabytes (10^9) with a unit: 63_700_000_000 -> '63.7 GB'."""
-    if n_bytes is None:
-        return "–"
-    return f"{n_bytes / 1e9:,.{digits}f} GB"
 
 
 def gb_label(x_gb: float | None) -> str:

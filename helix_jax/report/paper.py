@@ -21,9 +21,10 @@ from typing import Any
 
 from helix_jax.analysis.costmodel.hardware import Hardware
 from helix_jax.config import ModelConfig, resolve_model
-from helix_jax.report.fmt import gb, num, pct
+from helix_jax.report.fmt import num, pct
 from helix_jax.report.ranking import fastest_that_fits, full_projection
 from helix_jax.report.wording import beats, compare
+from helix_jax.units import gb
 
 DENSE_SOURCES = ("the paper, dense experiments: Results Table",
                  "the paper, Helix experimental details: Results Summary")

@@ -1,17 +1,17 @@
 """`helix plan` as a reader sees it: the ranked table, the one-line reason the best wins, `--explain`
 for any layout, the JSON and the Pareto chart of memory per device against step time.
 
-The search itself is `helix_jax.analysis.planner.search`; this module only formats what it found.
+The search itself is `helix_jax.analysis.planner.search`, run by `helix_jax.commands.plan`; this
+module only formats what it found.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from helix_jax.report.fmt import gb, num, pct
+from helix_jax.report.fmt import num, pct
 from helix_jax.report.wording import (
     PRICED_ONLY,
     mark_why,
@@ -19,54 +19,20 @@ from helix_jax.report.wording import (
     priced_only_mark,
     priced_only_options,
 )
+from helix_jax.units import gb
 
 if TYPE_CHECKING:  # the analysis (and jax) load when a plan runs, not when the CLI starts
-    from helix_jax.analysis.planner.search import Plan
+    from helix_jax.analysis.planner.rows import Plan
 
 SHORT_TERM = {"compute": "compute", "HBM": "HBM", "exposed NVLink": "NVLink",
               "exposed InfiniBand": "InfiniBand", "pipeline bubble": "bubble"}
-
-
-def add_plan_args(p: argparse.ArgumentParser) -> None:
-    """`helix plan`'s options besides the model's (which the CLI adds)."""
-    p.add_argument("--hardware", default="h100-paper",
-                   help="hardware profile name or file (default h100-paper)")
-    p.add_argument("--devices", type=int, default=16, help="GPUs to plan for (default 16)")
-    p.add_argument("--mode", default="forward", choices=("forward", "train", "prefill", "decode"),
-                   help="what one step is (default forward)")
-    p.add_argument("--context", type=int, help="prefill/decode: the KV cache's length")
-    p.add_argument("--top", type=int, default=10, help="rows of the ranked table (default 10)")
-    p.add_argument("--explain", action="append", default=[], metavar="LAYOUT",
-                   help="say why this layout (spec[@remat][@gspmd]) is where it is; repeatable")
-    p.add_argument("--kinds", help="only these layout kinds, comma-separated (default: all)")
-    p.add_argument("--no-prune", dest="prune", action="store_false",
-                   help="project every legal candidate (no bounds-based pruning)")
-    p.add_argument("--max-micro", type=int, default=4,
-                   help="training steps composed from one pipeline stage: microbatches of at "
-                   "most this many sequences (default 4; 0: every divisor of the batch)")
-    p.add_argument("--max-tp", type=int, default=0,
-                   help="tp-pp: tensor parallelism over at most this many GPUs (default 0: any)")
-    p.add_argument("--partitioners", default="auto", choices=("auto", "shard_map", "both"),
-                   help="candidates under XLA's gspmd partitioner beside the hand-written ones: "
-                   "auto (default) in forward passes only, or never, or in every mode")
-    p.add_argument("--all-remat", action="store_true",
-                   help="training: also project recompute policies a layout does not need to "
-                   "fit (by default a layout that fits with less recompute is not tried with more)")
-    p.add_argument("--jobs", type=int, default=2,
-                   help="projections compiled at once (default 2)")
-    p.add_argument("--cache-dir", help="compiled programs and projections are kept here "
-                   "(default $HELIX_PLAN_CACHE or ~/.cache/helix_jax/plan)")
-    p.add_argument("--no-cache", action="store_true", help="keep nothing on disk")
-    p.add_argument("--json", help="write the whole plan to this JSON file")
-    p.add_argument("--chart", help="write the Pareto chart here (default: next to --json)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 # ----------------------------------------------------------------------------- sentences
 
 def describe_best(plan: Plan) -> str:
     """'dp: compute 3.06 s of its 3.06 s step, no exposed communication'."""
-    from helix_jax.analysis.planner.search import TERMS, step_terms
+    from helix_jax.analysis.planner.explain import TERMS, step_terms
 
     best = plan.best
     if best is None:
@@ -99,7 +65,7 @@ def loses_line(c: dict) -> str:
 
 def reason_line(plan: Plan) -> str:
     """The one line saying why the best wins against the named layouts."""
-    from helix_jax.analysis.planner.search import compare
+    from helix_jax.analysis.planner.explain import compare
 
     if plan.best is None:
         return "no candidate fits"
@@ -111,7 +77,7 @@ def reason_line(plan: Plan) -> str:
 def explain_lines(plan: Plan, label: str) -> list[str]:
     """Why candidate `label` is where it is: status, rank, its step term by term against the
     best, memory, its heaviest collectives and, for a pruned one, the bound that pruned it."""
-    from helix_jax.analysis.planner.search import compare, option_changes, summary
+    from helix_jax.analysis.planner.explain import compare, option_changes, summary
 
     row = plan.rows[label]
     out = [f"{label} ({row.role or 'candidate'}): {row.status}"
@@ -159,7 +125,7 @@ def print_plan(plan: Plan, top: int = 10) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from helix_jax.analysis.planner.search import summary
+    from helix_jax.analysis.planner.explain import summary
 
     console = Console(width=None if sys.stdout.isatty() else 150)
     cfg, n = plan.cfg, plan.counts()
@@ -197,7 +163,7 @@ def print_plan(plan: Plan, top: int = 10) -> None:
     for line in priced_only_footnote(plan.ranking[:top])[1:]:
         console.print(line, markup=False)
     if best is None:
-        from helix_jax.analysis.planner.search import nothing_fits
+        from helix_jax.analysis.planner.explain import nothing_fits
 
         console.print("[red]no candidate fits[/]: " + nothing_fits(plan))
         return
@@ -214,7 +180,7 @@ def print_plan(plan: Plan, top: int = 10) -> None:
 
 def plan_report(plan: Plan, command: str) -> dict:
     """The plan's JSON with provenance, the reason line and the explanations as text."""
-    from helix_jax.analysis.planner.search import to_json
+    from helix_jax.analysis.planner.explain import to_json
     from helix_jax.report.provenance import generated_by
 
     out = {"generated_by": generated_by(command), **to_json(plan)}
@@ -300,63 +266,6 @@ def _pareto_front(plan: Plan) -> list[tuple[float, float]]:
             front.append((x, y))
             low = y
     return front
-
-
-# ----------------------------------------------------------------------------- the command
-
-def run_plan(args: argparse.Namespace, cfg, command: str) -> int:
-    """`helix plan` after the CLI has read the model: check every input, search, print, write."""
-    import json
-
-    from helix_jax.analysis.costmodel.hardware import load_hardware
-    from helix_jax.analysis.planner.search import checked_target, paper_anchors
-    from helix_jax.analysis.planner.search import plan as search
-    from helix_jax.checks import atomic_output, output_file
-    from helix_jax.layouts import LAYOUTS
-    from helix_jax.limits import MAX_DEVICES, MAX_HOST_DEVICES, MAX_WHOLE_DEVICES
-
-    hw = load_hardware(args.hardware)  # option ranges: checks.RANGES, before this runs
-    kinds = None
-    if args.kinds:
-        kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
-        unknown = [k for k in kinds if k not in LAYOUTS]
-        if unknown or not kinds:
-            raise ValueError(f"--kinds {args.kinds!r}: unknown kind(s) {unknown}; choose from "
-                             f"{', '.join(LAYOUTS)}")
-    output_file(args.json, "--json")
-    output_file(args.chart, "--chart")
-    for text in args.explain:  # read before any work: a typo is an error, not a wasted run
-        checked_target(text, cfg, args.devices, args.mode)
-    from helix_jax.analysis.planner.cache import ProgramCache, default_dir, use_fast_codegen
-    from helix_jax.devices import ensure_host_devices
-
-    use_fast_codegen()
-    train = args.mode == "train"
-    if not train and args.devices > MAX_HOST_DEVICES:
-        raise ValueError(f"--devices {args.devices:,}: a {args.mode} plan compiles every layout on "
-                         f"that many fake CPU devices, at most {MAX_HOST_DEVICES} here; --mode "
-                         f"train plans up to {MAX_DEVICES:,} (steps composed from one stage)")
-    # training steps of more devices are composed from one stage on at most `heads` devices
-    ensure_host_devices(min(args.devices, max(MAX_WHOLE_DEVICES, cfg.n_heads)) if train
-                        else args.devices)
-
-    cache = ProgramCache(None if args.no_cache else (args.cache_dir or default_dir()))
-    anchors = paper_anchors(cfg) if args.devices == 16 else ()
-    result = search(cfg, hw, args.devices, args.mode, kinds=kinds, prune=args.prune,
-                    cache=cache, anchors=anchors, explain=tuple(args.explain),
-                    progress=not args.no_progress, jobs=args.jobs, max_micro=args.max_micro,
-                    all_remat=args.all_remat, max_tp=args.max_tp,
-                    gspmd={"auto": None, "shard_map": False, "both": True}[args.partitioners])
-    print_plan(result, args.top)
-    chart = args.chart or (str(Path(args.json).with_suffix(".png")) if args.json else None)
-    if args.json:
-        with atomic_output(args.json) as tmp:
-            tmp.write_text(json.dumps(plan_report(result, command), indent=1) + "\n")
-        print(f"wrote {args.json}")
-    if chart:
-        pareto_chart(result, chart)
-        print(f"wrote {chart}")
-    return 0
 
 
 # ----------------------------------------------------------------------------- the README

@@ -14,9 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from helix_jax.report.fmt import gb, num
+from helix_jax.report.fmt import num
 from helix_jax.report.ranking import fastest_that_fits
 from helix_jax.report.wording import above, beats, priced_only_mark
+from helix_jax.units import gb
 
 START, END = "<!-- numbers:start -->", "<!-- numbers:end -->"
 VALIDATION_START, VALIDATION_END = "<!-- validation:start -->", "<!-- validation:end -->"

@@ -11,30 +11,23 @@ For each row (a layout of the dense or the MoE model) the report puts side by si
              program runs; it ranks nothing about GPUs.
 and then computes where the paper's figures cannot hold (`paper.cannot_hold`).
 
-Writes <out>/<name>.json, <name>.md and three PNG charts (<name>_tokens.png, <name>_comm.png,
-<name>_step.png); `name` is "reproduce" for the command. `experiments/dense_table.py` and
-`moe_table.py` run one table each through the same code.
+This module holds the tables' rows and renders the report: <name>.md and three PNG charts
+(<name>_tokens.png, <name>_comm.png, <name>_step.png); `name` is "reproduce" for the command.
+Running the projections and measurements that fill it is `helix_jax.commands.reproduce`, which
+`experiments/dense_table.py` and `moe_table.py` use for one table each.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as _dt
-import json
-import os
-import platform
-import sys
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from helix_jax.report.answer import answer_lines
-from helix_jax.report.fmt import gb, gb_label, num
-from helix_jax.report.provenance import generated_by, markdown_header
+from helix_jax.report.fmt import gb_label, num
+from helix_jax.report.provenance import markdown_header
 from helix_jax.report.ranking import fastest_that_fits
 from helix_jax.report.wording import priced_only_footnote, priced_only_mark, rendered_note
+from helix_jax.units import gb
 
 DEVICES = 16
 
@@ -81,240 +74,6 @@ CPU_CAVEAT = ("CPU timings rank nothing about GPUs: the 16 \"devices\" are fake 
               "sharing this machine's {cores} core(s), so collectives are memory copies and every "
               "layout competes for the same cores. They show that each layout's program compiles, "
               "runs and gives finite output; the projection columns are the performance numbers.")
-
-
-def settings(quick: bool, warmup: int | None = None, repeat: int | None = None) -> dict:
-    """Measurement settings: the paper warms up, times many batches and trims the extremes."""
-    base = {"warmup": 1, "repeat": 2} if quick else {"warmup": 2, "repeat": 5}
-    if warmup is not None:
-        base["warmup"] = warmup
-    if repeat is not None:
-        base["repeat"] = repeat
-    return base
-
-
-# ----------------------------------------------------------------------------- running rows
-
-def summarize_projection(p: dict) -> dict:
-    """The projection's headline numbers, flat, for tables and charts."""
-    pr, seq = p["projected"], p["seq"]
-    return {
-        "tokens_per_s": pr["tokens_per_s"],
-        "tpot_ms": pr["tpot_ms"],
-        "exposed_comm_per_position_ms": pr["exposed_comm_seconds"] / seq * 1e3,
-        "step_seconds": pr["step_seconds"],
-        "compute_seconds": pr["compute_seconds"],
-        "exposed_comm_seconds": pr["exposed_comm_seconds"],
-        "comm_seconds": pr["comm_seconds"],
-        "mfu": pr["mfu"],
-        "memory_gb": p["memory_bytes_per_device"] / 1e9,
-        "fits": p["fits"],
-        "nvlink_bytes": p["comm_bytes_per_device"]["nvlink"],
-        "ib_bytes": p["comm_bytes_per_device"]["ib"],
-        "batch_chunks": p["batch_chunks"],
-        "tokens_per_step": p["tokens_per_step"],
-        "flops_per_device": p["flops_per_device"],
-        "flops_note": p["flops_note"],
-    }
-
-
-def run_row(table: TableSpec, row: RowSpec, hw, *, measure: bool, warmup: int, repeat: int,
-            trim: float, max_host_gb: float, project_overrides: dict | None = None,
-            measure_overrides: dict | None = None, stage=lambda s: None,
-            params_cache: dict | None = None, train: bool = True) -> dict:
-    """Projection (forward and, with `train`, a training step) and measurement of one row;
-    errors are recorded, not raised."""
-    from helix_jax.analysis.costmodel.project import project
-    from helix_jax.config import resolve_model
-    from helix_jax.layouts import parse_layout
-    from helix_jax.report import bench, paper
-
-    layout = parse_layout(row.layout)
-    claim = paper.claim(table.name, row.layout)
-    out: dict[str, Any] = {"row": row.layout, "layout": layout.spec, "role": row.role,
-                           "mesh": layout.axis_sizes,
-                           "claim": None if claim is None else {
-                               "tokens_per_s": claim.tokens_per_s, "tpot_ms": claim.tpot_ms,
-                               "method": claim.method, "sources": list(claim.sources),
-                               **paper.check_claim(claim, hw)}}
-    stage(f"{table.name} {row.layout}: projecting")
-    cfg = resolve_model(table.model, **(project_overrides or {}))
-    try:
-        start = time.perf_counter()
-        full = project(cfg, layout, hw).to_dict()  # with the fewest batch chunks that fit
-        full["analysis_seconds"] = time.perf_counter() - start
-        out["projection"] = summarize_projection(full)
-        out["projection_detail"] = full
-    except (ValueError, RuntimeError) as e:
-        out["projection"], out["projection_error"] = None, str(e)
-    if train:
-        stage(f"{table.name} {row.layout}: projecting a training step")
-        try:
-            t = project(cfg, layout, hw, mode="train").to_dict()
-            out["projection_train"] = {**summarize_projection(t), "fits_why": t.get("fits_why"),
-                                       "compiled": t["compiled"],
-                                       "extended_by_formula": t["extended_by_formula"]}
-        except (ValueError, RuntimeError) as e:
-            out["projection_train"], out["projection_train_error"] = None, str(e)
-
-    if train:  # the paper's TPOT as a real decode step: batch B, a cache of `seq` positions
-        stage(f"{table.name} {row.layout}: projecting a decode step")
-        try:
-            d = project(cfg, layout, hw, mode="decode").to_dict()
-            out["projection_decode"] = {
-                "tpot_ms": d["projected"]["tpot_ms"],
-                "hbm_floor_ms": d["projected"]["hbm_floor_seconds"] * 1e3,
-                "hbm_bound": d["projected"]["hbm_bound"],
-                "comm_ms": d["projected"]["comm_seconds"] * 1e3,
-                "tokens_per_s": d["projected"]["tokens_per_s"],
-                "memory_gb": d["memory_bytes_per_device"] / 1e9, "fits": d["fits"],
-                "context": d["context"], "batch": d["batch"]}
-        except (ValueError, RuntimeError) as e:
-            out["projection_decode"], out["projection_decode_error"] = None, str(e)
-
-    out["measured"] = None
-    if not measure:
-        out["measure_skipped"] = "measurement turned off"
-        return out
-    small = resolve_model(table.measured_model, **(measure_overrides or {}))
-    stage(f"{table.name} {row.layout}: measuring {small.name}")
-    cache = {} if params_cache is None else params_cache
-    try:
-        if small not in cache:  # parameters do not depend on the layout: initialise once per model
-            from helix_jax.model import Sharded
-
-            cache[small] = Sharded.build(small, parse_layout("single")).init(0)  # one device
-        out["measured"] = bench.measure(small, layout, warmup=warmup, repeat=repeat, trim=trim,
-                                        params=cache[small], max_host_bytes=max_host_gb * 1e9)
-    except bench.HostMemoryError as e:
-        out["measure_skipped"] = f"{e}. The projection row still stands."
-    except (ValueError, RuntimeError) as e:
-        out["measure_skipped"] = f"failed: {e}"
-    return out
-
-
-# ----------------------------------------------------------------------------- the run
-
-def run_reproduce(out_dir: str | Path = "results", quick: bool = False,
-                  hardware: str = "h100-paper", progress: bool = True, *,
-                  tables: Sequence[str] = ("dense", "moe"), rows: Sequence[str] | None = None,
-                  measure: bool = True, warmup: int | None = None, repeat: int | None = None,
-                  trim: float = 0.1, charts: bool = True, name: str = "reproduce",
-                  max_host_gb: float = 8.0, project_overrides: dict | None = None,
-                  measure_overrides: dict | None = None, command: str | None = None,
-                  train: bool = True) -> dict:
-    """Build the report: every row of `tables` (restricted to layout specs in `rows` if given),
-    projected on `hardware` and measured on the local mesh; write JSON, Markdown and PNGs into
-    `out_dir` as `<name>.*`; return the report as a dict.
-
-    `quick` times fewer runs (warm-up 1, 2 timed) but keeps every row. `project_overrides` and
-    `measure_overrides` change the projected and measured model configs (tests use them to shrink
-    the work); with `project_overrides` the paper comparisons no longer describe the paper's shapes.
-    `command` is what the report says generated it (default: the `helix reproduce` line).
-    """
-    from helix_jax.devices import ensure_host_devices
-
-    ensure_host_devices(DEVICES)
-    import jax
-    from tqdm.auto import tqdm
-
-    from helix_jax.analysis import load_hardware
-    from helix_jax.report import paper
-
-    started = time.perf_counter()
-    hw = load_hardware(hardware)
-    unknown = [t for t in tables if t not in TABLES]
-    if unknown:
-        raise ValueError(f"unknown table(s) {unknown}; choose from {list(TABLES)}")
-    if len(jax.devices()) < DEVICES and len(jax.devices("cpu")) < DEVICES:
-        raise RuntimeError(f"the tables need {DEVICES} devices; jax has {len(jax.devices())}. "
-                           f"Call helix_jax.devices.ensure_host_devices({DEVICES}) before jax "
-                           f"starts (the `helix` command does).")
-    cfg_measure = settings(quick, warmup, repeat)
-    jobs = [(TABLES[t], r) for t in tables for r in TABLES[t].rows
-            if rows is None or r.layout in rows]
-    if not jobs:
-        raise ValueError(f"no rows left: rows={list(rows or [])} matches none of "
-                         f"{[r.layout for t in tables for r in TABLES[t].rows]}")
-
-    results: dict[str, dict] = {t: {"name": t, "title": TABLES[t].title, "model": TABLES[t].model,
-                                     "measured_model": TABLES[t].measured_model, "rows": []}
-                                for t in tables}
-    bar = tqdm(jobs, desc="reproduce", unit="row", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
-    params_cache: dict = {}
-    for table, row in bar:
-        results[table.name]["rows"].append(run_row(
-            table, row, hw, measure=measure, trim=trim, max_host_gb=max_host_gb,
-            project_overrides=project_overrides, measure_overrides=measure_overrides,
-            stage=lambda s: bar.set_postfix_str(s, refresh=True), params_cache=params_cache,
-            train=train, **cfg_measure))
-    bar.close()
-
-    projections = {(t, r["row"]): r["projection_detail"] for t, res in results.items()
-                   for r in res["rows"] if r.get("projection_detail")}
-    if project_overrides:  # the paper's claims are about the paper's shapes only
-        statements = paper.claim_statements(hw)
-    else:
-        statements = paper.cannot_hold(hw, projections)
-    statements = [s for s in statements if set(s["tables"]) & set(tables)]
-    from helix_jax.config import resolve_model
-
-    command = command or "helix reproduce" + (" --quick" if quick else "")
-    report = {
-        "generated_by": generated_by(command),
-        "meta": {
-            "command": command,
-            "name": name,
-            "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "quick": quick,
-            "hardware": hardware,
-            "measure": measure,
-            **cfg_measure,
-            "trim": trim,
-            "jax": jax.__version__,
-            "python": platform.python_version(),
-            "platform": jax.devices()[0].platform,
-            "devices": len(jax.devices()),
-            "cpu_cores": os.cpu_count(),
-            "project_overrides": project_overrides or {},
-            "measure_overrides": measure_overrides or {},
-        },
-        "hardware": _hardware_dict(hw),
-        "paper": {"claims": paper.claims_as_dicts(), "tpot_definition": paper.TPOT_DEFINITION,
-                  "moe_report": paper.MOE_REPORT},
-        "limits": {t: paper.limits(resolve_model(TABLES[t].model), hw) for t in tables},
-        "tables": results,
-        "cannot_hold": statements,
-    }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = [out / f"{name}.json", out / f"{name}.md"]
-    if charts:
-        files += write_charts(report, out, name)
-    report["meta"]["elapsed_s"] = time.perf_counter() - started
-    report["files"] = [f.name for f in files]
-    (out / f"{name}.md").write_text(markdown(report))
-    (out / f"{name}.json").write_text(json.dumps(_jsonable(report), indent=1) + "\n")
-    return report
-
-
-def _hardware_dict(hw) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(hw)
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    if hasattr(x, "item"):
-        return x.item()
-    return str(x)
 
 
 # ----------------------------------------------------------------------------- charts
@@ -606,52 +365,3 @@ def _table_md(t: dict, report: dict) -> list[str]:
                      f"{num(m['tokens_per_s_trimmed_mean'])} | {runs} | {m['compile_s']:.2f} | "
                      f"{num(m['output_finite'])} |")
     return lines + [""]
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def add_reproduce_args(parser: argparse.ArgumentParser) -> None:
-    """Options of `helix reproduce`."""
-    parser.add_argument("--out", default="results",
-                        help="folder for reproduce.json, reproduce.md and the PNGs "
-                        "(default: results)")
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer timed runs (1 warm-up, 2 timed); every row is still produced")
-    parser.add_argument("--hardware", default="h100-paper",
-                        help="hardware profile for the projections: a built-in name (h100-paper, "
-                        "h100-sxm) or a .json/.toml file (default: h100-paper)")
-    parser.add_argument("--tables", default="dense,moe",
-                        help="comma-separated tables to produce (default: dense,moe)")
-    parser.add_argument("--no-measure", dest="measure", action="store_false",
-                        help="skip the CPU runs of the small models (projections only)")
-    parser.add_argument("--warmup", type=int, help="untimed runs before timing (default 2; quick 1)")
-    parser.add_argument("--repeat", type=int, help="timed runs (default 5; quick 2)")
-    parser.add_argument("--no-train", dest="train", action="store_false",
-                        help="skip the training-step projections")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bar")
-
-
-def cmd_reproduce(args: argparse.Namespace) -> int:
-    """Run the report and print where it went and its headline numbers."""
-    tables = [t.strip() for t in args.tables.split(",") if t.strip()]
-    report = run_reproduce(args.out, quick=args.quick, hardware=args.hardware,
-                           progress=args.progress, tables=tables, measure=args.measure,
-                           warmup=args.warmup, repeat=args.repeat, train=args.train)
-    for t in report["tables"].values():
-        print(f"{t['model']} on {report['meta']['hardware']}:")
-        for r in t["rows"]:
-            p, c = r.get("projection"), r["claim"]
-            got = f"{p['tokens_per_s']:>12,.0f} tokens/s projected" if p else "   projection failed"
-            if p and not p["fits"]:
-                got += f" (needs {p['memory_gb']:.0f} GB per GPU: does not fit)"
-            said = f"  (paper: {c['tokens_per_s']:,.0f})" if c else ""
-            print(f"  {r['row']:<22}{got}{said}")
-    for line in headline(report)[-1:]:
-        print(line)
-    broken = [s for s in report["cannot_hold"] if s["verdict"].startswith(("cannot", "incons"))]
-    print(f"{len(broken)} of {len(report['cannot_hold'])} checks of the paper's figures fail; "
-          f"see {Path(args.out) / 'reproduce.md'}")
-    print(f"wrote {', '.join(str(Path(args.out) / f) for f in report['files'])} "
-          f"in {report['meta']['elapsed_s']:.0f} s")
-    return 0

@@ -43,7 +43,8 @@ _PACKAGE = Path(__file__).resolve().parents[2]  # helix_jax/
 _PRICING_ONLY = {"analysis/costmodel/roofline.py", "analysis/costmodel/pricing.py",
                  "analysis/costmodel/hardware.py", "analysis/costmodel/formulas.py",
                  "analysis/__init__.py", "cli.py", "calibrate.py", "decode.py", "distributed.py",
-                 "checkpoint.py", "npz.py"}
+                 "checkpoint.py", "npz.py", "options.py", "files.py", "memory_check.py",
+                 "units.py"}
 _MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
                   "alias_size_in_bytes", "generated_code_size_in_bytes")
 
@@ -78,10 +79,10 @@ def source_hash(pricing_too: bool) -> str:
     h = hashlib.sha256()
     for path in sorted(_PACKAGE.rglob("*.py")):
         rel = path.relative_to(_PACKAGE).as_posix()
-        # the report layer and the planner itself (it decides what to project, not what a
-        # projection is) change neither a program nor its price; the HLO reader and the
-        # pricing files change only the price
-        if rel.startswith(("report/", "analysis/planner/")):
+        # the report layer, the subcommands and the planner itself (it decides what to
+        # project, not what a projection is) change neither a program nor its price; the HLO
+        # reader and the pricing files change only the price
+        if rel.startswith(("report/", "commands/", "analysis/planner/")):
             continue
         if not pricing_too and (rel in _PRICING_ONLY or rel.startswith("analysis/hlo/")):
             continue

@@ -1,0 +1,92 @@
+"""`helix project`: compile a model at full size on fake devices (a forward pass, a training step,
+a prefill or a decode step), read FLOPs, memory and collectives off the program and price them on
+a hardware profile; `--partitioner both` compiles the hand-written and XLA's programs side by
+side."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from helix_jax import files
+from helix_jax.commands.args import (
+    BOTH,
+    context_as_seq,
+    mode_arg,
+    model_and_layout,
+    model_args,
+    partitioner_arg,
+)
+from helix_jax.enums import Mode, Partitioner, Remat, choices
+
+
+def add_parser(sub: Any) -> None:
+    """`helix project` and its options."""
+    p = sub.add_parser("project", help="compile a model at full size on fake devices and read its "
+                       "FLOPs, memory and collectives off the program, priced on a hardware profile")
+    model_args(p, "paper-dense")
+    p.add_argument("--hardware", default="h100-paper",
+                   help="hardware profile name (h100-paper, h100-sxm, dgx-h100, dgx-a100) or a "
+                   "JSON/TOML file (e.g. written by `helix calibrate`)")
+    mode_arg(p, "forward pass (default), a whole training step (forward, backward, "
+             "gradient reduction, AdamW), a prefill of --context positions into a KV cache, "
+             "or one decode step against a cache of --context positions")
+    p.add_argument("--context", type=int, help="prefill/decode: the KV cache's length (default: "
+                   "the model's seq)")
+    p.add_argument("--remat", default=Remat.NONE.value, choices=choices(Remat),
+                   help="training: recompute nothing, the attention core (selective) or each "
+                   "layer's forward (full) in the backward pass")
+    p.add_argument("--batch-chunks", default="auto",
+                   help="walk the batch in this many chunks (default auto: fewest that fit memory)")
+    p.add_argument("--json", help="write the full read-out to this JSON file")
+    partitioner_arg(p, both=True)
+    p.set_defaults(func=run)
+
+
+def _progress(msg: str) -> None:
+    print(f"  {msg}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the request before jax starts, give the CPU the devices, project, print, write."""
+    context_as_seq(args)
+    cfg, layout = model_and_layout(args)
+    from helix_jax.analysis.costmodel.hardware import load_hardware
+
+    hw = load_hardware(args.hardware)
+    files.output_file(args.json, "--json")
+    if args.mode != Mode.TRAIN and args.remat != Remat.NONE:
+        raise ValueError(f"--remat {args.remat} applies to --mode train only")
+    from helix_jax.analysis.costmodel.project import check_projection as check_step
+    from helix_jax.devices import ensure_host_devices
+
+    check_step(cfg, layout, args.mode,
+               Partitioner.GSPMD if args.partitioner == BOTH else args.partitioner)
+    from helix_jax.limits import MAX_WHOLE_DEVICES
+
+    ensure_host_devices(min(layout.devices, MAX_WHOLE_DEVICES) if args.mode == Mode.TRAIN
+                        else layout.devices)
+    import json
+
+    from helix_jax.analysis.costmodel.project import project
+
+    chunks = None if args.batch_chunks == "auto" else int(args.batch_chunks)
+    if args.partitioner == BOTH:
+        from helix_jax.analysis.partitioners import project_both
+        from helix_jax.report.partitioners import print_comparison
+
+        result = project_both(cfg, layout, hw, batch_chunks=chunks, mode=args.mode,
+                              remat=args.remat, progress=_progress)
+        print_comparison(result)
+    else:
+        from helix_jax.report.console import print_projection
+
+        result = project(cfg, layout, hw, batch_chunks=chunks, mode=args.mode, remat=args.remat,
+                         progress=_progress, partitioner=args.partitioner).to_dict()
+        print_projection(result)
+    if args.json:
+        with files.atomic_output(args.json) as tmp:
+            tmp.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    return 0
