@@ -48,6 +48,11 @@ def test_path_specific_fields_are_none_elsewhere(one_of_each):
         assert sum(proj.comm_bytes_by_op.values()) == pytest.approx(
             sum(r["payload_bytes_per_device"] * r["count"] for r in proj.collectives)), name
         assert len(proj.collective_sites) >= len(proj.collectives), name
+        # each collective is blamed on the model or training code that asked for it, never on
+        # the analysis that compiled the program
+        sources = [site["source"] for site in proj.collective_sites]
+        assert sources and all(s.startswith("helix_jax/") and "helix_jax/analysis/" not in s
+                               for s in sources), (name, sources)
 
 
 def test_json_round_trips(one_of_each):

@@ -24,7 +24,7 @@ from helix_jax.layouts import Layout
 
 _SECTIONS = ("FileNames", "FunctionNames", "FileLocations", "StackFrames")
 _FIELD = re.compile(r"(\w+)=(\d+)")
-_PACKAGE = Path(__file__).resolve().parents[1]  # helix_jax/
+_PACKAGE = Path(__file__).resolve().parents[2]  # helix_jax/
 _FORWARDERS = ("comm.py",)  # frames that only pass a module's request on
 
 
