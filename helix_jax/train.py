@@ -335,18 +335,54 @@ def train(sharded: Sharded, tc: TrainConfig, checkpoint_dir: str | None = None,
     checkpoint: corrupt newer ones are reported through `warn` (default: stderr) and moved aside;
     if every one is corrupt a CheckpointError ends the run. Without `resume` the directory must
     hold no checkpoint yet (orbax would silently skip saving steps it already has)."""
-    from tqdm import tqdm
-
-    from helix_jax.checkpoint import CORRUPT_SUFFIX, Checkpoints
     from helix_jax.errors import warn as default_warn
 
-    warn = warn or default_warn
     if resume and not checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir: the folder to resume from")
     trainer = Trainer(sharded, tc)
+    ckpts, state, start, resumed_from = _start(trainer, checkpoint_dir, resume, check_memory,
+                                               echo, warn or default_warn)
+    params, opt_state = state
+    history: list[dict] = []
+    log_file = open(log_path, "a") if log_path else None
+    profiling = False
+    try:
+        for step, params, opt_state, record in _steps(trainer, params, opt_state, start,
+                                                      progress, echo):
+            if profile_dir and step == start and not profiling:  # after the compiling step
+                jax.profiler.start_trace(profile_dir, create_perfetto_trace=True)
+                profiling = True
+            history.append(record)
+            if log_file:
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+            done = step + 1
+            if ckpts and ((save_every and done % save_every == 0) or done == tc.steps):
+                ckpts.save(done, {"params": params, "opt_state": opt_state},
+                           {"step": done, "data_position": done, "model": sharded.cfg.name,
+                            "layout": sharded.layout.spec, "config": sharded.cfg.to_json()})
+                _kill_during_save_hook(done)
+    finally:
+        if profiling:
+            jax.profiler.stop_trace()
+        if ckpts:
+            ckpts.close()
+        if log_file:
+            log_file.close()
+    return {"history": history, "params": params, "resumed_from": resumed_from,
+            "start_step": start}
+
+
+def _start(trainer: Trainer, checkpoint_dir: str | None, resume: bool, check_memory: bool,
+           echo, warn):
+    """Compile the step (and check the host can hold it), then restore the newest intact
+    checkpoint or initialize: (checkpoints or None, (params, opt_state), first step, the step
+    resumed from or None). Checkpoints are closed again if anything fails."""
+    from helix_jax.checkpoint import CORRUPT_SUFFIX, Checkpoints
+
+    sharded, tc = trainer.sharded, trainer.tc
     exists = bool(checkpoint_dir) and Path(checkpoint_dir).expanduser().is_dir()
     ckpts = Checkpoints(checkpoint_dir) if exists else None  # creates nothing yet
-    start, resumed_from = 0, None
     try:
         newest = ckpts.latest_step() if ckpts else None
         if newest is not None and not resume:
@@ -366,65 +402,47 @@ def train(sharded: Sharded, tc: TrainConfig, checkpoint_dir: str | None = None,
                 check_meta=lambda meta: _check_compatible(meta, sharded.cfg, checkpoint_dir))
         if found is not None:
             resumed_from, state, meta = found
-            params, opt_state = state["params"], state["opt_state"]
-            start = int(meta["data_position"])
             echo(f"resumed from step {resumed_from} in {ckpts.directory} (saved under layout "
                  f"{meta['layout']}, now {sharded.layout.spec})")
+            start, state = int(meta["data_position"]), (state["params"], state["opt_state"])
         else:
             if resume:
                 aside = sorted(p.name for p in ckpts.directory.glob(f"*{CORRUPT_SUFFIX}*"))
                 echo(f"no checkpoint in {ckpts.directory} yet: starting from scratch"
                      + (f" (it holds only steps moved aside as corrupt: {', '.join(aside)})"
                         if aside else ""))
-            params, opt_state = trainer.init()
+            resumed_from, start, state = None, 0, trainer.init()
         if start < tc.steps:
             trainer.compile()  # no-op unless a fallback left work after all
     except BaseException:
         if ckpts:
             ckpts.close()
         raise
+    return ckpts, state, start, resumed_from
 
-    log_file = open(log_path, "a") if log_path else None
-    history = []
+
+def _steps(trainer: Trainer, params, opt_state, start: int, progress: bool, echo):
+    """Run the steps from `start` to the end, with a progress bar and one line per step; yield
+    (step, params, opt_state, its log record) after each."""
+    from tqdm import tqdm
+
+    sharded, tc = trainer.sharded, trainer.tc
     tokens = sharded.cfg.batch * sharded.cfg.seq
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not progress,
                desc=f"train {sharded.cfg.name} on {sharded.layout.kind}", unit="step")
-    profiling = False
-    try:
-        for step in bar:
-            if profile_dir and step == start + 1:  # after the compiling first step
-                jax.profiler.start_trace(profile_dir, create_perfetto_trace=True)
-                profiling = True
-            t0 = time.perf_counter()
-            params, opt_state, metrics = trainer.step(params, opt_state, step)
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            seconds = time.perf_counter() - t0
-            record = {"step": step + 1, **metrics, "tokens_per_s": tokens / seconds,
-                      "seconds": seconds, "layout": sharded.layout.spec}
-            history.append(record)
-            if log_file:
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-            dropped = (f" dropped {int(metrics['dropped'])}/{int(metrics['routed'])}"
-                       if "dropped" in metrics else "")
-            line = (f"step {step + 1:>5}  loss {metrics['loss']:.5f}  "
-                    f"{tokens / seconds:,.0f} tokens/s{dropped}")
-            bar.write(line) if progress else echo(line)
-            done = step + 1
-            if ckpts and ((save_every and done % save_every == 0) or done == tc.steps):
-                ckpts.save(done, {"params": params, "opt_state": opt_state},
-                           {"step": done, "data_position": done, "model": sharded.cfg.name,
-                            "layout": sharded.layout.spec, "config": sharded.cfg.to_json()})
-                _kill_during_save_hook(done)
-    finally:
-        if profiling:
-            jax.profiler.stop_trace()
-        if ckpts:
-            ckpts.close()
-        if log_file:
-            log_file.close()
-    return {"history": history, "params": params, "resumed_from": resumed_from,
-            "start_step": start}
+    for step in bar:
+        t0 = time.perf_counter()
+        params, opt_state, metrics = trainer.step(params, opt_state, step)
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        seconds = time.perf_counter() - t0
+        record = {"step": step + 1, **metrics, "tokens_per_s": tokens / seconds,
+                  "seconds": seconds, "layout": sharded.layout.spec}
+        dropped = (f" dropped {int(metrics['dropped'])}/{int(metrics['routed'])}"
+                   if "dropped" in metrics else "")
+        line = (f"step {step + 1:>5}  loss {metrics['loss']:.5f}  "
+                f"{tokens / seconds:,.0f} tokens/s{dropped}")
+        bar.write(line) if progress else echo(line)
+        yield step, params, opt_state, record
 
 
 _RUN_SHAPE = ("name", "batch", "seq", "dtype", "q_block", "kv_block")

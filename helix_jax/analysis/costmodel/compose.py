@@ -161,8 +161,7 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
     M, V, schedule = o["microbatches"], o["virtual"], o["schedule"]
     micro = cfg.batch // dp // M
     stage = _compile_stage(cfg, layout, hw, remat, progress, compiler)
-    elem, t_mb = DTYPE_BYTES[cfg.dtype], stage.microbatch_seconds
-    t_update = stage.update_seconds / dp
+    elem, t_mb, t_update = DTYPE_BYTES[cfg.dtype], stage.microbatch_seconds, stage.update_seconds / dp
 
     chunks_time = M + (pp - 1) / V if schedule == "1f1b" else M + pp - 1
     t_pipe = chunks_time * t_mb
