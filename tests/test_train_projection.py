@@ -1,6 +1,7 @@
 """Training projections: model files, the train step on every layout, remat in the compiled
 FLOPs, composed pipeline schedules, measured-link pricing and bad inputs."""
 
+import functools
 import math
 import re
 import subprocess
@@ -94,17 +95,24 @@ MOE = ("ep:ep=4", "helix-ep:m=2,n=2", "tp-pp:tp=2,pp=1,microbatches=1")
 TINY_MOE = {"batch": 8, "seq": 8, "capacity_factor": 16.0, "n_experts": 4}
 
 
+@functools.cache
+def _single_step(model: str):
+    """The model, its parameters and input, and one step on a single device: the reference every
+    layout's step is compared with (computed once per model; the host copies are not donated)."""
+    cfg = resolve_model(model).replace(**(TINY_MOE if model == "tiny-moe" else
+                                          {"batch": 8, "seq": 16}))
+    params = jax.device_get(Sharded.build(cfg, parse_layout("single")).init(0))
+    x = jax.random.normal(jax.random.key(1), (cfg.batch, cfg.seq, cfg.d_model))
+    t = jax.random.normal(jax.random.key(2), (cfg.batch, cfg.seq, cfg.d_model))
+    return (cfg, params, x, t, *_one_step(cfg, "single", params, x, t))
+
+
 @pytest.mark.parametrize("model, spec", [("tiny-dense", s) for s in DENSE]
                          + [("tiny-moe", s) for s in MOE])
 def test_train_step_on_every_layout_equals_single(model, spec):
     """One training step (loss, gradients, their reduction over replicas and accumulation, the
     update) gives the same parameters everywhere."""
-    cfg = resolve_model(model).replace(**(TINY_MOE if model == "tiny-moe" else
-                                          {"batch": 8, "seq": 16}))
-    params = Sharded.build(cfg, parse_layout("single")).init(0)
-    x = jax.random.normal(jax.random.key(1), (cfg.batch, cfg.seq, cfg.d_model))
-    t = jax.random.normal(jax.random.key(2), (cfg.batch, cfg.seq, cfg.d_model))
-    ref, ref_m = _one_step(cfg, "single", params, x, t)
+    cfg, params, x, t, ref, ref_m = _single_step(model)
     got, got_m = _one_step(cfg, spec, params, x, t)
     chex.assert_trees_all_close(got, ref, rtol=2e-5, atol=2e-6)
     np.testing.assert_allclose(got_m["loss"], ref_m["loss"], rtol=1e-5)
