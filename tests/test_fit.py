@@ -1,5 +1,5 @@
 """`project.fit`: the fewest batch chunks that fit, found with few compiles and always the same
-answer as trying every chunking."""
+answer as trying every chunking (memory falling with the chunk count)."""
 
 from types import SimpleNamespace
 
@@ -38,6 +38,9 @@ CURVES = {  # (fixed, temp) at K chunks: a chunk's activations plus what does no
     "activations": lambda k: (17, 576 // k),
     "with accumulators": lambda k: (4, 20 + 960 // k),
     "slow to shrink": lambda k: (6, round(150 / k ** 0.5)),
+    # XLA's own: paper-dense on tp-pp holds 1007 GB unchunked and 63.7 GB at 16 chunks, well
+    # under fixed + temp(1) / 16 = 83 GB (the unchunked program keeps several full-batch buffers)
+    "faster than 1/K": lambda k: (21, round(986 / k ** 1.14)),
 }
 
 
@@ -54,12 +57,12 @@ def test_fit_finds_what_trying_every_chunking_finds(monkeypatch, curve, capacity
     assert read_memory(program)["total_bytes"] == total[want]
     assert len(compiled) == len(set(compiled))  # nothing compiled twice
     assert want in compiled
-    if curve == "activations":  # memory exactly fixed + temp(1) / K: the floor is the truth
-        assert len(compiled) <= 2, compiled
+    if curve == "activations":  # memory exactly fixed + temp(1) / K: the first guess is right,
+        assert len(compiled) <= 3, compiled  # and one more compile shows the one before is not
 
 
-def test_a_program_under_the_floor_turns_the_floor_off(monkeypatch):
-    """Memory that falls faster than 1/K (never seen from XLA) must not mislead the search."""
+def test_memory_that_falls_fast_after_two_chunks_does_not_mislead(monkeypatch):
+    """The memory model is a guess: a curve it misjudges still gives the true fewest chunks."""
     memory_of = {1: (0, 1000), 2: (0, 100), 4: (0, 90), 8: (0, 80), 16: (0, 10), 32: (0, 5)}
     compiled, compiler = fake_programs(monkeypatch, lambda k: memory_of[k])
     sharded, _ = P.fit(None, None, 95, compiler=compiler)

@@ -70,16 +70,16 @@ def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
     """The fewest batch chunks whose program fits `capacity_bytes` per device; when none fits,
     the most chunked one (its memory is reported, and `fits` is false).
 
-    Memory falls as the chunk count K grows, and no faster than the temporaries' share of one
-    chunk: memory(K) >= fixed + temp(1) / K, where fixed (arguments + outputs - aliased: the
-    parameters, optimizer state and input) does not depend on K and temp(1) is the unchunked
-    program's temporaries (a chunk's activations are a 1/K share of the batch's; accumulators
-    only add). So the search compiles the unchunked program (does the whole batch fit at once,
-    as a recomputing step often does?), then the first K that floor allows, and a K whose floor
-    exceeds the capacity is known not to fit without compiling it. Between a K known not to fit
-    and one known to fit it interpolates, taking memory as a + b / K through the compiled
-    points: the same answer as bisection, usually in 1 or 2 compiles. Every compiled program is
-    checked against the floor; if one came in under it the floor is not used again.
+    Memory falls as the chunk count K grows (`chunk_candidates` keeps it so), so the answer is
+    found by bisection over the chunkings, which is what makes it the same as trying every one.
+    The unchunked program is compiled first (does the whole batch fit at once, as a recomputing
+    step often does?). Each next chunking to compile is guessed, never assumed: with one compiled
+    point, memory is modelled as fixed + temp(1) / K (fixed: arguments + outputs - aliased, which
+    do not depend on K); with two, as a + b / K through the closest compiled points; the guess is
+    the first chunking the model says fits, kept strictly between the most chunked known not to
+    fit and the least chunked known to fit. XLA's temporaries often fall faster than 1/K (the
+    unchunked program of a large batch holds several full-batch buffers), so the model is only a
+    guess: it saves compiles, and bisection decides.
     """
     valid = []
     for k in chunk_candidates(cfg, layout):
@@ -106,39 +106,34 @@ def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
 
     if memory(0) <= capacity_bytes or len(valid) == 1:
         return valid[0], compiled[0][0]
-    temp_one = compiled[0][3] * chunks[0]  # the unchunked program's temporaries
+    fixed, temp_one = compiled[0][2], compiled[0][3] * chunks[0]
 
-    def floor(i: int) -> float:
-        """The least memory `valid[i]` can need (0 once a compiled program came in under it)."""
-        fixed = min(c[2] for c in compiled.values())
-        if any(c[1] < (fixed + temp_one / chunks[j]) * (1 - 1e-9) for j, c in compiled.items()):
-            return 0.0
-        return fixed + temp_one / chunks[i]
-
-    lo, hi = 0, None  # the most chunked known not to fit, the least chunked known to fit
-    last = len(valid) - 1
-    while True:
-        top = last if hi is None else hi - 1
-        open_ = [i for i in range(lo + 1, top + 1) if floor(i) <= capacity_bytes]
-        if not open_:
-            if hi is not None:
-                return valid[hi], compiled[hi][0]
-            memory(last)  # nothing can fit: report the most chunked program
-            return valid[last], compiled[last][0]
-        if len(compiled) >= 2:  # interpolate a + b / K through the closest compiled points
-            known = sorted(compiled)
-            x0, x1 = lo, (hi if hi is not None else max(known))
+    def guess(lo: int, hi: int) -> int:
+        """The first chunking strictly between lo and hi that the memory model says fits (the
+        last one when none does): a + b / K through the closest compiled points, or with one
+        point fixed + temp(1) / K."""
+        known = sorted(compiled)
+        if len(known) >= 2:
+            x0, x1 = lo, (hi if hi < len(valid) else max(known))
             if x0 == x1:
                 x0 = min(known)
-            slope = (memory(x0) - memory(x1)) / (1 / chunks[x0] - 1 / chunks[x1])
-            guess = next((i for i in open_ if memory(x1) + slope * (1 / chunks[i] - 1 / chunks[x1])
-                          <= capacity_bytes), open_[-1])
+            slope = (compiled[x0][1] - compiled[x1][1]) / (1 / chunks[x0] - 1 / chunks[x1])
+            model = lambda i: compiled[x1][1] + slope * (1 / chunks[i] - 1 / chunks[x1])  # noqa: E731
         else:
-            guess = open_[0]
-        if memory(guess) <= capacity_bytes:
-            hi = guess
+            model = lambda i: fixed + temp_one / chunks[i]  # noqa: E731
+        inside = range(lo + 1, hi)
+        return next((i for i in inside if model(i) <= capacity_bytes), inside[-1])
+
+    lo, hi = 0, len(valid)  # the most chunked known not to fit; the least known to fit (or past)
+    while hi - lo > 1:
+        i = guess(lo, hi)
+        if memory(i) <= capacity_bytes:
+            hi = i
         else:
-            lo = guess
+            lo = i
+    if hi == len(valid):  # nothing fits: report the most chunked program
+        return valid[-1], compiled[len(valid) - 1][0]
+    return valid[hi], compiled[hi][0]
 
 
 def _timing(cfg: ModelConfig, layout: Layout, hw: Hardware, compute: dict, priced: dict,
