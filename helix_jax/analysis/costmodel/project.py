@@ -291,6 +291,7 @@ def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
     busy = compute["seconds"] + priced["seconds"]
     step = max(busy, floor)
     tokens = cfg.batch * (cfg.seq if mode == "prefill" else 1)
+    flops = matmul_flops(hlo)
     mfu = model_flops_per_token(cfg, "forward") * tokens / step / (
         layout.devices * hw.peak_flops_per_s)
     return Projection(
@@ -303,7 +304,7 @@ def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
                      f"one new position against a cache of {cfg.seq}")),
         extended_by_formula=[f"HBM floor: 16-bit weights + KV cache = {floor_bytes / 1e9:.2f} "
                              f"GB per device at {hw.hbm_bytes_per_s / 1e12:.2f} TB/s"],
-        flops_per_device=matmul_flops(hlo)["flops"], flops_note=flops_note(matmul_flops(hlo)),
+        flops_per_device=flops["flops"], flops_note=flops_note(flops),
         model_flops_per_token=model_flops_per_token(cfg, "forward"),
         mfu_convention=mfu_convention("forward"),
         memory_bytes_per_device=memory["total_bytes"], memory=memory,

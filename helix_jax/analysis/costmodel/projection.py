@@ -114,8 +114,7 @@ class Projection:
         kwargs = {k: v for k, v in d.items() if k in names}
         kwargs["projected"] = Timing(**{k: v for k, v in d["projected"].items() if k in timing})
         kwargs["intra_node_axes"] = tuple(d.get("intra_node_axes", ()))
-        for k in ("collective_sites",):
-            kwargs.setdefault(k, [])
+        kwargs.setdefault("collective_sites", [])  # older JSON had them for whole programs only
         return cls(**kwargs, extra={k: v for k, v in d.items() if k not in names})
 
 

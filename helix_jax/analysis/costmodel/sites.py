@@ -101,7 +101,7 @@ def mesh_axes_of(c: Collective, layout: Layout) -> tuple[str, ...] | None:
     groups, e.g. a permutation that is not a shift along axes)."""
     from itertools import combinations
 
-    from helix_jax.analysis.costmodel.terms import axis_groups
+    from helix_jax.analysis.costmodel.topology import axis_groups
 
     if c.op == "collective-permute":
         groups = {frozenset(p) for p in c.source_target_pairs if p[0] != p[1]}

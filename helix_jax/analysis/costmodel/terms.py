@@ -11,7 +11,7 @@ from collections import defaultdict
 from helix_jax.analysis.costmodel.formulas import forward_flops_per_token
 from helix_jax.analysis.costmodel.hardware import Hardware
 from helix_jax.analysis.costmodel.pricing import collective_time, crosses_nodes
-from helix_jax.analysis.costmodel.topology import intra_node_axes, node_of
+from helix_jax.analysis.costmodel.topology import axis_groups, intra_node_axes, node_of
 from helix_jax.analysis.hlo.collectives import collectives
 from helix_jax.config import ModelConfig
 from helix_jax.layouts import Layout
@@ -37,20 +37,6 @@ def build_sharded(cfg: ModelConfig, layout: Layout, batch_chunks: int, remat: st
                            f"{len(devices)}. Run through `helix project` (it sets up host devices).")
     return Sharded.build(cfg, layout, devices=devices, batch_chunks=batch_chunks, remat=remat,
                          partitioner=partitioner)
-
-
-def axis_groups(layout: Layout, axes: tuple[str, ...]) -> set[frozenset[int]]:
-    """The device groups (mesh positions) that vary only along `axes`."""
-    groups: dict[tuple, set[int]] = defaultdict(set)
-    for p in range(layout.devices):
-        coords, rest = [], p
-        for n in reversed(layout.mesh_shape):
-            coords.append(rest % n)
-            rest //= n
-        coords = coords[::-1]
-        key = tuple(c for a, c in zip(layout.axis_names, coords) if a not in axes)
-        groups[key].add(p)
-    return {frozenset(g) for g in groups.values()}
 
 
 def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) -> dict:

@@ -8,7 +8,7 @@ layout's placement order; GPU g sits on node g // gpus_per_node.
 
 from __future__ import annotations
 
-import math
+from collections import defaultdict
 from collections.abc import Callable
 
 from helix_jax.analysis.costmodel.hardware import Hardware
@@ -30,18 +30,21 @@ def node_of(layout: Layout, hw: Hardware) -> Callable[[int], int]:
     return node
 
 
+def axis_groups(layout: Layout, axes: tuple[str, ...]) -> set[frozenset[int]]:
+    """The device groups (mesh positions) that vary only along `axes`."""
+    groups: dict[tuple, set[int]] = defaultdict(set)
+    for p in range(layout.devices):
+        coords = _unravel(p, layout.mesh_shape)
+        key = tuple(c for a, c in zip(layout.axis_names, coords) if a not in axes)
+        groups[key].add(p)
+    return {frozenset(g) for g in groups.values()}
+
+
 def intra_node_axes(layout: Layout, hw: Hardware) -> tuple[str, ...]:
     """Mesh axes whose groups stay inside one node on `hw` under the layout's placement."""
     node = node_of(layout, hw)
-    inside = []
-    for axis in layout.axis_names:
-        step = math.prod(layout.mesh_shape[layout.axis_names.index(axis) + 1:])
-        n = layout.axis_sizes[axis]
-        groups = [[p + i * step for i in range(n)]
-                  for p in range(layout.devices) if (p // step) % n == 0]
-        if all(len({node(q) for q in g}) == 1 for g in groups):
-            inside.append(axis)
-    return tuple(inside)
+    return tuple(axis for axis in layout.axis_names
+                 if all(len({node(q) for q in g}) == 1 for g in axis_groups(layout, (axis,))))
 
 
 def stages_cross_nodes(layout: Layout, hw: Hardware) -> bool:

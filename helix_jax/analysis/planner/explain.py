@@ -12,9 +12,9 @@ from helix_jax.analysis.planner.bounds import whole_model_floor
 from helix_jax.analysis.planner.prune import keeps_least
 from helix_jax.analysis.planner.rows import Plan, Row
 from helix_jax.analysis.planner.space import Candidate
-from helix_jax.units import gb
 from helix_jax.enums import RowStatus
 from helix_jax.layouts import parse_layout
+from helix_jax.units import gb
 
 TERMS = ("compute", "HBM", "exposed NVLink", "exposed InfiniBand", "pipeline bubble")
 
