@@ -185,11 +185,18 @@ class Sharded:
         return {k: self.layout.pspec(("layers",)) for k in keys}
 
     def init(self, seed: int = 0) -> Params:
-        """Parameters initialised from `seed`, created directly in their shards.
+        """Parameters initialised from `seed`, on this layout.
 
         The values do not depend on the layout (jax's random bits are sharding-invariant), so every
-        layout starts from the same model.
+        layout starts from the same model. A model of at most SMALL_INIT_BYTES is drawn on one
+        device by a program that depends on the model alone, then placed: the random-number
+        program costs more to compile than a small model's forward pass, and this way one
+        compilation serves every layout. A larger model is drawn directly in its shards, so it
+        never sits whole on one device.
         """
+        if param_bytes(self.cfg) <= SMALL_INIT_BYTES:
+            return self.place(_init_on_one_device(self.cfg.replace(batch=1), seed))
+
         def create():
             return nnx.to_pure_dict(nnx.state(Transformer(self.cfg, rngs=nnx.Rngs(seed))))
         return jax.jit(create, out_shardings=self.param_shardings)()
@@ -396,6 +403,22 @@ class Sharded:
     def abstract_inputs(self) -> tuple[Params, jax.ShapeDtypeStruct]:
         """Parameters and input as ShapeDtypeStructs with shardings: compile without allocating."""
         return self.abstract_params(), self.abstract_input()
+
+
+SMALL_INIT_BYTES = 1 << 28  # 256 MiB of float32 masters: drawn on one device, then placed
+
+
+def param_bytes(cfg: ModelConfig) -> int:
+    """Bytes of the float32 master parameters of `cfg`'s model."""
+    return sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(param_shapes(cfg)))
+
+
+@functools.lru_cache(maxsize=2)
+def _init_on_one_device(cfg: ModelConfig, seed: int) -> Params:
+    """A small model's parameters drawn on one device, as host arrays (placing host arrays on a
+    layout costs nothing to compile; resharding device arrays does). Callers only read them."""
+    create = jax.jit(lambda: nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(seed)))))
+    return jax.device_get(create())
 
 
 def _own_copy(params: Params) -> Params:

@@ -174,7 +174,7 @@ def train_step_fn(sharded: Sharded, tx: optax.GradientTransformation):
             grads = inner.sum_replicas(grads)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
+        return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
 
     return step
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import pytest
 from helix_jax import npz
 from helix_jax.analysis.costmodel.hardware import HARDWARE, hardware_to_dict
 from helix_jax.errors import classify
+from tests.cli_run import helix_here, helix_process
 
 GPT = ('name = "mini"\nn_layers = 2\nd_model = 64\nn_heads = 4\nhead_dim = 16\nd_ff = 128\n'
        'vocab = 100\n')
@@ -177,9 +176,14 @@ SMALL_HOST = [
 ]
 
 
-def helix(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "helix_jax.cli", *args], capture_output=True,
-                          text=True, timeout=300, cwd=cwd, env={**os.environ, **(env or {})})
+# Cases run through the entry point in a fresh process, as a user's shell runs them; the others
+# run `cli.main` in the test worker (tests/cli_run.py), which is what that entry point calls.
+FRESH_PROCESS = {"no command", "unknown flag", "paper model on a laptop"}
+
+
+def helix(args: list[str], cwd: Path, env: dict | None = None,
+          fresh: bool = False) -> subprocess.CompletedProcess:
+    return (helix_process if fresh else helix_here)(args, cwd, env)
 
 
 def _fails_cleanly(r: subprocess.CompletedProcess, code: int, words: str) -> None:
@@ -197,7 +201,7 @@ def test_bad_input_is_one_clear_line(tmp_path, name, args, code, words):
     _inputs(tmp_path)
     before = _snapshot(tmp_path)
     env = {"HELIX_TEST_HOST_MEMORY": str(10**6)} if (name, args, code, words) in SMALL_HOST else {}
-    r = helix(args, tmp_path, env)
+    r = helix(args, tmp_path, env, fresh=name in FRESH_PROCESS)
     _fails_cleanly(r, code, words)
     assert _snapshot(tmp_path) == before  # nothing lost, half-written, or written at all
 

@@ -1,18 +1,16 @@
 """The `helix` command as a user runs it: outputs checked by the independent float64 oracle."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from helix_jax import cli
 from tests import reference_np
+from tests.cli_run import helix_here, helix_process
 
 
-def helix(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "helix_jax.cli", *args],
-                            capture_output=True, text=True, timeout=300)
+def helix(*args, check=True, fresh=False):
+    """`helix ARGS` in the test worker (or, `fresh`, through the entry point in a new process)."""
+    result = (helix_process if fresh else helix_here)(list(args))
     if check and result.returncode != 0:
         raise AssertionError(f"helix {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -82,7 +80,7 @@ def test_params_that_do_not_fit(tmp_path):
 
 
 def test_layouts_lists_every_layout():
-    out = helix("layouts").stdout
+    out = helix("layouts", fresh=True).stdout
     for name in ("single", "helix", "tp-pp", "ep", "helix-ep", "dp"):
         assert any(line.startswith(name + " ") for line in out.splitlines()), name
 

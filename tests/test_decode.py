@@ -1,8 +1,6 @@
 """Prefill and decode with a KV cache on every layout: the same outputs as the float64
 reference, the collectives the math says, the cache updated in place, and clear errors."""
 
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +13,7 @@ from helix_jax.decode import run_decode
 from helix_jax.layouts import parse_layout
 from helix_jax.model import Sharded, random_input
 from tests import reference_np
+from tests.cli_run import helix_here
 
 S = 16
 DENSE = ("single", "dp:dp=4", "tp-pp", "helix", "helix:core=seq_a2a", "helix:core=qk_gather",
@@ -140,9 +139,8 @@ def test_the_decode_step_compiles_once():
     (["--prompt-len", "4", "--out", "/no/such/dir/d.npz"], "folder /no/such/dir does not exist"),
 ])
 def test_bad_decode_inputs_are_one_line_errors(args, message, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "helix_jax.cli", "decode", "--model", "tiny-dense",
-                        *(["--layout", "helix"] if "--layout" not in args else []), *args],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    r = helix_here(["decode", "--model", "tiny-dense",
+                    *(["--layout", "helix"] if "--layout" not in args else []), *args], tmp_path)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr and message in r.stderr, r.stderr
 

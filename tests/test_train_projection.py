@@ -4,8 +4,6 @@ FLOPs, composed pipeline schedules, measured-link pricing and bad inputs."""
 import functools
 import math
 import re
-import subprocess
-import sys
 
 import chex
 import jax
@@ -21,6 +19,7 @@ from helix_jax.config import dump_model_file, load_model_file, resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.model import Sharded
 from helix_jax.train import compile_train_step, train_step_fn
+from tests.cli_run import helix_here, helix_process
 
 GPT = """name = "tiny-gpt"
 n_layers = 4
@@ -224,8 +223,7 @@ def test_hardware_profiles_carry_sources_and_round_trip(tmp_path):
      "folder /no/such/dir does not exist"),
 ])
 def test_bad_training_inputs_are_one_line_errors(args, message, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "helix_jax.cli", *args], capture_output=True,
-                       text=True, timeout=120, cwd=tmp_path)
+    r = helix_here(args, tmp_path)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
     import re
@@ -239,9 +237,7 @@ def test_calibrate_writes_a_profile_that_projects(tmp_path):
     import json
 
     out = tmp_path / "cal.json"
-    r = subprocess.run([sys.executable, "-m", "helix_jax.cli", "calibrate", "--quick", "--out",
-                        str(out), "--repeat", "2", "--warmup", "1"], capture_output=True,
-                       text=True, timeout=300)
+    r = helix_here(["calibrate", "--quick", "--out", str(out), "--repeat", "2", "--warmup", "1"])
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
     hw = load_hardware(out)
@@ -260,11 +256,10 @@ def test_cli_projects_a_composed_training_step(gpt, tmp_path):
     import json
 
     out = tmp_path / "out.json"
-    r = subprocess.run([sys.executable, "-m", "helix_jax.cli", "project", "--model-file", str(gpt),
-                        "--layout", "tp-pp:tp=2,pp=2,dp=64,microbatches=4,schedule=1f1b,virtual=2",
-                        "--hardware", "dgx-a100", "--mode", "train", "--batch", "512", "--seq",
-                        "64", "--dtype", "float16", "--remat", "selective", "--json", str(out)],
-                       capture_output=True, text=True, timeout=300)
+    r = helix_process(["project", "--model-file", str(gpt),
+                       "--layout", "tp-pp:tp=2,pp=2,dp=64,microbatches=4,schedule=1f1b,virtual=2",
+                       "--hardware", "dgx-a100", "--mode", "train", "--batch", "512", "--seq",
+                       "64", "--dtype", "float16", "--remat", "selective", "--json", str(out)])
     assert r.returncode == 0, r.stderr
     assert "extended by formula" in r.stdout and "memory/device" in r.stdout
     d = json.loads(out.read_text())
