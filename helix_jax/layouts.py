@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from helix_jax.config import ModelConfig
@@ -118,12 +118,16 @@ class Layout:
             ("batch", cfg.batch, "batch"), ("n_layers", cfg.n_layers, "layers"),
             ("seq", cfg.seq, "seq"),
         ]
-        checks.append(("n_experts", cfg.n_experts, "expert") if cfg.is_moe
-                      else ("d_ff", cfg.d_ff, "mlp"))
+        if not cfg.is_moe or cfg.first_dense_layers:
+            checks.append(("d_ff", cfg.d_ff, "mlp"))
+        if cfg.is_moe:
+            checks.append(("n_experts", cfg.n_experts, "expert"))
+            checks.append(("moe_d_ff" if cfg.moe_d_ff else "d_ff", cfg.expert_d_ff,
+                           "expert_mlp"))
+        if cfg.shared_d_ff:
+            checks.append(("n_shared_experts x moe_d_ff", cfg.shared_d_ff, "mlp"))
         if cfg.vocab:
             checks.append(("vocab", cfg.vocab, "vocab"))
-        if cfg.is_moe:
-            checks.append(("d_ff", cfg.d_ff, "expert_mlp"))
         for what, value, logical in checks:
             parts = self.size(logical)
             if value % parts:
@@ -131,10 +135,24 @@ class Layout:
                     f"{cfg.name} on {self.spec}: {what}={value} is not divisible by the {parts} "
                     f"shards of '{logical}' (mesh axes {self.mesh_axes(logical)}); "
                     f"choose a {what} that is a multiple of {parts} or another layout")
+        _check_blocks(self, cfg)
         for check in _EXTRA_CHECKS.get(self.kind, ()):
             check(self, cfg)
         if cfg.is_moe:
             check_moe(cfg, self)
+
+    def for_model(self, cfg: ModelConfig) -> Layout:
+        """This layout as `cfg`'s model runs on it: K/V heads split like the query heads while
+        the head shards divide them, else replicated (each shard projects the one K/V head its
+        query heads use, as Megatron does for tp > n_kv_heads). The spec is unchanged."""
+        if "kv_heads" not in self.rules or cfg.kv_heads % self.size("heads") == 0:
+            return self
+        rules = {k: v for k, v in self.rules.items() if k != "kv_heads"}
+        return replace(self, rules=rules)
+
+    def kv_heads_split(self, cfg: ModelConfig) -> bool:
+        """Whether `cfg`'s K/V heads are split over the head shards (not replicated)."""
+        return bool(self.for_model(cfg).mesh_axes("kv_heads"))
 
     def describe(self) -> str:
         mesh = " x ".join(f"{a}={n}" for a, n in self.axis_sizes.items())
@@ -168,7 +186,7 @@ def _single(**opts) -> Layout:
 
 def _helix(kind: str = "helix", **opts) -> Layout:
     names, shape = _with_data(opts["dp"], ("head", "dim"), (opts["n"], opts["m"]))
-    rules = {"batch": ("data",), "heads": ("head",), "head_dim": ("dim",),
+    rules = {"batch": ("data",), "heads": ("head",), "kv_heads": ("head",), "head_dim": ("dim",),
              "mlp": ("head", "dim"), "expert": ("head", "dim"), "vocab": ("head", "dim")}
     return Layout(kind, names, shape, rules, opts)
 
@@ -179,7 +197,8 @@ def _helix_ep(**opts) -> Layout:
 
 def _tp_pp(**opts) -> Layout:
     names, shape = _with_data(opts["dp"], ("stage", "tensor"), (opts["pp"], opts["tp"]))
-    rules = {"batch": ("data",), "layers": ("stage",), "heads": ("tensor",), "mlp": ("tensor",),
+    rules = {"batch": ("data",), "layers": ("stage",), "heads": ("tensor",),
+             "kv_heads": ("tensor",), "mlp": ("tensor",),
              "expert_mlp": ("tensor",), "vocab": ("tensor",)}
     if opts["sp"]:
         rules["act_seq"] = ("tensor",)
@@ -206,7 +225,8 @@ def _dp(**opts) -> Layout:
 def _kvp(**opts) -> Layout:
     names, shape = _with_data(opts["dp"], ("tensor", "kvp"), (opts["tp"], opts["kvp"]))
     model = ("tensor", "kvp")
-    rules = {"batch": ("data",), "heads": ("tensor",), "kv_seq": ("kvp",), "mlp": model,
+    rules = {"batch": ("data",), "heads": ("tensor",), "kv_heads": ("tensor",),
+             "kv_seq": ("kvp",), "mlp": model,
              "expert": model, "vocab": model}
     return Layout("kvp", names, shape, rules, opts)
 
@@ -233,6 +253,27 @@ LAYOUTS: dict[str, LayoutKind] = {k.name: k for k in (
                "their log-sum-exp; FFN tensor parallel over all of them",
                {"kvp": 16, "tp": 1, "dp": 1}, _kvp),
 )}
+
+
+def _check_blocks(layout: Layout, cfg: ModelConfig) -> None:
+    """What the model's blocks ask of any layout: K/V heads that the head shards can share out,
+    whole rotary pairs on each head-dim shard, leading dense layers outside a pipeline."""
+    shards, G = layout.size("heads"), cfg.kv_heads
+    if G % shards and shards % G:
+        raise ValueError(f"{cfg.name} on {layout.spec}: n_kv_heads={G} and the {shards} head "
+                         f"shards do not divide one another, so a shard's query heads would "
+                         f"need part of a K/V head; choose a head split that divides or is a "
+                         f"multiple of {G}")
+    m = layout.size("head_dim")
+    if cfg.position == "rope" and (cfg.head_dim // m) % 2:
+        raise ValueError(f"{cfg.name} on {layout.spec}: rotary positions need whole pairs of "
+                         f"head dimensions on each of the {m} head-dim shards, but head_dim="
+                         f"{cfg.head_dim} leaves {cfg.head_dim // m}; use m dividing "
+                         f"{cfg.head_dim // 2}")
+    if cfg.first_dense_layers and layout.size("layers") > 1:
+        raise ValueError(f"{cfg.name} on {layout.spec}: first_dense_layers needs the whole "
+                         f"model on each pipeline stage; use pp=1 (the leading dense layers are "
+                         f"a stack of their own)")
 
 
 def _check_seq_a2a(layout: Layout, cfg: ModelConfig) -> None:

@@ -101,6 +101,7 @@ class Sharded:
         if remat not in REMAT:
             raise ValueError(f"remat={remat!r} is not one of {', '.join(REMAT)}")
         check_partitioner(layout, partitioner)
+        layout = layout.for_model(cfg)
         sharded = cls(cfg, layout, layout.make_mesh(devices), batch_chunks, remat, partitioner)
         rows = cfg.batch // layout.size(*sharded.rest_axes) if sharded.rest_axes else cfg.batch
         if batch_chunks < 1 or rows % batch_chunks:
@@ -200,6 +201,13 @@ class Sharded:
         def create():
             return nnx.to_pure_dict(nnx.state(Transformer(self.cfg, rngs=nnx.Rngs(seed))))
         return jax.jit(create, out_shardings=self.param_shardings)()
+
+    def load_hf(self, folder) -> Params:
+        """A Hugging Face checkpoint's weights (helix_jax.hf), each device's shards read from
+        the files: the whole model never sits on one device."""
+        from helix_jax.hf.weights import load_params
+
+        return load_params(folder, self.cfg, param_shapes(self.cfg), self.param_shardings)
 
     def place(self, params: Params) -> Params:
         """Move host or differently-sharded parameters into this layout's shards."""
@@ -332,7 +340,7 @@ class Sharded:
 
     # ------------------------------------------------------------------ KV cache and steps
 
-    CACHE_AXES = ("layers", "batch", "kv_seq", "heads", "head_dim")
+    CACHE_AXES = ("layers", "batch", "kv_seq", "kv_heads", "head_dim")
 
     @property
     def step_comm(self) -> Comm:
@@ -342,12 +350,28 @@ class Sharded:
         return Comm(dataclasses.replace(self.layout, rules=rules))
 
     @property
+    def cache_axes(self) -> tuple[str, ...]:
+        """The cache's logical axes. Where K/V heads are replicated over more head shards than
+        there are of them, each head shard caches only the one K/V head its queries use: the
+        cache then has one head slot per head shard, split over the `heads` axes."""
+        if self.layout.mesh_axes("kv_heads") or not self.layout.mesh_axes("heads"):
+            return self.CACHE_AXES
+        return self.CACHE_AXES[:3] + ("heads",) + self.CACHE_AXES[4:]
+
+    @property
+    def cache_heads(self) -> int:
+        """K/V head slots of the whole cache: n_kv_heads, or one per head shard (see above)."""
+        if self.cache_axes == self.CACHE_AXES:
+            return self.cfg.kv_heads
+        return self.layout.size("heads")
+
+    @property
     def cache_spec(self) -> P:
-        return self.layout.pspec(self.CACHE_AXES)
+        return self.layout.pspec(self.cache_axes)
 
     def cache_shape(self, context: int) -> tuple[int, ...]:
         c = self.cfg
-        return (c.n_layers, c.batch, context, c.n_heads, c.head_dim)
+        return (c.n_layers, c.batch, context, self.cache_heads, c.head_dim)
 
     def init_cache(self, context: int) -> dict:
         """An empty KV cache for `context` positions, placed by the layout."""

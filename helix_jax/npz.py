@@ -1,8 +1,13 @@
 """The npz exchange format: parameters, input and output as named float32 arrays.
 
-Keys: `input`, `output`, `config_json`, `layers.{i}.{ln1,attn,ln2,mlp|moe}.{name}`,
-`final_ln.{scale,bias}`. Layers are stored one by one (the model stacks them), so a file written
-here can be read by any other implementation and weights from elsewhere can be run on any layout.
+Keys: `input` (embeddings, or int32 tokens for a model with a vocabulary), `output` (the final
+hidden states, after the final norm), `config_json`, `layers.{i}.{ln1,attn,ln2,mlp|moe}.{name}`,
+`final_ln.{scale[,bias]}`, and with a vocabulary `embed.table` (`head.w` unless tied,
+`positions.table` with learned positions). Layers are stored one by one, numbered from 0 in
+model order (the model stacks them: a MoE model's leading dense layers in a stack of their own),
+so a file written here can be read by any other implementation and weights from elsewhere can be
+run on any layout. With rotary positions the q/k head dimensions are stored pair by pair (see
+helix_jax/nn/attention.py).
 """
 
 from __future__ import annotations
@@ -22,15 +27,29 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+STACKS = ("dense_layers", "layers")  # stacked layers, in model order
+
+
+def _first_layers(tree: dict) -> dict[str, int]:
+    """The model-order number of each stack's first layer."""
+    first, n = {}, 0
+    for stack in STACKS:
+        first[stack] = n
+        if stack in tree:
+            n += next(iter(_flatten(tree[stack]).values())).shape[0]
+    return first
+
+
 def params_to_flat(params: dict) -> dict[str, np.ndarray]:
     """{'layers': {'attn': {'wq': [L,...]}}, ...} -> {'layers.0.attn.wq': [...], ...} (float32)."""
     flat = {}
+    first = _first_layers(params)
     for name, value in _flatten(params).items():
         value = np.asarray(value, dtype=np.float32)
-        if name.startswith("layers."):
-            rest = name[len("layers."):]
+        stack, _, rest = name.partition(".")
+        if stack in STACKS:
             for i, layer in enumerate(value):
-                flat[f"layers.{i}.{rest}"] = layer
+                flat[f"layers.{first[stack] + i}.{rest}"] = layer
         else:
             flat[name] = value
     return flat
@@ -51,6 +70,7 @@ def flat_to_params(flat: dict[str, np.ndarray], shapes: dict, source: str = "par
     """Inverse of `params_to_flat`, checked against the model's parameter `shapes` tree: every
     array present, real and finite, and of the shape the model needs (named when not)."""
     missing, wrong = [], []
+    first = _first_layers(shapes)
 
     def build(tree: dict, prefix: str) -> dict:
         out = {}
@@ -59,9 +79,10 @@ def flat_to_params(flat: dict[str, np.ndarray], shapes: dict, source: str = "par
             if isinstance(shape, dict):
                 out[key] = build(shape, name + ".")
                 continue
-            stacked = name.startswith("layers.")
+            stack, _, rest = name.partition(".")
+            stacked = stack in STACKS
             want = tuple(shape.shape)[1:] if stacked else tuple(shape.shape)
-            names = ([f"layers.{i}.{name[len('layers.'):]}" for i in range(shape.shape[0])]
+            names = ([f"layers.{first[stack] + i}.{rest}" for i in range(shape.shape[0])]
                      if stacked else [name])
             arrays = []
             for n in names:
@@ -93,7 +114,8 @@ def save(path: str | Path, cfg: ModelConfig, params: dict, x, y) -> None:
     from helix_jax.files import atomic_output
 
     arrays = params_to_flat(params)
-    arrays["input"] = np.asarray(x, dtype=np.float32)
+    x = np.asarray(x)
+    arrays["input"] = x.astype(np.int32 if x.dtype.kind in "iu" else np.float32)  # tokens stay ints
     arrays["output"] = np.asarray(y, dtype=np.float32)
     arrays["config_json"] = np.array(cfg.to_json())
     with atomic_output(path) as tmp, open(tmp, "wb") as f:

@@ -40,6 +40,7 @@ class TrainConfig:
     seed: int = 0
     weight_decay: float = 0.01
     clip: float = 1.0
+    hf: str | None = None  # start from this Hugging Face checkpoint's weights, not from `seed`
 
     def __post_init__(self) -> None:
         """Every hyper-parameter in its range, checked before any work (a ValueError naming it)."""
@@ -266,7 +267,8 @@ class Trainer:
         self._batch = jax.jit(self._make_batch, out_shardings=(self.data_sh, self.data_sh))
 
     def init(self):
-        params = self.sharded.init(self.tc.seed)
+        params = (self.sharded.load_hf(self.tc.hf) if self.tc.hf
+                  else self.sharded.init(self.tc.seed))
         opt_state = jax.jit(self.tx.init, out_shardings=self.opt_sh)(params)
         return params, opt_state
 

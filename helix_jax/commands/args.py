@@ -18,9 +18,12 @@ def model_args(p: argparse.ArgumentParser, default_model: str, layout: bool = Tr
     p.add_argument("--model", default=default_model, choices=sorted(PRESETS),
                    help=f"model preset (default: {default_model})")
     p.add_argument("--model-file", metavar="FILE.toml",
-                   help="a GPT-style model from a TOML file (keys: name, n_layers, d_model, "
-                   "n_heads, head_dim, d_ff, vocab; optional n_experts, top_k, capacity_factor, "
-                   "causal, ln_eps); overrides --model")
+                   help="a model from a TOML file (keys: name, n_layers, d_model, n_heads, "
+                   "head_dim, d_ff, vocab; optional: the README lists them); overrides --model")
+    p.add_argument("--hf", metavar="DIR", help="a Hugging Face checkpoint folder (config.json "
+                   "+ model.safetensors, as save_pretrained writes them; model_type llama, "
+                   "mistral, qwen2, qwen3, mixtral, qwen3_moe or gpt2): its model, and its "
+                   "weights where the command runs the model; overrides --model")
     if layout:
         layout_arg(p)
     p.add_argument("--batch", type=int, help="batch size (default: the preset's)")
@@ -57,7 +60,17 @@ def mode_arg(p: argparse.ArgumentParser, text: str) -> None:
 
 
 def config(args: argparse.Namespace) -> ModelConfig:
-    """The model the options name: a preset or `--model-file`, with the run shape overridden."""
+    """The model the options name: a preset, `--model-file` or `--hf`, with the run shape
+    overridden."""
+    if getattr(args, "hf", None):
+        from helix_jax.hf.config import config_from_hf
+
+        if args.model_file:
+            raise ValueError("--hf and --model-file both name the model; give one")
+        return config_from_hf(args.hf, batch=args.batch, seq=args.seq, dtype=args.dtype,
+                              causal=args.causal, q_block=args.q_block, kv_block=args.kv_block,
+                              top_k=args.top_k, capacity_factor=args.capacity_factor,
+                              normalize_top_k=args.normalize_top_k)
     if args.model_file:
         from helix_jax.config import load_model_file
 
@@ -70,6 +83,16 @@ def config(args: argparse.Namespace) -> ModelConfig:
                          causal=args.causal, q_block=args.q_block, kv_block=args.kv_block,
                          top_k=args.top_k, capacity_factor=args.capacity_factor,
                          normalize_top_k=args.normalize_top_k)
+
+
+def hf_weights_checked(args: argparse.Namespace, cfg: ModelConfig) -> None:
+    """With `--hf`, check that the folder's weights are all there with the shapes `cfg` needs
+    (reading only the safetensors headers), before any work."""
+    if getattr(args, "hf", None):
+        from helix_jax.hf.weights import plan_for
+        from helix_jax.model import param_shapes
+
+        plan_for(args.hf, cfg, param_shapes(cfg))
 
 
 def model_and_layout(args: argparse.Namespace) -> tuple[ModelConfig, Layout]:

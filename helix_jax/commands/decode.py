@@ -8,7 +8,7 @@ import argparse
 from typing import Any
 
 from helix_jax import distributed, files, options
-from helix_jax.commands.args import model_and_layout, model_args
+from helix_jax.commands.args import hf_weights_checked, model_and_layout, model_args
 from helix_jax.config import ModelConfig
 from helix_jax.layouts import Layout
 
@@ -47,6 +47,7 @@ def _check_request(args: argparse.Namespace) -> tuple[ModelConfig, Layout]:
     if args.generate is not None and args.prompt_len + args.generate > cfg.seq:
         raise ValueError(f"--prompt-len {args.prompt_len} + --generate {args.generate} is more "
                          f"than --seq {cfg.seq}; raise --seq or generate fewer tokens")
+    hf_weights_checked(args, cfg)
     return cfg, layout
 
 
@@ -63,7 +64,7 @@ def _decode(args: argparse.Namespace, cfg: ModelConfig, layout: Layout) -> int:
     programs = compile_decode(sharded, args.prompt_len)  # abstract: nothing allocated yet
     check_fits(list(programs[:2]), sharded.mesh, f"decode of {cfg.name} on {layout.spec}",
                WAY_OUT, host_extra=host_copies(cfg, M.param_shapes(cfg) if args.out else None))
-    params = sharded.init(args.seed)
+    params = sharded.load_hf(args.hf) if args.hf else sharded.init(args.seed)
     x_host = M.random_input(cfg, args.seed)
     x = distributed.global_array(np.asarray(x_host).astype(sharded.input_dtype),
                                  sharded.input_sharding)

@@ -8,7 +8,12 @@ import time
 from typing import Any
 
 from helix_jax import distributed, files
-from helix_jax.commands.args import model_and_layout, model_args, partitioner_arg
+from helix_jax.commands.args import (
+    hf_weights_checked,
+    model_and_layout,
+    model_args,
+    partitioner_arg,
+)
 from helix_jax.config import ModelConfig
 from helix_jax.gspmd import check_partitioner
 from helix_jax.layouts import Layout
@@ -46,10 +51,13 @@ def _check_request(args: argparse.Namespace) -> tuple[ModelConfig, Layout, dict 
     files.output_file(args.out, "--out")
     files.output_dir(args.profile, "--profile")
     arrays = None
+    if args.params and args.hf:
+        raise ValueError("--params and --hf both give the weights; give one")
     if args.params:  # a bad file fails here
         from helix_jax import npz
 
         arrays, _ = npz.load(args.params)
+    hf_weights_checked(args, cfg)
     return cfg, layout, arrays
 
 
@@ -70,7 +78,8 @@ def _forward(args: argparse.Namespace, cfg: ModelConfig, layout: Layout, arrays:
     compile_s = time.perf_counter() - start
     check_fits([forward], sharded.mesh, f"forward of {cfg.name} on {layout.spec}", WAY_OUT,
                host_extra=host_copies(cfg, M.param_shapes(cfg) if args.out else None))
-    params = sharded.place(host_params) if arrays is not None else sharded.init(args.seed)
+    params = (sharded.place(host_params) if arrays is not None
+              else sharded.load_hf(args.hf) if args.hf else sharded.init(args.seed))
     x_host = M.random_input(cfg, args.seed)  # the same on every process
     x = distributed.global_array(np.asarray(x_host).astype(sharded.input_dtype),
                                  sharded.input_sharding)

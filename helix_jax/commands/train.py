@@ -7,7 +7,12 @@ import argparse
 from typing import Any
 
 from helix_jax import distributed, files
-from helix_jax.commands.args import model_and_layout, model_args, partitioner_arg
+from helix_jax.commands.args import (
+    hf_weights_checked,
+    model_and_layout,
+    model_args,
+    partitioner_arg,
+)
 from helix_jax.config import ModelConfig
 from helix_jax.enums import Schedule
 from helix_jax.gspmd import check_partitioner
@@ -59,6 +64,7 @@ def _check_request(args: argparse.Namespace) -> tuple[ModelConfig, Layout]:
     files.output_dir(args.profile, "--profile")
     if args.resume and not args.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir: the folder to resume from")
+    hf_weights_checked(args, cfg)
     return cfg, layout
 
 
@@ -76,7 +82,8 @@ def _train(args: argparse.Namespace, cfg: ModelConfig, layout: Layout) -> int:
     sharded = Sharded.build(cfg, layout, partitioner=args.partitioner)
     echo = print if main else (lambda *_: None)
     echo(training_header(cfg, layout, distributed.describe(), args.steps, log))
-    result = train(sharded, TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed),
+    result = train(sharded, TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed,
+                                        hf=args.hf),
                    checkpoint_dir=args.checkpoint_dir, save_every=args.save_every,
                    resume=args.resume, log_path=log if main else None,
                    progress=main and not args.no_progress, echo=echo, profile_dir=args.profile)

@@ -8,6 +8,16 @@ the head-dim split is undone around the softmax (docs/layouts.md):
               all-to-all the output back
   qk_gather   all-gather q and k to full d; every head-dim shard recomputes the same scores
 When head_dim is not sharded (single, tp-pp, ep, dp) all three are plain attention.
+
+Grouped-query attention: W_k/W_v are [D, G, d] over ("kv_heads", "head_dim"), query head h using
+K/V head h // (H/G). Where the layout splits heads into more shards than there are K/V heads,
+`kv_heads` is not split (`Layout.for_model`) and each shard projects only the one K/V head its
+query heads use: the K/V weights are replicated, as Megatron replicates them past tp = G.
+
+Rotary positions rotate pairs of head dimensions. The q/k head dimensions are stored with each
+pair side by side (dims 2i, 2i+1 are the pair (i, i + d/2) of the Hugging Face `rotate_half`
+layout), so any even split of the head dimension keeps every pair on one device; permuting q's
+and k's dimensions alike leaves q·kᵀ unchanged (docs/layouts.md).
 """
 
 from __future__ import annotations
@@ -21,8 +31,47 @@ from flax import nnx
 from helix_jax.comm import Comm, vary_like
 from helix_jax.config import ModelConfig
 from helix_jax.nn.mlp import normal
+from helix_jax.nn.norm import RMSNorm
 
 Array = jax.Array
+
+
+def rotary(x: Array, positions: Array, theta: float, head_dim: int,
+           first_pair: Array | int = 0) -> Array:
+    """Rotate x [B, S, h, w] (w even, pairs side by side) by the angles of `positions` [S]: pair
+    j of x is rotary pair first_pair + j of a head of `head_dim` dims, frequency
+    theta^(-2(first_pair + j)/head_dim). Computed in float32, returned in x's dtype."""
+    B, S, h, w = x.shape
+    pair = first_pair + jnp.arange(w // 2)
+    inv_freq = 1.0 / (theta ** (2.0 * pair.astype(jnp.float32) / head_dim))
+    angle = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]  # [S, w/2]
+    cos, sin = (f(angle)[None, :, None, :] for f in (jnp.cos, jnp.sin))
+    pairs = x.astype(jnp.float32).reshape(B, S, h, w // 2, 2)
+    even, odd = pairs[..., 0], pairs[..., 1]
+    out = jnp.stack([even * cos - odd * sin, odd * cos + even * sin], axis=-1)
+    return out.reshape(x.shape).astype(x.dtype)
+
+
+def _scores(q: Array, k: Array) -> Array:
+    """q [B, Sq, h, d], k [B, Sk, g, d] -> scores [B, h, Sq, Sk]; query head i uses key head
+    i // (h/g) (grouped-query attention; h == g is multi-head)."""
+    B, Sq, h, d = q.shape
+    g = k.shape[2]
+    if g == h:
+        return jnp.einsum("bqhd,bkhd->bhqk", q, k)
+    s = jnp.einsum("bqgrd,bkgd->bgrqk", q.reshape(B, Sq, g, h // g, d), k)
+    return s.reshape(B, h, Sq, k.shape[1])
+
+
+def _mix(p: Array, v: Array) -> Array:
+    """Weights p [B, h, Sq, Sk] over values v [B, Sk, g, dv] -> [B, Sq, h, dv] float32."""
+    B, h, Sq, Sk = p.shape
+    g = v.shape[2]
+    if g == h:
+        return jnp.einsum("bhqk,bkhd->bqhd", p, v, preferred_element_type=jnp.float32)
+    o = jnp.einsum("bgrqk,bkgd->bqgrd", p.reshape(B, g, h // g, Sq, Sk), v,
+                   preferred_element_type=jnp.float32)
+    return o.reshape(B, Sq, h, v.shape[-1])
 
 
 def block_size(n: int, cap: int) -> int:
@@ -38,7 +87,8 @@ def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array 
            return_lse: bool = False, kv_layer: Array | None = None):
     """Blockwise softmax attention with an online softmax (flash-style).
 
-    q [B, Sq, h, dq] (already scaled), k [B, Sk, h, dq], v [B, Sk, h, dv] -> [B, Sq, h, dv].
+    q [B, Sq, h, dq] (already scaled), k [B, Sk, g, dq], v [B, Sk, g, dv] -> [B, Sq, h, dv],
+    g dividing h (grouped-query attention: query head i uses key head i // (h/g)).
     `reduce_scores` is applied to each block of raw scores (score_psum sums them over the head-dim
     shards there). Query i sits at position q_offset + i, key j at position j, or at
     `key_positions[j]` when given (a cache slice holding every K-th position). With a static
@@ -52,7 +102,7 @@ def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array 
     B, Sq, h, _ = q.shape
     Sk, dv = k.shape[1 if kv_layer is None else 2], v.shape[-1]
 
-    def kv_at(t: Array, j) -> Array:  # key/value block j: [B, kb, h, d]
+    def kv_at(t: Array, j) -> Array:  # key/value block j: [B, kb, g, d]
         if kv_layer is None:
             return jax.lax.dynamic_slice_in_dim(t, j * kb, kb, axis=1)
         return jax.lax.dynamic_slice(t, (kv_layer, 0, j * kb, 0, 0),
@@ -70,7 +120,7 @@ def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array 
         m, denom, acc = carry  # m, denom: [B, h, Sq] float32; acc: [B, Sq, h, dv] float32
         qi = jax.lax.dynamic_slice_in_dim(q, i * qb, qb, axis=1)
         kj, vj = kv_at(k, j), kv_at(v, j)
-        s = reduce_scores(jnp.einsum("bqhd,bkhd->bhqk", qi, kj)).astype(jnp.float32)
+        s = reduce_scores(_scores(qi, kj)).astype(jnp.float32)
         if causal:
             q_pos = q_offset + i * qb + jnp.arange(qb)
             k_pos = (j * kb + jnp.arange(kb) if key_positions is None
@@ -83,8 +133,7 @@ def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array 
         m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
         p = jnp.exp(s - m_safe[..., None])
         corr = jnp.exp(m_old - m_safe)
-        pv = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), vj,
-                        preferred_element_type=jnp.float32)
+        pv = _mix(p.astype(v.dtype), vj)
         a_new = a_old * jnp.moveaxis(corr, 1, 2)[..., None] + pv
         return (jax.lax.dynamic_update_slice_in_dim(m, m_new, i * qb, axis=2),
                 jax.lax.dynamic_update_slice_in_dim(denom, d_old * corr + p.sum(-1), i * qb, axis=2),
@@ -121,7 +170,8 @@ def combine_partials(o: Array, lse: Array, comm: Comm, *logical: str) -> Array:
     return num / jnp.moveaxis(den, 1, 2)[..., None]
 
 
-QKV_AXES = ("batch", None, "heads", "head_dim")  # q, k, v and the attention output [B, S, H, d]
+QKV_AXES = ("batch", None, "heads", "head_dim")  # q and the attention output [B, S, H, d]
+KV_AXES = ("batch", None, "kv_heads", "head_dim")  # k and v [B, S, G, d]
 
 
 def global_core(q: Array, k: Array, v: Array, comm: Comm, *, core: str, **blocks) -> Array:
@@ -132,17 +182,17 @@ def global_core(q: Array, k: Array, v: Array, comm: Comm, *, core: str, **blocks
     QKᵀ is the finding); kvp splits keys and values along the sequence."""
     if core == "seq_a2a" and comm.groups("head_dim") > 1:
         q = comm.constrain(q, "batch", "head_dim", "heads", None)
-        k, v = (comm.constrain(t, "batch", None, "heads", None) for t in (k, v))
+        k, v = (comm.constrain(t, "batch", None, "kv_heads", None) for t in (k, v))
         o = attend(q, k, v, **blocks)
         return comm.constrain(o, "batch", "head_dim", "heads", None)
     if comm.groups("kv_seq") > 1:
-        k, v = (comm.constrain(t, "batch", "kv_seq", "heads", "head_dim") for t in (k, v))
+        k, v = (comm.constrain(t, "batch", "kv_seq", "kv_heads", "head_dim") for t in (k, v))
     return attend(q, k, v, **blocks)
 
 
 def attention_core(q: Array, k: Array, v: Array, comm: Comm, *, core: str, causal: bool,
                    q_block: int = 0, kv_block: int = 0) -> Array:
-    """Attention on head-dim-sharded q, k, v [B, S, h, d/m] -> o [B, S, h, d/m]."""
+    """Attention on head-dim-sharded q [B, S, h, d/m], k, v [B, S, g, d/m] -> o [B, S, h, d/m]."""
     blocks = dict(causal=causal, q_block=q_block, kv_block=kv_block)
     if comm.global_view:
         return global_core(q, k, v, comm, core=core, **blocks)
@@ -164,8 +214,8 @@ def attention_core(q: Array, k: Array, v: Array, comm: Comm, *, core: str, causa
 
 def write_cache(cache: Array, new: Array, layer: Array, pos: Array, active: Array | bool,
                 kv_shards: int = 1, me: Array | int = 0) -> Array:
-    """Write T new keys or values [B, T, h, d] at positions pos.. of layer `layer` of the stacked
-    cache [L, B, C, h, d], in place: only the T positions are written. With `kv_shards` K > 1
+    """Write T new keys or values [B, T, g, d] at positions pos.. of layer `layer` of the stacked
+    cache [L, B, C, g, d], in place: only the T positions are written. With `kv_shards` K > 1
     the cache holds position p on shard p mod K at slot p // K and each shard writes its own.
     Nothing is written where `active` is false (a pipeline stage off its turn)."""
     positions = pos + jnp.arange(new.shape[1])
@@ -186,7 +236,7 @@ def write_cache(cache: Array, new: Array, layer: Array, pos: Array, active: Arra
 
 def decode_core(q: Array, cache_k: Array, cache_v: Array, layer: Array, pos: Array, comm: Comm,
                 *, core: str, kv_block: int = 0) -> Array:
-    """New queries [B, T, h, d/m] against layer `layer` of the stacked cache [L, B, C, h, d/m]
+    """New queries [B, T, h, d/m] against layer `layer` of the stacked cache [L, B, C, g, d/m]
     (head-dim split m ways): score_psum sums the partial scores of the new queries only
     ([B, h, T, C] per step); qk_gather gathers q and the layer's whole key cache; seq_a2a cannot
     split T = 1 query m ways, so it gathers q, keys and values and keeps its own output slice."""
@@ -209,52 +259,91 @@ def decode_core(q: Array, cache_k: Array, cache_v: Array, layer: Array, pos: Arr
 
 
 class Attention(nnx.Module):
-    """q = h·W_q, k = h·W_k, v = h·W_v (no biases), softmax(q·kᵀ/√d)·v, output o·W_o."""
+    """q = h·W_q (+ b_q), k = h·W_k, v = h·W_v; optional q/k RMSNorm over the head dim and rotary
+    positions; softmax(q·kᵀ/√d)·v; output o·W_o (+ b_o). W_q [D, H, d], W_k/W_v [D, G, d]."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        D, H, d = cfg.d_model, cfg.n_heads, cfg.head_dim
-        qkv_axes = ("embed", "heads", "head_dim")
-        self.wq = nnx.Param(normal(rngs, (D, H, d), D), out_sharding=qkv_axes)
-        self.wk = nnx.Param(normal(rngs, (D, H, d), D), out_sharding=qkv_axes)
-        self.wv = nnx.Param(normal(rngs, (D, H, d), D), out_sharding=qkv_axes)
+        D, H, G, d = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        q_axes, kv_axes = ("embed", "heads", "head_dim"), ("embed", "kv_heads", "head_dim")
+        self.wq = nnx.Param(normal(rngs, (D, H, d), D), out_sharding=q_axes)
+        self.wk = nnx.Param(normal(rngs, (D, G, d), D), out_sharding=kv_axes)
+        self.wv = nnx.Param(normal(rngs, (D, G, d), D), out_sharding=kv_axes)
         self.wo = nnx.Param(normal(rngs, (H, d, D), H * d), out_sharding=("heads", "head_dim", "embed"))
+        if cfg.attn_bias:
+            self.bq = nnx.Param(jnp.zeros((H, d), jnp.float32), out_sharding=q_axes[1:])
+            self.bk = nnx.Param(jnp.zeros((G, d), jnp.float32), out_sharding=kv_axes[1:])
+            self.bv = nnx.Param(jnp.zeros((G, d), jnp.float32), out_sharding=kv_axes[1:])
+        if cfg.attn_out_bias:
+            self.bo = nnx.Param(jnp.zeros((D,), jnp.float32), out_sharding=("embed",))
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.ln_eps, axis="head_dim")
+            self.k_norm = RMSNorm(d, cfg.ln_eps, axis="head_dim")
         self.causal = cfg.causal
         self.scale = cfg.head_dim**-0.5
         self.blocks = (cfg.q_block, cfg.kv_block)
+        self.rope = (cfg.rope_theta, d) if cfg.position == "rope" else None
+        self.group = H // G  # query heads per K/V head
 
-    def _project(self, h: Array, comm: Comm) -> tuple[Array, Array, Array]:
-        dt = h.dtype
-        q, k, v = (comm.constrain(jnp.einsum("bsD,Dhk->bshk", h, w[...].astype(dt)), *QKV_AXES)
-                   for w in (self.wq, self.wk, self.wv))
-        return q * jnp.asarray(self.scale, dt), k, v
+    def _own_kv_heads(self, t: Array, comm: Comm, axis: int) -> Array:
+        """A K/V weight or bias whose kv-head axis (at `axis`) is replicated while query heads are
+        split (more head shards than K/V heads): this shard's one K/V head, sliced before the
+        matmul so that it projects nothing it does not use."""
+        if comm.global_view or comm.axes("kv_heads") or not comm.axes("heads"):
+            return t
+        local_q = t.shape[axis] * self.group // comm.size("heads")  # query heads on this shard
+        first = comm.index("heads") * local_q // self.group
+        return jax.lax.dynamic_slice_in_dim(t, first, 1, axis=axis)
+
+    def _in(self, h: Array, w: str, b: str, comm: Comm, kv: bool) -> Array:
+        weight, bias = getattr(self, w)[...], getattr(self, b)[...] if hasattr(self, b) else None
+        if kv:
+            weight = self._own_kv_heads(weight, comm, 1)
+            bias = None if bias is None else self._own_kv_heads(bias, comm, 0)
+        out = jnp.einsum("bsD,Dhk->bshk", h, weight.astype(h.dtype))
+        out = out if bias is None else out + bias.astype(h.dtype)
+        return comm.constrain(out, *(KV_AXES if kv else QKV_AXES))
+
+    def _project(self, h: Array, comm: Comm, positions: Array) -> tuple[Array, Array, Array]:
+        """q [B, S, h, d/m], k, v [B, S, g, d/m] of the tokens h [B, S, D] at `positions` [S]."""
+        q, k, v = (self._in(h, w, b, comm, kv=w != "wq")
+                   for w, b in (("wq", "bq"), ("wk", "bk"), ("wv", "bv")))
+        if hasattr(self, "q_norm"):  # RMS over the whole head dim: summed over its shards
+            reduce = lambda t: comm.psum(t, "head_dim")  # noqa: E731
+            q, k = self.q_norm(q, reduce), self.k_norm(k, reduce)
+        if self.rope is not None:
+            theta, d = self.rope
+            first = comm.index("head_dim") * (q.shape[-1] // 2)
+            q, k = (rotary(t, positions, theta, d, first) for t in (q, k))
+        return q * jnp.asarray(self.scale, q.dtype), k, v
 
     def _out(self, o: Array, comm: Comm) -> Array:
         o = comm.constrain(o, *QKV_AXES)
         partial = jnp.einsum("bshk,hkD->bsD", o, self.wo[...].astype(o.dtype))
-        return comm.reduce_out(partial, "heads", "head_dim")
+        out = comm.reduce_out(partial, "heads", "head_dim")
+        return out + self.bo[...].astype(o.dtype) if hasattr(self, "bo") else out
 
     def _kv_parallel(self, h: Array, comm: Comm) -> Array:
         """Keys and values split along the sequence (layout kvp): this shard keeps positions
         p = me (mod K); every query attends over them, and the partial outputs combine exactly."""
         K, me = comm.size("kv_seq"), comm.index("kv_seq")
         B, S, D = h.shape
-        q, _, _ = self._project(h, comm)
+        q, _, _ = self._project(h, comm, jnp.arange(S))
         mine = jax.lax.dynamic_index_in_dim(h.reshape(B, S // K, K, D), me, axis=2,
                                             keepdims=False)  # [B, S/K, D]
-        _, k, v = self._project(mine, comm)
+        key_positions = jnp.arange(S // K) * K + me
+        _, k, v = self._project(mine, comm, key_positions)
         with jax.named_scope(ATTENTION_SCOPE):  # one fused kernel on a GPU: see roofline
-            o, lse = attend(q, k, v, causal=self.causal,
-                            key_positions=jnp.arange(S // K) * K + me, return_lse=True,
-                            q_block=self.blocks[0], kv_block=self.blocks[1])
+            o, lse = attend(q, k, v, causal=self.causal, key_positions=key_positions,
+                            return_lse=True, q_block=self.blocks[0], kv_block=self.blocks[1])
             o = combine_partials(o, lse, comm, "kv_seq").astype(h.dtype)
         return self._out(o, comm)
 
     def step(self, h: Array, cache: dict, layer: Array, pos: Array, active, comm: Comm):
         """T new tokens h [B, T, D] at positions pos .. pos + T - 1 of layer `layer`: their keys
-        and values are written into the stacked cache {"k", "v"} [L, B, C, h, d] (this device's
+        and values are written into the stacked cache {"k", "v"} [L, B, C, g, d] (this device's
         part) in place, and the queries attend over the layer's cache up to them. Returns
         ([B, T, D], cache). Prefill is T = P tokens at 0, a decode step one token."""
-        q, k, v = self._project(h, comm)
+        q, k, v = self._project(h, comm, pos + jnp.arange(h.shape[1]))
         K = comm.size("kv_seq")
         me = comm.index("kv_seq") if K > 1 else 0
         cache = {n: write_cache(cache[n], new, layer, pos, active, K, me)
@@ -274,7 +363,7 @@ class Attention(nnx.Module):
     def __call__(self, h: Array, comm: Comm) -> Array:  # h: [B, S, D] -> [B, S, D]
         if comm.axes("kv_seq"):
             return self._kv_parallel(h, comm)
-        q, k, v = self._project(h, comm)
+        q, k, v = self._project(h, comm, jnp.arange(h.shape[1]))
 
         def core(q, k, v):
             with jax.named_scope(ATTENTION_SCOPE):  # one fused kernel on a GPU: see roofline

@@ -1,4 +1,12 @@
-"""The dense FFN: W_2 · gelu(W_1 · h + b_1) + b_2, tensor parallel over the logical `mlp` axis."""
+"""The dense FFN, tensor parallel over the logical `mlp` axis:
+
+    gelu          W2 · gelu(W1 · h + b1) + b2                 (GPT-2; tanh approximation)
+    swiglu        W2 · (silu(W1 · h) * (W3 · h)) + b2         (Llama: W1 gate, W3 up, W2 down)
+    squared_relu  W2 · relu(W1 · h + b1)² + b2                (Nemotron)
+
+Biases only with `mlp_bias`. The gate and up projections of SwiGLU are split together, column by
+column, so each device's hidden slice needs no communication until W2's partial sums.
+"""
 
 from __future__ import annotations
 
@@ -15,17 +23,40 @@ def normal(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> jax.Array:
     return jax.random.normal(rngs.params(), shape, jnp.float32) * fan_in**-0.5
 
 
+def hidden(ffn: str, gate: jax.Array, up: jax.Array | None = None) -> jax.Array:
+    """The FFN's hidden activation from the first projection (and SwiGLU's up projection)."""
+    if ffn == "swiglu":
+        return jax.nn.silu(gate) * up
+    if ffn == "squared_relu":
+        return jnp.square(jax.nn.relu(gate))
+    return jax.nn.gelu(gate)
+
+
 class MLP(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        D, F = cfg.d_model, cfg.d_ff
+    """W1 [D, F] (and W3 [D, F] for SwiGLU), W2 [F, D]; F is `width` (d_ff unless given: the
+    shared experts of a MoE layer are one such FFN, n_shared_experts · moe_d_ff wide)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, width: int | None = None):
+        D, F = cfg.d_model, width or cfg.d_ff
+        self.ffn = cfg.ffn
         self.w1 = nnx.Param(normal(rngs, (D, F), D), out_sharding=("embed", "mlp"))
-        self.b1 = nnx.Param(jnp.zeros((F,), jnp.float32), out_sharding=("mlp",))
         self.w2 = nnx.Param(normal(rngs, (F, D), F), out_sharding=("mlp", "embed"))
-        self.b2 = nnx.Param(jnp.zeros((D,), jnp.float32), out_sharding=("embed",))
+        if cfg.ffn == "swiglu":
+            self.w3 = nnx.Param(normal(rngs, (D, F), D), out_sharding=("embed", "mlp"))
+        if cfg.mlp_bias:
+            self.b1 = nnx.Param(jnp.zeros((F,), jnp.float32), out_sharding=("mlp",))
+            self.b2 = nnx.Param(jnp.zeros((D,), jnp.float32), out_sharding=("embed",))
+            if cfg.ffn == "swiglu":
+                self.b3 = nnx.Param(jnp.zeros((F,), jnp.float32), out_sharding=("mlp",))
+
+    def _in(self, h: jax.Array, w: str, b: str) -> jax.Array:
+        out = h @ getattr(self, w)[...].astype(h.dtype)
+        return out + getattr(self, b)[...].astype(h.dtype) if hasattr(self, b) else out
 
     def __call__(self, h: jax.Array, comm: Comm) -> jax.Array:  # h: [B, S, D] -> [B, S, D]
-        dt = h.dtype
-        u = jax.nn.gelu(h @ self.w1[...].astype(dt) + self.b1[...].astype(dt))
+        up = self._in(h, "w3", "b3") if self.ffn == "swiglu" else None
+        u = hidden(self.ffn, self._in(h, "w1", "b1"), up)
         u = comm.constrain(u, "batch", None, "mlp")  # the hidden layer where its weights are
-        partial = u @ self.w2[...].astype(dt)  # a partial sum over the `mlp` shards
-        return comm.reduce_out(partial, "mlp") + self.b2[...].astype(dt)
+        partial = u @ self.w2[...].astype(h.dtype)  # a partial sum over the `mlp` shards
+        out = comm.reduce_out(partial, "mlp")
+        return out + self.b2[...].astype(h.dtype) if hasattr(self, "b2") else out

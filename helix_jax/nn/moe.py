@@ -1,9 +1,11 @@
-"""Mixture of experts: a float32 top-k router and E GELU FFN experts, Switch/GShard style.
+"""Mixture of experts: a float32 top-k router and E FFN experts, Switch/GShard/Mixtral style.
 
     probs = softmax(h · W_r)                    float32, per token
     top-k experts per token by probability      ties go to the lower expert index
-    y = Σ_chosen w_e · (W2[e] · gelu(W1[e] · h + b1[e]) + b2[e])
-    w_e = p_e (k = 1), renormalised over the chosen k when k > 1 or normalize_top_k
+    y = Σ_chosen w_e · FFN_e(h)  (+ the shared experts' FFN(h), always on)
+    FFN_e(h) = W2[e] · act(W1[e] · h + b1[e]) + b2[e], act and biases as the config's FFN
+               (SwiGLU: W2[e] · (silu(W1[e] · h) * (W3[e] · h)))
+    w_e = p_e, renormalised over the chosen k when the config says so (`renormalize`)
 
 Each expert takes at most C = ceil(capacity_factor · tokens · k / E) tokens per source shard, the
 rest are dropped (see helix_jax/parallel/experts.py, which moves the tokens on each layout). Per
@@ -22,20 +24,22 @@ from flax import nnx
 
 from helix_jax.comm import Comm
 from helix_jax.config import ModelConfig
-from helix_jax.nn.mlp import normal
+from helix_jax.nn.mlp import MLP, hidden, normal
 from helix_jax.parallel.experts import apply_experts
 
 Array = jax.Array
 
 
-def route(logits: Array, top_k: int, normalize: bool = False) -> tuple[Array, Array]:
-    """Float32 router logits [T, E] -> (expert_idx [T, k] int32, weights [T, k] float32).
+def route(logits: Array, top_k: int, normalize: bool | None = None) -> tuple[Array, Array]:
+    """Float32 router logits [T, E] -> (expert_idx [T, k] int32, weights [T, k] float32): the
+    softmax over all experts, the top k, renormalised to sum to 1 when `normalize` (None: when
+    top_k > 1, as `ModelConfig.renormalize`).
 
     Experts in order of decreasing probability, ties to the lower index (lax.top_k's order).
     """
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     weights, expert_idx = jax.lax.top_k(probs, top_k)
-    if top_k > 1 or normalize:
+    if top_k > 1 if normalize is None else normalize:
         weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
     return expert_idx, weights
 
@@ -72,20 +76,33 @@ def token_sums(per_token: dict[str, Array], comm: Comm) -> tuple[dict[str, Array
 
 
 class MoE(nnx.Module):
-    """Router [D, E] (replicated) and E experts W1 [E, D, F], b1 [E, F], W2 [E, F, D], b2 [E, D]."""
+    """Router [D, E] (replicated) and E experts W1 [E, D, F], W2 [E, F, D] (SwiGLU: W3 [E, D, F]),
+    biases b1 [E, F], b2 [E, D] with `mlp_bias`; F is `expert_d_ff`. Shared experts: one dense
+    FFN of n_shared_experts · F, tensor parallel over `mlp` like the dense FFN."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        D, F, E = cfg.d_model, cfg.d_ff, cfg.n_experts
+        D, F, E = cfg.d_model, cfg.expert_d_ff, cfg.n_experts
+        up_axes = ("expert", "embed", "expert_mlp")
         self.router = nnx.Param(normal(rngs, (D, E), D), out_sharding=("embed", None))
-        self.w1 = nnx.Param(normal(rngs, (E, D, F), D),
-                            out_sharding=("expert", "embed", "expert_mlp"))
-        self.b1 = nnx.Param(jnp.zeros((E, F), jnp.float32), out_sharding=("expert", "expert_mlp"))
+        self.w1 = nnx.Param(normal(rngs, (E, D, F), D), out_sharding=up_axes)
+        if cfg.mlp_bias:
+            self.b1 = nnx.Param(jnp.zeros((E, F), jnp.float32),
+                                out_sharding=("expert", "expert_mlp"))
         self.w2 = nnx.Param(normal(rngs, (E, F, D), F),
                             out_sharding=("expert", "expert_mlp", "embed"))
-        self.b2 = nnx.Param(jnp.zeros((E, D), jnp.float32), out_sharding=("expert", "embed"))
+        if cfg.mlp_bias:
+            self.b2 = nnx.Param(jnp.zeros((E, D), jnp.float32), out_sharding=("expert", "embed"))
+        if cfg.ffn == "swiglu":
+            self.w3 = nnx.Param(normal(rngs, (E, D, F), D), out_sharding=up_axes)
+            if cfg.mlp_bias:
+                self.b3 = nnx.Param(jnp.zeros((E, F), jnp.float32),
+                                    out_sharding=("expert", "expert_mlp"))
+        if cfg.n_shared_experts:
+            self.shared = MLP(cfg, rngs=rngs, width=cfg.shared_d_ff)
+        self.ffn = cfg.ffn
         self.n_experts = E
         self.top_k = cfg.top_k
-        self.normalize = cfg.normalize_top_k
+        self.normalize = cfg.renormalize
         self.capacity_factor = cfg.capacity_factor
 
     def __call__(self, h: Array, comm: Comm) -> tuple[Array, dict[str, Array]]:  # h: [B, S, D]
@@ -95,6 +112,8 @@ class MoE(nnx.Module):
         experts = functools.partial(self.experts, comm=comm)
         y, dropped = apply_experts(h, expert_idx, weights, experts, comm, n_experts=self.n_experts,
                                    capacity_factor=self.capacity_factor)
+        if hasattr(self, "shared"):  # always on, computed densely beside the routed experts
+            y = y + self.shared(h, comm)
         return y, self.stats(logits, expert_idx, dropped, (B, S), comm)
 
     def experts(self, x: Array, comm: Comm) -> Array:
@@ -104,10 +123,17 @@ class MoE(nnx.Module):
         is then added on the first shard only, so that the reduction counts it once.
         """
         dt = x.dtype
-        w1, b1, w2, b2 = (p[...].astype(dt) for p in (self.w1, self.b1, self.w2, self.b2))
-        u = jax.nn.gelu(jnp.einsum("end,edf->enf", x, w1) + b1[:, None, :])
+
+        def up(w: str, b: str) -> Array:
+            out = jnp.einsum("end,edf->enf", x, getattr(self, w)[...].astype(dt))
+            return out + getattr(self, b)[...].astype(dt)[:, None, :] if hasattr(self, b) else out
+
+        u = hidden(self.ffn, up("w1", "b1"), up("w3", "b3") if self.ffn == "swiglu" else None)
         u = comm.constrain(u, "expert", "batch", "expert_mlp", first=(0,))
-        out = jnp.einsum("enf,efd->end", u, w2)
+        out = jnp.einsum("enf,efd->end", u, self.w2[...].astype(dt))
+        if not hasattr(self, "b2"):
+            return out
+        b2 = self.b2[...].astype(dt)
         if comm.axes("expert_mlp"):
             b2 = jnp.where(comm.index("expert_mlp") == 0, b2, jnp.zeros_like(b2))
         return out + b2[:, None, :]

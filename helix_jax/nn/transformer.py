@@ -1,7 +1,9 @@
-"""The pre-norm transformer: x + Attn(LN1(x)), x + FFN(LN2(x)), then a final LayerNorm.
+"""The pre-norm transformer: x + Attn(N1(x)), x + FFN(N2(x)), then a final norm (N: LayerNorm or
+RMSNorm, as the config says).
 
 Layer parameters are stacked along a leading logical `layers` axis, so one scan runs them and a
-pipeline layout can shard that axis over its stages.
+pipeline layout can shard that axis over its stages. A MoE model with `first_dense_layers` keeps
+those leading dense layers in a second stack (`dense_layers`), run before the MoE stack.
 """
 
 from __future__ import annotations
@@ -14,18 +16,18 @@ from helix_jax.comm import Comm
 from helix_jax.config import ModelConfig
 from helix_jax.nn.attention import Attention
 from helix_jax.nn.mlp import MLP
-from helix_jax.nn.norm import LayerNorm
-from helix_jax.nn.vocab import Embed, LMHead
+from helix_jax.nn.norm import make_norm
+from helix_jax.nn.vocab import Embed, LMHead, PositionTable, vocab_loss
 
 Stats = dict[str, jax.Array]
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.ln1 = LayerNorm(cfg.d_model, cfg.ln_eps)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dense: bool = False):
+        self.ln1 = make_norm(cfg)
         self.attn = Attention(cfg, rngs=rngs)
-        self.ln2 = LayerNorm(cfg.d_model, cfg.ln_eps)
-        if cfg.is_moe:
+        self.ln2 = make_norm(cfg)
+        if cfg.is_moe and not dense:
             from helix_jax.nn.moe import MoE
             self.moe = MoE(cfg, rngs=rngs)
         else:
@@ -98,16 +100,34 @@ class Transformer(nnx.Module):
         with nnx.use_eager_sharding(False):  # layouts place the parameters, not creation
             if cfg.vocab:
                 self.embed = Embed(cfg, rngs=rngs)
-            self.layers = stack_modules([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
-            self.final_ln = LayerNorm(cfg.d_model, cfg.ln_eps)
-            if cfg.vocab:
+            if cfg.position == "learned":
+                self.positions = PositionTable(cfg, rngs=rngs)
+            dense = cfg.first_dense_layers
+            if dense:
+                self.dense_layers = stack_modules([Block(cfg, rngs=rngs, dense=True)
+                                                   for _ in range(dense)])
+            self.layers = stack_modules([Block(cfg, rngs=rngs)
+                                         for _ in range(cfg.n_layers - dense)])
+            self.final_ln = make_norm(cfg)
+            if cfg.vocab and not cfg.tie_embeddings:
                 self.head = LMHead(cfg, rngs=rngs)
         self.dtype = cfg.dtype
 
-    def __call__(self, x: jax.Array, comm: Comm) -> tuple[jax.Array, Stats]:
+    def _embed(self, x: jax.Array, comm: Comm, first: jax.Array | int) -> jax.Array:
+        """Tokens [B, S] (or embeddings [B, S, D]) -> embeddings in the compute dtype, with the
+        learned positions first .. of this device's part of the sequence added."""
         if hasattr(self, "embed"):
             x = gather_fsdp(self.embed, comm)(x, comm, self.dtype)
-        x = comm.residual(x.astype(self.dtype))
+        x = x.astype(self.dtype)
+        if hasattr(self, "positions"):
+            x = x + gather_fsdp(self.positions, comm)(first, x.shape[1], x.dtype)
+        return x
+
+    def __call__(self, x: jax.Array, comm: Comm) -> tuple[jax.Array, Stats]:
+        S = x.shape[1] // comm.size("act_seq") if x.ndim == 2 else x.shape[1]
+        x = comm.residual(self._embed(x, comm, comm.index("act_seq") * S))
+        if hasattr(self, "dense_layers"):  # leading dense layers (no pipeline: Layout.validate)
+            x, _ = self.run_layers(x, comm, self.dense_layers)
         if comm.axes("layers"):
             from helix_jax.parallel.pipeline import gpipe
             x, stats = gpipe(self.run_layers, x, comm)
@@ -115,9 +135,11 @@ class Transformer(nnx.Module):
             x, stats = self.run_layers(x, comm)
         return comm.residual(gather_fsdp(self.final_ln, comm)(comm.residual(x))), stats
 
-    def run_layers(self, x: jax.Array, comm: Comm) -> tuple[jax.Array, Stats]:
-        """Apply this device's stacked layers in order; stats come back stacked per layer."""
-        graphdef, state = nnx.split(self.layers)
+    def run_layers(self, x: jax.Array, comm: Comm, stack: nnx.Module | None = None
+                   ) -> tuple[jax.Array, Stats]:
+        """Apply this device's stacked layers (of `stack`, by default the main stack) in order;
+        stats come back stacked per layer."""
+        graphdef, state = nnx.split(self.layers if stack is None else stack)
 
         def layer(h, s):
             return gather_fsdp(nnx.merge(graphdef, s), comm)(h, comm)
@@ -129,13 +151,13 @@ class Transformer(nnx.Module):
     def step(self, x: jax.Array, cache: dict, pos: jax.Array, comm: Comm):
         """T new tokens (embeddings [B, T, D] or tokens [B, T]) at positions pos.. against the
         KV cache {"k", "v"} [layers, B, C, h, d]: (final hidden states [B, T, D], the updated
-        cache, per-layer stats). Prefill and decode are both this step."""
-        if hasattr(self, "embed"):
-            x = gather_fsdp(self.embed, comm)(x, comm, self.dtype)
-        x = x.astype(self.dtype)
-        graphdef, state = nnx.split(self.layers)
+        cache, per-layer stats). Prefill and decode are both this step. The cache holds every
+        layer, the leading dense ones (if any) first."""
+        x = self._embed(x, comm, pos)
 
-        def run_stage(h, kv, active=True):  # this device's layers, in order, with the cache
+        def run_stack(stack, h, kv, first, active):  # a stack's layers in order, with the cache
+            graphdef, state = nnx.split(stack)
+
             def layer(carry, xs):
                 h, kv = carry
                 s, i = xs
@@ -144,9 +166,16 @@ class Transformer(nnx.Module):
                 return (h, kv), stats
 
             n = jax.tree.leaves(state)[0].shape[0]
-            (h, kv), stats = jax.lax.scan(layer, (h, kv), (state, jnp.arange(n)))
+            (h, kv), stats = jax.lax.scan(layer, (h, kv), (state, first + jnp.arange(n)))
             return h, kv, stats
 
+        def run_stage(h, kv, active=True):  # this device's layers of the main stack
+            return run_stack(self.layers, h, kv, first_main, active)
+
+        first_main = 0
+        if hasattr(self, "dense_layers"):  # no pipeline here (Layout.validate)
+            x, cache, _ = run_stack(self.dense_layers, x, cache, 0, True)
+            first_main = jax.tree.leaves(nnx.state(self.dense_layers))[0].shape[0]
         if comm.axes("layers"):
             from helix_jax.parallel.pipeline import stage_by_stage
 
@@ -157,5 +186,9 @@ class Transformer(nnx.Module):
 
     def loss(self, h: jax.Array, labels: jax.Array, comm: Comm) -> jax.Array:
         """Final hidden states [B, S, D] (sequence-sharded under SP) and labels [B, S] -> the
-        cross-entropy of each token [B, S], float32."""
-        return gather_fsdp(self.head, comm)(comm.gather_seq(h), labels, comm)
+        cross-entropy of each token [B, S], float32. A tied head is the embedding transposed."""
+        if hasattr(self, "head"):
+            w = gather_fsdp(self.head, comm).w[...]
+        else:
+            w = gather_fsdp(self.embed, comm).table[...].T  # [D, V/t]
+        return vocab_loss(comm.gather_seq(h), w, labels, comm)

@@ -1,4 +1,5 @@
-"""Token embedding and an untied LM head with softmax cross-entropy, split over the `vocab` axis.
+"""Token embedding, learned positions, and an LM head (untied, or the embedding transposed) with
+softmax cross-entropy, split over the `vocab` axis.
 
 The vocabulary is sharded like Megatron's: each shard holds V/t rows of the table [V, D] and V/t
 columns of the head [D, V]. The embedding looks up the tokens its shard owns and zeros the rest;
@@ -41,21 +42,37 @@ class Embed(nnx.Module):
         return comm.reduce_out(partial, "vocab")
 
 
+class PositionTable(nnx.Module):
+    """A learned position embedding [max_positions, D] (GPT-2's `wpe`), replicated over `vocab`."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.table = nnx.Param(normal(rngs, (cfg.positions, cfg.d_model), 1),
+                               out_sharding=(None, "embed"))
+
+    def __call__(self, first: Array | int, length: int, dtype) -> Array:
+        """Rows first .. first + length - 1 as [1, length, D] in `dtype`."""
+        rows = jax.lax.dynamic_slice_in_dim(self.table[...], first, length, axis=0)
+        return rows.astype(dtype)[None]
+
+
 class LMHead(nnx.Module):
-    """Final hidden states [B, S, D] and labels [B, S] -> cross-entropy per token [B, S] float32."""
+    """The untied output projection [D, vocab]; `vocab_loss` turns it into the loss."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.w = nnx.Param(normal(rngs, (cfg.d_model, cfg.vocab), cfg.d_model),
                            out_sharding=("embed", "vocab"))
 
-    def __call__(self, h: Array, labels: Array, comm: Comm) -> Array:
-        logits = (h @ self.w[...].astype(h.dtype)).astype(jnp.float32)  # [B, S, V/t]
-        logits = comm.constrain(logits, "batch", None, "vocab")
-        top = jax.lax.stop_gradient(logits.max(-1))
-        top = comm.pmax(top, "vocab")
-        z = logits - top[..., None]
-        sumexp = comm.psum(jnp.exp(z).sum(-1), "vocab")
-        rows, owned = _local_ids(labels, logits.shape[-1], comm)
-        target = jnp.take_along_axis(z, rows[..., None], axis=-1)[..., 0]
-        target = comm.psum(jnp.where(owned, target, 0.0), "vocab")
-        return jnp.log(sumexp) - target
+
+def vocab_loss(h: Array, w: Array, labels: Array, comm: Comm) -> Array:
+    """Final hidden states [B, S, D], this shard's head columns w [D, V/t] and labels [B, S] ->
+    cross-entropy per token [B, S] float32, without gathering the logits."""
+    logits = (h @ w.astype(h.dtype)).astype(jnp.float32)  # [B, S, V/t]
+    logits = comm.constrain(logits, "batch", None, "vocab")
+    top = jax.lax.stop_gradient(logits.max(-1))
+    top = comm.pmax(top, "vocab")
+    z = logits - top[..., None]
+    sumexp = comm.psum(jnp.exp(z).sum(-1), "vocab")
+    rows, owned = _local_ids(labels, logits.shape[-1], comm)
+    target = jnp.take_along_axis(z, rows[..., None], axis=-1)[..., 0]
+    target = comm.psum(jnp.where(owned, target, 0.0), "vocab")
+    return jnp.log(sumexp) - target

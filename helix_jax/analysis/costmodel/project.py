@@ -267,7 +267,7 @@ def hbm_floor_bytes(sharded) -> float:
     cfg = sharded.cfg
     elem = DTYPE_BYTES[cfg.dtype]
     cache = math.prod(sharded.cache_shape(cfg.seq)) * 2 * elem
-    shards = sharded.layout.size(*sharded.CACHE_AXES)
+    shards = sharded.layout.size(*sharded.cache_axes)
     return local_parameter_count(sharded) * elem + cache / shards
 
 
