@@ -44,10 +44,27 @@ def fake_devices(n: int) -> None:
 
 
 def model_config(model: str | Path | ModelConfig, **overrides) -> ModelConfig:
-    """A config from a preset name, a model file (.toml) or a config, with `overrides` applied."""
+    """A config from a preset name, a model file (.toml), a Hugging Face checkpoint folder or a
+    config, with `overrides` applied."""
     if isinstance(model, ModelConfig):
         return model.replace(**overrides)
+    if _is_hf_folder(model):
+        from helix_jax.hf.config import config_from_hf
+
+        return config_from_hf(model, **overrides)
     return resolve_model(str(model), **overrides)
+
+
+def _is_hf_folder(model) -> bool:
+    return not isinstance(model, ModelConfig) and (Path(model) / "config.json").is_file()
+
+
+@functools.lru_cache(maxsize=4)
+def _hf_params(folder: str, cfg: ModelConfig) -> dict:
+    from helix_jax.hf.weights import load_params
+    from helix_jax.model import param_shapes
+
+    return load_params(folder, cfg, param_shapes(cfg))
 
 
 # ------------------------------------------------------------------------------ equivalence
@@ -66,6 +83,8 @@ def _host_params(cfg: ModelConfig, seed: int):
 def random_params(cfg: ModelConfig, seed: int = 0) -> dict:
     """Initialised parameters (the same on every layout) with every norm scale and bias moved off
     its 1/0 start by N(0, 0.1) noise, so that a wrong bias or norm path cannot hide."""
+    import re
+
     import jax
     import numpy as np
 
@@ -73,8 +92,8 @@ def random_params(cfg: ModelConfig, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed + 1)
 
     def jitter(path, v):
-        name = jax.tree_util.keystr(path)
-        if "scale" in name or "'b1'" in name or "'b2'" in name or "bias" in name:
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name in ("scale", "bias") or re.fullmatch(r"b[0-9qkvo]", name):
             return (v + 0.1 * rng.standard_normal(v.shape)).astype(np.float32)
         return v
 
@@ -118,8 +137,9 @@ def run_layout(cfg: ModelConfig, layout: str, params=None, seed: int = 0,
 
 
 @functools.lru_cache(maxsize=8)
-def _reference(cfg: ModelConfig, seed: int, grads: bool) -> dict:
-    return run_layout(cfg, "single", seed=seed, grads=grads)
+def _reference(cfg: ModelConfig, seed: int, grads: bool, hf: str | None = None) -> dict:
+    params = _hf_params(hf, cfg) if hf else None
+    return run_layout(cfg, "single", params=params, seed=seed, grads=grads)
 
 
 def leaf_errors(ref, got) -> dict[str, float]:
@@ -177,7 +197,9 @@ def assert_layout_equivalent(model: str | Path | ModelConfig, layout: str, *, gr
                              **overrides) -> dict:
     """Assert that `model` on `layout` computes what it computes on `single`: the outputs and,
     with `grads`, the gradients w.r.t. every parameter (and the input), within `rtol` of each
-    leaf's scale. `overrides` change the config (e.g. causal=False, capacity_factor=16.0);
+    leaf's scale. `model` is a preset, a model file, a config or a Hugging Face checkpoint folder
+    (its own weights are then compared). `overrides` change the config (e.g. causal=False,
+    capacity_factor=16.0);
     `partitioner="gspmd"` checks XLA's partitioning of the same layout instead of ours.
 
     `dtype`: the compute dtype both runs use: "float32" (default, whatever the model's own, e.g.
@@ -190,8 +212,10 @@ def assert_layout_equivalent(model: str | Path | ModelConfig, layout: str, *, gr
     if cfg.dtype not in RTOL:
         raise ValueError(f"dtype={dtype!r}: compare in one of {', '.join(RTOL)} or 'model'")
     rtol = RTOL[cfg.dtype] if rtol is None else rtol
-    ref = _reference(cfg, seed, grads)
-    got = run_layout(cfg, layout, seed=seed, grads=grads, partitioner=partitioner)
+    hf = str(Path(model).resolve()) if _is_hf_folder(model) else None
+    ref = _reference(cfg, seed, grads, hf)
+    got = run_layout(cfg, layout, params=_hf_params(hf, cfg) if hf else None, seed=seed,
+                     grads=grads, partitioner=partitioner)
     how = "" if partitioner == "shard_map" else f" ({partitioner})"
     where = f"{cfg.name} on {layout}{how} (compared in {cfg.dtype}) differs from single: "
     assert_trees_close({"output": ref["y"]}, {"output": got["y"]}, rtol, where)

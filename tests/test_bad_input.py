@@ -69,7 +69,9 @@ DECODE = ["decode", "--model", "tiny-dense", "--layout", "single"]
 CASES = [
     # the command line itself
     ("no command", [], 2, "the following arguments are required: command"),
-    ("unknown preset", ["forward", "--model", "nope"], 2, "invalid choice: 'nope'"),
+    ("unknown preset", ["forward", "--model", "nope"], 2, "unknown model 'nope'"),
+    ("misspelt preset", ["forward", "--model", "tiny-lama"], 2,
+     "unknown model 'tiny-lama' (did you mean 'tiny-llama'?)"),
     ("not a number", ["train", "--steps", "abc"], 2, "argument --steps: invalid int value"),
     ("unknown flag", [*FWD, "--bogus"], 2, "unrecognized arguments: --bogus"),
     # hyper-parameters and options out of range

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from helix_jax.config import DTYPES, PRESETS, ModelConfig, resolve_model
+from helix_jax.config import DTYPES, ModelConfig, resolve_model
 from helix_jax.enums import Mode, Partitioner, choices
 from helix_jax.layouts import Layout, parse_layout
 
@@ -15,8 +15,8 @@ BOTH = "both"  # `--partitioner both`: compile both partitioners and compare the
 def model_args(p: argparse.ArgumentParser, default_model: str, layout: bool = True) -> None:
     """The model, its run shape and (unless `layout` is false) the layout: what every command
     that builds a model takes."""
-    p.add_argument("--model", default=default_model, choices=sorted(PRESETS),
-                   help=f"model preset (default: {default_model})")
+    p.add_argument("--model", default=default_model,
+                   help=f"model preset (default: {default_model}; `helix models` lists them)")
     p.add_argument("--model-file", metavar="FILE.toml",
                    help="a model from a TOML file (keys: name, n_layers, d_model, n_heads, "
                    "head_dim, d_ff, vocab; optional: the README lists them); overrides --model")

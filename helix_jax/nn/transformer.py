@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from helix_jax.comm import Comm
+from helix_jax.comm import Comm, varying_axes
 from helix_jax.config import ModelConfig
 from helix_jax.nn.attention import Attention
 from helix_jax.nn.mlp import MLP
@@ -146,6 +146,9 @@ class Transformer(nnx.Module):
 
         if comm.remat == "full":  # keep only each layer's input; recompute its forward
             layer = jax.checkpoint(layer)
+        stage = tuple(a for a in comm.axes("layers") if a not in varying_axes(x))
+        if stage:  # a stack split over pipeline stages: the carry differs by stage too
+            x = jax.lax.pcast(x, stage, to="varying")
         return jax.lax.scan(layer, x, state)
 
     def step(self, x: jax.Array, cache: dict, pos: jax.Array, comm: Comm):
