@@ -429,6 +429,26 @@ class Sharded:
         return self.abstract_params(), self.abstract_input()
 
 
+def param_counts(cfg: ModelConfig) -> tuple[int, int]:
+    """(total, active per token) parameters of `cfg`'s model, read off the model's own parameter
+    shapes: every layer of a stack has the same shapes, so one layer per stack is built and
+    counted as many times as the stack has layers. Active counts the routed experts' parameters
+    at top_k / n_experts (a token runs top_k of them) and everything else whole."""
+    import math
+
+    dense = cfg.first_dense_layers
+    one = cfg.replace(n_layers=dense + 1, batch=1)
+    layers = {"layers": cfg.n_layers - dense, "dense_layers": 1}
+    total = active = 0.0
+    flat_axes = dict(jax.tree_util.tree_leaves_with_path(
+        logical_axes(one), is_leaf=lambda t: isinstance(t, tuple)))
+    for path, shape in jax.tree_util.tree_leaves_with_path(param_shapes(one)):
+        n = math.prod(shape.shape) * layers.get(str(path[0].key), 1)
+        total += n
+        active += n * (cfg.top_k / cfg.n_experts if "expert" in flat_axes[path] else 1)
+    return int(total), int(round(active))
+
+
 SMALL_INIT_BYTES = 1 << 28  # 256 MiB of float32 masters: drawn on one device, then placed
 
 

@@ -29,11 +29,11 @@ LLAMA_LAYOUTS = [
     "dp:dp=4", "dp:fsdp=true",
     "tp-pp:tp=2,pp=2",  # tp <= n_kv_heads: K/V heads split
     "tp-pp",  # tp = 8 > n_kv_heads: each K/V head replicated over 4 ranks
-    "tp-pp:tp=4,pp=1,sp=true", "tp-pp:tp=2,pp=1,sp=true,dp=2",
+    "tp-pp:tp=4,pp=1,sp=true",
+    "tp-pp:tp=2,pp=1,sp=true,dp=2",  # tp <= n_kv_heads with sp, and a dp=K composition
     "helix",  # n = 4 head groups > 2 K/V heads: shared K/V heads replicated
     "helix:m=4,n=2", "helix:core=seq_a2a", "helix:core=qk_gather,m=2,n=8",
     "kvp:kvp=4", "kvp:kvp=2,tp=4",
-    "helix:m=2,n=2,dp=4",  # a dp=K composition
 ]
 MIXTRAL_LAYOUTS = [
     "dp:fsdp=true", "tp-pp:tp=2,pp=2", "helix:m=2,n=4", "kvp:kvp=2,tp=4",
@@ -65,13 +65,14 @@ def test_shared_experts_unnormalised_top_k_and_dense_first_layers(layout):
 S = 8
 
 
+# One layout per decode mechanism: the replicated-K/V cache slot (tp > G) through a pipeline,
+# each helix core with shared K/V heads, kvp with and without tensor parallelism, FSDP, and the
+# MoE dispatches (tests/test_decode.py checks the multi-head models against the reference).
 @pytest.mark.parametrize("model, layout", [
-    ("tiny-llama", "single"), ("tiny-llama", "tp-pp"), ("tiny-llama", "tp-pp:tp=2,pp=2"),
-    ("tiny-llama", "helix"), ("tiny-llama", "helix:m=4,n=2"),
-    ("tiny-llama", "helix:core=qk_gather"), ("tiny-llama", "helix:core=seq_a2a,m=2,n=8"),
+    ("tiny-llama", "single"), ("tiny-llama", "tp-pp"), ("tiny-llama", "helix"),
+    ("tiny-llama", "helix:core=qk_gather,m=2,n=8"), ("tiny-llama", "helix:core=seq_a2a,m=2,n=8"),
     ("tiny-llama", "kvp:kvp=4"), ("tiny-llama", "kvp:kvp=2,tp=4"), ("tiny-llama", "dp:fsdp=true"),
     ("tiny-mixtral", "ep:ep=4"), ("tiny-mixtral", "helix-ep:m=2,n=4"),
-    ("tiny-mixtral", "tp-pp:tp=2,pp=2"),
 ])
 def test_decode_equals_forward(model, layout):
     """Prefill P = 1, S/2, S - 1 tokens and decode the rest: the KV cache holds n_kv_heads heads
@@ -198,3 +199,71 @@ def test_bad_model_files_name_the_key(tmp_path, text, words):
     (tmp_path / "m.toml").write_text(base + text)
     r = helix_here(["project", "--model-file", str(tmp_path / "m.toml"), "--layout", "single"])
     assert r.returncode == 2 and words in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("model, overrides", [
+    ("tiny-llama", {}),
+    ("tiny-llama", dict(ffn="squared_relu", n_kv_heads=1)),
+    # capacity factor 1 with E dividing T·k: the buffers hold exactly T·k slots, as many as the
+    # formula's top_k experts per token
+    ("tiny-mixtral", dict(capacity_factor=1.0)),
+    ("tiny-mixtral", dict(capacity_factor=1.0, n_shared_experts=2, moe_d_ff=32,
+                          first_dense_layers=1)),
+])
+def test_model_flops_formula_equals_the_compiled_dot_flops(model, overrides):
+    """The formula's model FLOPs per token (GQA projections, gated FFN, top-k experts of their
+    own width, shared experts, router) times the tokens is what the compiled single-device
+    forward multiplies, exactly (non-causal, whole-sequence attention blocks; the forward stops
+    at the hidden states, so less the LM head's 2·D·V)."""
+    from helix_jax.analysis.costmodel.formulas import forward_flops_per_token
+    from helix_jax.analysis.hlo.flops import matmul_flops
+
+    cfg = resolve_model(model).replace(causal=False, **overrides)
+    compiled = matmul_flops(testing.compiled_text(cfg, "single", "forward"))["flops"]
+    per_token = forward_flops_per_token(cfg) - 2 * cfg.d_model * cfg.vocab
+    assert compiled == per_token * cfg.batch * cfg.seq
+
+
+def test_megatron_training_flops_of_llama3_70b():
+    """`project`'s model FLOPs per token in training are Megatron's formula for GQA + SwiGLU,
+    3·[L·(4hHd + 4hGd + 4sHd + 6hF) + 2hV] (attention counted non-causal): 3.94e15 per
+    8,192-token sequence of Llama-3-70B."""
+    from helix_jax.analysis.costmodel.terms import model_flops_per_token
+
+    c = resolve_model("llama3-70b", seq=8192)
+    h, H, G, d, F, V, s = c.d_model, c.n_heads, c.kv_heads, c.head_dim, c.d_ff, c.vocab, c.seq
+    megatron = 3 * (c.n_layers * (4 * h * H * d + 4 * h * G * d + 4 * s * H * d + 6 * h * F)
+                    + 2 * h * V)
+    assert model_flops_per_token(c, "train") == pytest.approx(megatron, rel=1e-12)
+    assert model_flops_per_token(c, "train") * s == pytest.approx(3.94e15, rel=2e-3)
+
+
+@pytest.mark.parametrize("preset, total, active, rel", [
+    # exact: the total_size of the bfloat16 safetensors index on the Hub, halved
+    ("llama3-8b", 8_030_261_248, None, 0), ("llama3-70b", 70_553_706_496, None, 0),
+    ("mixtral-8x7b", 46_702_792_704, None, 0),
+    # the model cards' rounded figures
+    ("mixtral-8x7b", 46.7e9, 12.9e9, 5e-3), ("mixtral-8x22b", 141e9, 39e9, 5e-3),
+    ("qwen3-30b-a3b", 30.5e9, 3.3e9, 2e-2), ("llama3.1-405b", 405e9, None, 5e-3),
+])
+def test_parameter_counts_match_the_published_sizes(preset, total, active, rel):
+    from helix_jax.model import param_counts
+
+    got_total, got_active = param_counts(resolve_model(preset))
+    assert got_total == pytest.approx(total, rel=rel)
+    assert got_active == pytest.approx(active or total, rel=rel or 1e-12)
+
+
+def test_models_and_project_print_the_parameter_counts(tmp_path):
+    r = helix_here(["models"])
+    assert r.returncode == 0
+    line = next(x for x in r.stdout.splitlines() if x.startswith("mixtral-8x7b "))
+    assert "46.70B params (12.88B active)" in line and "(8 K/V)" in line
+    out = tmp_path / "p.json"
+    r = helix_here(["project", "--model", "tiny-mixtral", "--layout", "ep:ep=8", "--json", str(out)])
+    assert r.returncode == 0, r.stderr
+    from helix_jax.model import param_counts
+
+    d = json.loads(out.read_text())
+    assert (d["params_total"], d["params_active"]) == param_counts(resolve_model("tiny-mixtral"))
+    assert "params (" in r.stdout

@@ -299,11 +299,14 @@ class PureRoutingFunctions(chex.TestCase):
     def test_route_ties_and_weights(self):
         logits = jnp.array([[0.0, 0.0, 0.0, 0.0], [1.0, 3.0, 3.0, 2.0]])
         routed = self.variant(route, static_argnums=(1, 2))
-        idx, w = routed(logits, 2, False)
+        idx, w = routed(logits, 2, None)  # None: renormalised, as k > 1
         chex.assert_shape((idx, w), (2, 2))
         chex.assert_type(idx, int)
         np.testing.assert_array_equal(idx, [[0, 1], [1, 2]])  # ties go to the lower index
         chex.assert_trees_all_close(w, jnp.full((2, 2), 0.5), rtol=1e-6)
+        _, raw = routed(logits, 2, False)  # not renormalised: the chosen probabilities
+        chex.assert_trees_all_close(
+            raw, jnp.take_along_axis(jax.nn.softmax(logits), idx, axis=1), rtol=1e-6)
         idx, w = routed(logits, 1, False)
         chex.assert_trees_all_close(w[:, 0], jax.nn.softmax(logits)[jnp.arange(2), idx[:, 0]],
                                     rtol=1e-6)

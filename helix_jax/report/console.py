@@ -26,12 +26,37 @@ def print_layouts() -> None:
         print(f"{name:<{width}}  {kind.summary}" + (f"  [{opts}]" if opts else ""))
 
 
+def params_text(total: int | None, active: int | None) -> str:
+    """'70.55B params' or, for a MoE, '46.70B params (12.88B active)'."""
+    if total is None:
+        return "params not counted"
+
+    def short(n: int) -> str:
+        for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+            if n >= scale:
+                return f"{n / scale:.2f}{unit}"
+        return str(n)
+    return f"{short(total)} params" + (f" ({short(active)} active)" if active != total else "")
+
+
+def model_text(c: ModelConfig) -> str:
+    """One line: the blocks and shape of a model."""
+    heads = (f"{c.n_heads}x{c.head_dim} heads" + (f" ({c.kv_heads} K/V)" if c.kv_heads != c.n_heads
+                                                  else ""))
+    kind = (f"MoE {c.n_experts} experts top-{c.top_k}, expert F {c.expert_d_ff}" if c.is_moe
+            else f"F {c.d_ff}")
+    blocks = ", ".join(b for b in (c.norm, c.ffn, c.position != "none" and c.position) if b)
+    return f"{c.n_layers} layers, {heads}, D {c.d_model}, {kind}, {blocks}"
+
+
 def print_models() -> None:
-    """`helix models`: each preset's shape and run shape."""
+    """`helix models`: each preset's shape, parameter count (from the model's own parameter
+    shapes) and run shape."""
+    from helix_jax.model import param_counts
+
     for name, c in PRESETS.items():
-        kind = f"MoE {c.n_experts} experts top-{c.top_k}" if c.is_moe else "dense"
-        print(f"{name:<12} {c.n_layers} layers, {c.n_heads}x{c.head_dim} heads, D {c.d_model}, "
-              f"F {c.d_ff}, {kind}; batch {c.batch} x seq {c.seq}, {c.dtype}")
+        print(f"{name:<14} {model_text(c)}; {params_text(*param_counts(c))}; "
+              f"batch {c.batch} x seq {c.seq}, {c.dtype}")
 
 
 # ----------------------------------------------------------------------------- runs
@@ -172,6 +197,7 @@ def print_projection(r: dict) -> None:
                   f"batch_chunks={r['batch_chunks']}; intra-node axes: "
                   f"{', '.join(r['intra_node_axes']) or 'none'}")
     mode = r.get("mode", Mode.FORWARD)
+    console.print(f"model: {params_text(r.get('params_total'), r.get('params_active'))}")
     console.print(f"compiled: {r.get('compiled', 'the whole program')}")
     for item in r.get("extended_by_formula", []):
         console.print(f"  extended by formula: {item}")

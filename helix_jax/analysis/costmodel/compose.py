@@ -60,6 +60,7 @@ from helix_jax.analysis.hlo.flops import matmul_flops
 from helix_jax.config import ModelConfig
 from helix_jax.layouts import Layout, parse_layout
 from helix_jax.limits import MAX_WHOLE_DEVICES
+from helix_jax.model import param_counts
 
 
 def is_composed(layout: Layout, mode: str) -> bool:
@@ -182,7 +183,9 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
     memory = _composed_memory(cfg, layout, hw, stage, params_local, remat)
     tokens = cfg.batch * cfg.seq
     priced, compute = stage.priced, stage.compute
+    total, active = param_counts(cfg)
     return Projection(
+        params_total=total, params_active=active,
         model=cfg.name, layout=layout.spec, hardware=hw.name, mode="train",
         partitioner=stage.sharded.partitioner, remat=remat, devices=layout.devices,
         mesh=layout.axis_sizes, batch=cfg.batch, seq=cfg.seq, dtype=cfg.dtype, batch_chunks=1,

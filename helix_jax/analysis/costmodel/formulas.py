@@ -17,16 +17,28 @@ from helix_jax.routing import capacity
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
+def ffn_flops_per_token(cfg: ModelConfig, width: int) -> float:
+    """One token through one FFN of hidden width `width`: 2 matmuls, 3 with SwiGLU's gate."""
+    return 2 * cfg.d_model * width * (3 if cfg.ffn == "swiglu" else 2)
+
+
 def forward_flops_per_token(cfg: ModelConfig) -> float:
     """Model FLOPs of one token's forward pass; causal attention sees S/2 keys on average.
 
-    Per layer: 2·(4·D·H·d) projections, 4·S·H·d attention (scores and P·V; halved when causal),
-    4·D·F FFN (times top_k and plus 2·D·E routing for MoE); docs/cost-model.md.
+    Per layer: 4·D·H·d for the q and output projections and 4·D·G·d for k and v (G K/V heads),
+    4·S·H·d attention (scores and P·V; halved when causal), and the FFN: 2·D·F per matmul (two,
+    three with SwiGLU). A MoE layer runs top_k experts of width moe_d_ff, the shared experts and
+    the router (2·D·E); leading dense layers a dense FFN. Plus 2·D·V for the LM head.
+    docs/cost-model.md; with causal=False and × 3 this is Megatron's training formula.
     """
-    D, hd, F, S = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.d_ff, cfg.seq
-    attention = 4 * S * hd * (0.5 if cfg.causal else 1.0)
-    ffn = 4 * D * F * (cfg.top_k if cfg.is_moe else 1) + (2 * D * cfg.n_experts if cfg.is_moe else 0)
-    return cfg.n_layers * (8 * D * hd + attention + ffn) + 2 * D * cfg.vocab  # + the LM head
+    D, S = cfg.d_model, cfg.seq
+    hd, gd = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    attention = 4 * D * hd + 4 * D * gd + 4 * S * hd * (0.5 if cfg.causal else 1.0)
+    dense = ffn_flops_per_token(cfg, cfg.d_ff)
+    moe = (cfg.top_k * ffn_flops_per_token(cfg, cfg.expert_d_ff)
+           + ffn_flops_per_token(cfg, cfg.shared_d_ff) + 2 * D * cfg.n_experts)
+    ffn = (cfg.n_layers - cfg.moe_layers) * dense + cfg.moe_layers * moe
+    return cfg.n_layers * attention + ffn + 2 * D * cfg.vocab
 
 
 def visible_block_pairs(seq_q: int, seq_k: int, q_block: int, kv_block: int, causal: bool) -> int:

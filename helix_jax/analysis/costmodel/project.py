@@ -50,6 +50,7 @@ from helix_jax.config import ModelConfig
 from helix_jax.enums import Mode, choices
 from helix_jax.gspmd import check_partitioner as check_layout
 from helix_jax.layouts import Layout
+from helix_jax.model import param_counts
 
 MODES = choices(Mode)
 
@@ -220,7 +221,9 @@ def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled,
     compute = compute_time(hlo, hw, DTYPE_BYTES[cfg.dtype], score_blocks(cfg, layout))
     priced = price_collectives(hlo, cfg, layout, hw)
     accumulation = accumulation_steps(sharded) if mode == "train" else 1
+    total, active = param_counts(cfg)
     return Projection(
+        params_total=total, params_active=active,
         model=cfg.name, layout=layout.spec, hardware=hw.name, mode=mode,
         partitioner=sharded.partitioner, remat=sharded.remat, devices=layout.devices,
         mesh=layout.axis_sizes, batch=cfg.batch, seq=cfg.seq, dtype=cfg.dtype,
@@ -294,7 +297,9 @@ def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
     flops = matmul_flops(hlo)
     mfu = model_flops_per_token(cfg, "forward") * tokens / step / (
         layout.devices * hw.peak_flops_per_s)
+    total, active = param_counts(cfg)
     return Projection(
+        params_total=total, params_active=active,
         model=cfg.name, layout=layout.spec, hardware=hw.name, mode=mode,
         partitioner=sharded.partitioner, remat=sharded.remat, devices=layout.devices,
         mesh=layout.axis_sizes, batch=cfg.batch, seq=cfg.seq, context=cfg.seq, dtype=cfg.dtype,

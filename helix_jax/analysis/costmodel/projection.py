@@ -67,6 +67,8 @@ class Projection:
     batch_chunks: int
     accumulation_steps: int
     tokens_per_step: int
+    params_total: int  # the model's parameters, and those one token runs (MoE: top_k experts)
+    params_active: int
     # what was compiled, and what was extended by formula
     compiled: str
     extended_by_formula: list[str]
@@ -115,6 +117,8 @@ class Projection:
         kwargs["projected"] = Timing(**{k: v for k, v in d["projected"].items() if k in timing})
         kwargs["intra_node_axes"] = tuple(d.get("intra_node_axes", ()))
         kwargs.setdefault("collective_sites", [])  # older JSON had them for whole programs only
+        kwargs.setdefault("params_total", None)  # older JSON did not count parameters
+        kwargs.setdefault("params_active", None)
         return cls(**kwargs, extra={k: v for k, v in d.items() if k not in names})
 
 
