@@ -47,7 +47,11 @@ from helix_jax.analysis.costmodel.compose import (
     local_parameter_count,
     model_state_bytes,
 )
-from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES, expected_comm_bytes
+from helix_jax.analysis.costmodel.formulas import (
+    DTYPE_BYTES,
+    expected_comm_bytes,
+    ffn_flops_per_token,
+)
 from helix_jax.analysis.costmodel.hardware import Hardware
 from helix_jax.analysis.costmodel.terms import analysed_config, build_sharded
 from helix_jax.analysis.planner.space import Candidate
@@ -88,10 +92,15 @@ def fastest_link(hw: Hardware) -> float:
 
 
 def _per_token(cfg: ModelConfig, keys_per_query: float) -> dict[str, float]:
-    """Matmul FLOPs per token of each part of one layer's forward pass, and of the LM head."""
-    D, hd = cfg.d_model, cfg.n_heads * cfg.head_dim
-    ffn = 4 * D * cfg.d_ff * (cfg.top_k * cfg.capacity_factor if cfg.is_moe else 1)
-    return {"projections": 8 * D * hd, "attention": 4 * hd * keys_per_query, "ffn": ffn,
+    """Matmul FLOPs per token of each part of one (average) layer's forward pass, and of the LM
+    head. Routed experts run capacity_factor x top_k buffer slots per token (the buffers hold
+    at least that many, whatever the routing)."""
+    D, hd, gd = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    moe = (cfg.top_k * cfg.capacity_factor * ffn_flops_per_token(cfg, cfg.expert_d_ff)
+           + ffn_flops_per_token(cfg, cfg.shared_d_ff) + 2 * D * cfg.n_experts)
+    dense = ffn_flops_per_token(cfg, cfg.d_ff)
+    ffn = ((cfg.n_layers - cfg.moe_layers) * dense + cfg.moe_layers * moe) / cfg.n_layers
+    return {"projections": 4 * D * (hd + gd), "attention": 4 * hd * keys_per_query, "ffn": ffn,
             "head": 2 * D * cfg.vocab}
 
 
@@ -113,7 +122,7 @@ def train_flops(cfg: ModelConfig, remat: str = "none") -> float:
     or each layer's forward but its last matmul, whose output the backward never needs (full)."""
     tokens = cfg.batch * cfg.seq
     f = _per_token(cfg, _visible(cfg))
-    first = 2 * tokens * cfg.d_model * 3 * cfg.n_heads * cfg.head_dim
+    first = 2 * tokens * cfg.d_model * (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim
     again = {"none": 0.0, "selective": f["attention"],
              "full": f["projections"] + f["attention"] + f["ffn"] / 2}[remat]
     return 3 * forward_flops(cfg, tokens, _visible(cfg)) - first + cfg.n_layers * again * tokens
