@@ -102,12 +102,15 @@ def test_hf_folder_runs_and_matches_transformers_conventions(tmp_path, kind, lay
     equal to the float64 reference computed from the checkpoint's own tensors and conventions;
     and the npz holds the weights in the contract that the npz reference reads."""
     folder = tmp_path / kind
-    tensors = write_hf(folder, kind, causal_lm=kind != "qwen3", shards=2 if kind == "llama" else 1)
+    # base models (no prefix; mistral's untied head absent) and causal-LM ones; one in shards
+    tensors = write_hf(folder, kind, causal_lm=kind not in ("qwen3", "mistral"),
+                       shards=2 if kind == "llama" else 1)
     out = tmp_path / "f.npz"
     r = helix_here(["forward", "--hf", str(folder), "--layout", layout, "--batch", "16",
                     "--seq", "32", "--repeat", "0", "--capacity-factor", str(ROOMY),
                     "--out", str(out)])
     assert r.returncode == 0, r.stderr
+    assert ("has no lm_head" in r.stderr) == (kind == "mistral"), r.stderr
     params, tokens, y, cfg = reference_np.load_npz(out)
     assert tokens.dtype.kind == "i" and tokens.shape == (16, 32)
     want = reference_np.hf_forward(tensors, {**CONFIGS[kind], "model_type": kind}, tokens)

@@ -89,10 +89,14 @@ def hf_weights_checked(args: argparse.Namespace, cfg: ModelConfig) -> None:
     """With `--hf`, check that the folder's weights are all there with the shapes `cfg` needs
     (reading only the safetensors headers), before any work."""
     if getattr(args, "hf", None):
-        from helix_jax.hf.weights import plan_for
+        from helix_jax.errors import warn
+        from helix_jax.hf.weights import OPTIONAL, plan_for
         from helix_jax.model import param_shapes
 
-        plan_for(args.hf, cfg, param_shapes(cfg))
+        _, plan = plan_for(args.hf, cfg, param_shapes(cfg))
+        if cfg.vocab and not cfg.tie_embeddings and "head.w" in set(OPTIONAL) - set(plan):
+            warn(f"--hf {args.hf} has no lm_head (a base model): the LM head starts at zero; "
+                 f"the outputs (final hidden states) do not use it, training learns it")
 
 
 def model_and_layout(args: argparse.Namespace) -> tuple[ModelConfig, Layout]:

@@ -90,7 +90,10 @@ def _qwen3_moe(c: dict, n_layers: int, folder) -> dict[str, Any]:
     dense = list(c.get("mlp_only_layers") or [])
     if dense != list(range(len(dense))):
         raise _refuse(folder, f"mlp_only_layers {dense} (only leading dense layers are)")
-    return dict(n_experts=int(c["num_experts"]), top_k=int(c["num_experts_per_tok"]),
+    experts = c.get("num_experts", c.get("num_local_experts"))  # the Hub's name, and v5's
+    if experts is None:
+        raise KeyError("num_experts")
+    return dict(n_experts=int(experts), top_k=int(c["num_experts_per_tok"]),
                 moe_d_ff=int(c["moe_intermediate_size"]), first_dense_layers=len(dense),
                 normalize_top_k=bool(c.get("norm_topk_prob", False)))
 

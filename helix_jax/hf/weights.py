@@ -216,9 +216,18 @@ def recipes(cfg: ModelConfig, kind: str, names: list[str]) -> dict[str, list[Rec
     return out
 
 
+# A base-model checkpoint (save_pretrained of LlamaModel, say) has no LM head: the parameter
+# starts at zero, which leaves every output (the final hidden states) as it is.
+OPTIONAL = ("head.w",)
+
+
 def check_tensors(ckpt: Checkpoint, plan: dict[str, list[Recipe]]) -> None:
     """Every tensor the plan reads exists with the shape the config implies, before any data
-    is read: one line naming the first missing or mis-shaped tensor and how many more."""
+    is read: one line naming the first missing or mis-shaped tensor and how many more. The
+    optional ones that are missing are dropped from the plan (they start at zero)."""
+    for name in OPTIONAL:
+        if name in plan and any(ckpt.shape(n) is None for r in plan[name] for n, _ in r.sources):
+            del plan[name]
     missing, wrong = [], []
     for rs in plan.values():
         for recipe in rs:
@@ -273,6 +282,11 @@ def load_params(folder: str | Path, cfg: ModelConfig, shapes: dict, shardings: d
     flat_shapes = _flat(shapes)
     flat_shardings = _flat(shardings) if shardings is not None else {}
     out = {}
+    for name in set(flat_shapes) - set(plan):  # optional and absent: zeros
+        shape = tuple(flat_shapes[name].shape)
+        zeros = lambda index, shape=shape: np.zeros(shape, np.float32)[index]  # noqa: E731
+        out[name] = (jax_array(shape, flat_shardings[name], zeros) if name in flat_shardings
+                     else zeros(tuple(slice(None) for _ in shape)))
     for name, rs in plan.items():
         stacked = name.split(".")[0] in ("layers", "dense_layers")
         layer = {}
@@ -291,9 +305,14 @@ def load_params(folder: str | Path, cfg: ModelConfig, shapes: dict, shardings: d
 
         shape = tuple(flat_shapes[name].shape)
         if name in flat_shardings:
-            import jax
-
-            out[name] = jax.make_array_from_callback(shape, flat_shardings[name], piece)
+            out[name] = jax_array(shape, flat_shardings[name], piece)
         else:
             out[name] = piece(tuple(slice(None) for _ in shape))
     return _unflat(out)
+
+
+def jax_array(shape: tuple[int, ...], sharding, piece: Callable) -> object:
+    """A jax array built shard by shard: `piece(index)` gives each device's part."""
+    import jax
+
+    return jax.make_array_from_callback(shape, sharding, piece)
