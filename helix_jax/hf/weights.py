@@ -284,24 +284,23 @@ def load_params(folder: str | Path, cfg: ModelConfig, shapes: dict, shardings: d
     out = {}
     for name in set(flat_shapes) - set(plan):  # optional and absent: zeros
         shape = tuple(flat_shapes[name].shape)
-        zeros = lambda index, shape=shape: np.zeros(shape, np.float32)[index]  # noqa: E731
+        zeros = lambda index, shape=shape: np.broadcast_to(  # noqa: E731 (only the part)
+            np.float32(0), shape)[index].copy()
         out[name] = (jax_array(shape, flat_shardings[name], zeros) if name in flat_shardings
                      else zeros(tuple(slice(None) for _ in shape)))
     for name, rs in plan.items():
         stacked = name.split(".")[0] in ("layers", "dense_layers")
-        layer = {}
 
-        def get(i: int, rs=rs, layer=layer) -> np.ndarray:  # one layer, read once per param
-            if i not in layer:
-                recipe = rs[i]
-                layer[i] = recipe.build(*(ckpt.read(n) for n, _ in recipe.sources))
-            return layer[i]
+        def get(i: int, rs=rs) -> np.ndarray:  # one layer of the parameter, read from the files
+            recipe = rs[i]
+            return recipe.build(*(ckpt.read(n) for n, _ in recipe.sources))
 
         def piece(index, get=get, stacked=stacked, n=len(rs)) -> np.ndarray:
+            """One device's part: layer by layer, so the host holds one whole layer at most
+            beside the part (a device's layers of a stacked parameter)."""
             if not stacked:
                 return get(0)[index]
-            ids = range(n)[index[0]]
-            return np.stack([get(i)[index[1:]] for i in ids])
+            return np.stack([get(i)[index[1:]] for i in range(n)[index[0]]])
 
         shape = tuple(flat_shapes[name].shape)
         if name in flat_shardings:
