@@ -274,3 +274,28 @@ def test_models_and_project_print_the_parameter_counts(tmp_path):
     d = json.loads(out.read_text())
     assert (d["params_total"], d["params_active"]) == param_counts(resolve_model("tiny-mixtral"))
     assert "params (" in r.stdout
+
+
+def test_npz_round_trip_numbers_layers_in_model_order(tmp_path):
+    """`--out` then `--params` on another layout: the same output. A MoE model with a leading
+    dense layer stores it as layers.0 (mlp) and the MoE layer as layers.1 (moe), whatever the
+    stacks inside, and the npz reference reads them so."""
+    model = tmp_path / "m.toml"
+    model.write_text('name = "m"\nn_layers = 2\nd_model = 64\nn_heads = 8\nhead_dim = 8\n'
+                     'd_ff = 64\nvocab = 128\nn_kv_heads = 2\nffn = "swiglu"\nnorm = "rmsnorm"\n'
+                     'position = "rope"\nmlp_bias = false\nn_experts = 8\ntop_k = 2\n'
+                     'moe_d_ff = 32\nn_shared_experts = 1\nfirst_dense_layers = 1\n'
+                     'capacity_factor = 64.0\n')
+    run = ["forward", "--model-file", str(model), "--batch", "16", "--seq", "16", "--dtype",
+           "float32", "--repeat", "0"]
+    first, second = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert helix_here([*run, "--layout", "ep:ep=4", "--out", str(first)]).returncode == 0
+    r = helix_here([*run, "--layout", "helix-ep:m=2,n=4", "--params", str(first),
+                    "--out", str(second)])
+    assert r.returncode == 0, r.stderr
+    a, b = np.load(first), np.load(second)
+    assert "layers.0.mlp.w3" in a.files and "layers.1.moe.shared.w3" in a.files
+    assert not any(k.startswith("dense_layers") for k in a.files)
+    np.testing.assert_allclose(a["output"], b["output"], rtol=0, atol=1e-5)
+    params, tokens, y, cfg = reference_np.load_npz(first)
+    assert reference_np.relative_error(reference_np.forward(params, tokens, cfg), y) <= 1e-4
