@@ -136,6 +136,15 @@ def run_layout(cfg: ModelConfig, layout: str, params=None, seed: int = 0,
             "grads": jax.device_get(g), **inputs}
 
 
+def single_run(model: str | Path | ModelConfig, seed: int = 0, **overrides) -> dict:
+    """The run on `single` (outputs and gradients, `run_layout`'s dict) that
+    `assert_layout_equivalent` compares a layout with: computed once per config and seed in
+    this process, so other checks of the same model (a decode, say) can share it."""
+    cfg = model_config(model, **overrides)
+    hf = str(Path(model).resolve()) if _is_hf_folder(model) else None
+    return _reference(cfg, seed, True, hf)
+
+
 @functools.lru_cache(maxsize=8)
 def _reference(cfg: ModelConfig, seed: int, grads: bool, hf: str | None = None) -> dict:
     params = _hf_params(hf, cfg) if hf else None

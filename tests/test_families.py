@@ -62,9 +62,6 @@ def test_shared_experts_unnormalised_top_k_and_dense_first_layers(layout):
     testing.assert_layout_equivalent("tiny-mixtral", layout, **overrides)
 
 
-S = 8
-
-
 # One layout per decode mechanism: the replicated-K/V cache slot (tp > G) through a pipeline,
 # each helix core with shared K/V heads, kvp with and without tensor parallelism, FSDP, and the
 # MoE dispatches (tests/test_decode.py checks the multi-head models against the reference).
@@ -77,16 +74,18 @@ S = 8
 def test_decode_equals_forward(model, layout):
     """Prefill P = 1, S/2, S - 1 tokens and decode the rest: the KV cache holds n_kv_heads heads
     (one per head shard where they are replicated), RoPE sits at each token's absolute
-    position, and every output equals the layout's own forward pass."""
-    cfg = resolve_model(model).replace(seq=S, capacity_factor=ROOMY)
+    position, and every output equals the forward pass on one device (the run the equivalence
+    tests above compare with, shared)."""
+    cfg = resolve_model(model, capacity_factor=ROOMY)
+    S = cfg.seq
+    want = testing.single_run(cfg)["y"]
     sharded = Sharded.build(cfg, parse_layout(layout))
     params = sharded.place(testing.random_params(cfg))
     x = jax.device_put(random_input(cfg, 0), sharded.input_sharding)
-    want, _ = sharded.forward_fn()(params, x)
     step = sharded.step_fn()
     for prompt in (1, S // 2, S - 1):
         run = run_decode(sharded, params, x, prompt, step)
-        testing.assert_trees_close(np.asarray(want), run.output, 1e-5, f"prompt {prompt}: ")
+        testing.assert_trees_close(want, run.output, 1e-5, f"prompt {prompt}: ")
     local = sharded.cache_shape(S)[3] // sharded.layout.size(sharded.cache_axes[3])
     assert local == max(1, cfg.kv_heads // sharded.layout.size("heads"))
 
