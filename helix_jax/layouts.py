@@ -150,10 +150,6 @@ class Layout:
         rules = {k: v for k, v in self.rules.items() if k != "kv_heads"}
         return replace(self, rules=rules)
 
-    def kv_heads_split(self, cfg: ModelConfig) -> bool:
-        """Whether `cfg`'s K/V heads are split over the head shards (not replicated)."""
-        return bool(self.for_model(cfg).mesh_axes("kv_heads"))
-
     def describe(self) -> str:
         mesh = " x ".join(f"{a}={n}" for a, n in self.axis_sizes.items())
         return f"{self.spec} [{mesh}]"

@@ -19,11 +19,12 @@ import numpy as np
 from helix_jax.config import ModelConfig
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """A nested dict as {"a.b.c": leaf}."""
     out = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        out.update(_flatten(value, name + ".") if isinstance(value, dict) else {name: value})
+        out.update(flatten(value, name + ".") if isinstance(value, dict) else {name: value})
     return out
 
 
@@ -36,7 +37,7 @@ def _first_layers(tree: dict) -> dict[str, int]:
     for stack in STACKS:
         first[stack] = n
         if stack in tree:
-            n += next(iter(_flatten(tree[stack]).values())).shape[0]
+            n += next(iter(flatten(tree[stack]).values())).shape[0]
     return first
 
 
@@ -44,7 +45,7 @@ def params_to_flat(params: dict) -> dict[str, np.ndarray]:
     """{'layers': {'attn': {'wq': [L,...]}}, ...} -> {'layers.0.attn.wq': [...], ...} (float32)."""
     flat = {}
     first = _first_layers(params)
-    for name, value in _flatten(params).items():
+    for name, value in flatten(params).items():
         value = np.asarray(value, dtype=np.float32)
         stack, _, rest = name.partition(".")
         if stack in STACKS:

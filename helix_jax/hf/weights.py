@@ -19,6 +19,7 @@ import numpy as np
 
 from helix_jax.config import ModelConfig
 from helix_jax.hf.config import read_config_json
+from helix_jax.npz import flatten
 
 PREFIXES = ("model.", "transformer.")  # a causal-LM checkpoint's base-model prefix
 
@@ -246,13 +247,6 @@ def check_tensors(ckpt: Checkpoint, plan: dict[str, list[Recipe]]) -> None:
         raise ValueError(f"--hf {ckpt.folder}: {wrong[0]}{more}")
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for k, v in tree.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def _unflat(flat: dict[str, object]) -> dict:
     tree: dict = {}
     for name, v in flat.items():
@@ -268,7 +262,7 @@ def plan_for(folder: str | Path, cfg: ModelConfig, shapes: dict) -> tuple[Checkp
     """Open the checkpoint and check it against the model's parameter `shapes` tree."""
     kind = read_config_json(folder)["model_type"]
     ckpt = Checkpoint(folder)
-    plan = recipes(cfg, kind, list(_flat(shapes)))
+    plan = recipes(cfg, kind, list(flatten(shapes)))
     check_tensors(ckpt, plan)
     return ckpt, plan
 
@@ -279,8 +273,8 @@ def load_params(folder: str | Path, cfg: ModelConfig, shapes: dict, shardings: d
     layout's NamedShardings) each is a jax array built shard by shard from the files; without,
     host NumPy arrays."""
     ckpt, plan = plan_for(folder, cfg, shapes)
-    flat_shapes = _flat(shapes)
-    flat_shardings = _flat(shardings) if shardings is not None else {}
+    flat_shapes = flatten(shapes)
+    flat_shardings = flatten(shardings) if shardings is not None else {}
     out = {}
     for name in set(flat_shapes) - set(plan):  # optional and absent: zeros
         shape = tuple(flat_shapes[name].shape)
