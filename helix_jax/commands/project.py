@@ -63,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
 
     check_step(cfg, layout, args.mode,
                Partitioner.GSPMD if args.partitioner == BOTH else args.partitioner)
+    from helix_jax.analysis.planner.cache import use_fast_codegen
     from helix_jax.limits import MAX_WHOLE_DEVICES
 
+    use_fast_codegen()  # compiled only to be read: the cheapest code generation, the same HLO
     ensure_host_devices(min(layout.devices, MAX_WHOLE_DEVICES) if args.mode == Mode.TRAIN
                         else layout.devices)
     import json

@@ -261,8 +261,10 @@ def _fits_why(cfg: ModelConfig, hw: Hardware, memory: dict, mode: str, accumulat
             + "; on CPU f32 upcasts make this err high)")
 
 
-def hbm_floor_bytes(sharded) -> float:
-    """Bytes a step must read from HBM at least, per device: its 16-bit weights and its KV cache."""
+def hbm_floor_parts(sharded) -> tuple[float, float]:
+    """Bytes a step must read from HBM at least, per device: (its 16-bit weights, its KV cache).
+    The cache counts what the device holds: K/V heads replicated over head shards count once
+    per shard that holds them."""
     import math
 
     from helix_jax.analysis.costmodel.compose import local_parameter_count
@@ -271,7 +273,12 @@ def hbm_floor_bytes(sharded) -> float:
     elem = DTYPE_BYTES[cfg.dtype]
     cache = math.prod(sharded.cache_shape(cfg.seq)) * 2 * elem
     shards = sharded.layout.size(*sharded.cache_axes)
-    return local_parameter_count(sharded) * elem + cache / shards
+    return local_parameter_count(sharded) * elem, cache / shards
+
+
+def hbm_floor_bytes(sharded) -> float:
+    """Bytes a step must read from HBM at least, per device: its 16-bit weights and its KV cache."""
+    return sum(hbm_floor_parts(sharded))
 
 
 def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
@@ -289,7 +296,8 @@ def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
     blocks = {(block_size(T, cfg.q_block), kb), (T, kb)} | score_blocks(cfg, layout)
     compute = compute_time(hlo, hw, DTYPE_BYTES[cfg.dtype], blocks)
     priced = price_collectives(hlo, cfg, layout, hw)
-    floor_bytes = hbm_floor_bytes(sharded)
+    weight_bytes, cache_bytes = hbm_floor_parts(sharded)
+    floor_bytes = weight_bytes + cache_bytes
     floor = floor_bytes / hw.hbm_bytes_per_s
     busy = compute["seconds"] + priced["seconds"]
     step = max(busy, floor)
@@ -323,7 +331,8 @@ def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
             step_seconds=step, compute_seconds=compute["seconds"],
             compute_breakdown=breakdown(compute),
             comm_seconds=priced["seconds"], exposed_comm_seconds=priced["seconds"],
-            hbm_floor_seconds=floor, hbm_bound=floor >= busy, tokens_per_s=tokens / step,
+            hbm_floor_seconds=floor, hbm_floor_weight_bytes=weight_bytes,
+            hbm_floor_cache_bytes=cache_bytes, hbm_bound=floor >= busy, tokens_per_s=tokens / step,
             mfu=mfu, tpot_ms=step * 1e3 if mode == "decode" else step / cfg.seq * 1e3,
             ttft_ms=step * 1e3 if mode == "prefill" else None),
         pricing=pricing_terms(hw), intra_node_axes=priced["intra_node_axes"],

@@ -31,6 +31,8 @@ class Timing:
     data_parallel_exposed_seconds: float = 0.0
     # KV-cache steps (prefill, decode): the HBM floor of reading weights and cache
     hbm_floor_seconds: float | None = None
+    hbm_floor_weight_bytes: float | None = None  # per device: 16-bit weights ...
+    hbm_floor_cache_bytes: float | None = None  # ... and the KV cache it holds
     hbm_bound: bool | None = None
     ttft_ms: float | None = None
     # composed training steps: the pipeline extended by formula
