@@ -158,3 +158,28 @@ def test_decode_and_prefill_projections_are_never_below_their_hbm_time():
             p = r.projected
             assert p.step_seconds >= p.hbm_floor_seconds > 0
             assert r.tokens_per_step == cfg.batch * (64 if mode == "prefill" else 1)
+
+
+@pytest.mark.parametrize("spec, kv_heads_per_device, stages", [
+    ("tp-pp:tp=2,pp=2,microbatches=1", 1, 2),  # K/V heads split: one of the two per device
+    ("tp-pp:tp=8,pp=1,microbatches=1", 1, 1),  # tp past the K/V heads: each caches the one it uses
+    ("helix:m=2,n=8", 0.5, 1),  # the head-dim split halves every head
+])
+def test_the_hbm_floor_counts_the_device_cache_and_each_pipeline_stage(spec, kv_heads_per_device,
+                                                                         stages):
+    """The floor's terms by hand for GQA (tiny-llama: 2 K/V heads): the cache a device holds,
+    and a step that walks p stages reads p stages' bytes in turn."""
+    from helix_jax.analysis.costmodel.hardware import HARDWARE
+    from helix_jax.analysis.costmodel.project import project
+    from helix_jax.model import param_counts
+
+    cfg = resolve_model("tiny-llama").replace(seq=64, batch=2, dtype="bfloat16")
+    hw = HARDWARE["dgx-h100"]
+    p = project(cfg, parse_layout(spec), hw, mode="decode").projected
+    cache = 2 * (cfg.n_layers // stages) * cfg.batch * cfg.seq * kv_heads_per_device \
+        * cfg.head_dim * 2
+    assert p.hbm_floor_cache_bytes == cache
+    total, _ = param_counts(cfg)
+    assert p.hbm_floor_weight_bytes < total * 2  # a share of the weights, in 16 bits
+    assert p.hbm_floor_seconds == pytest.approx(
+        stages * (p.hbm_floor_cache_bytes + p.hbm_floor_weight_bytes) / hw.hbm_bytes_per_s)

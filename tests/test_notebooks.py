@@ -1,6 +1,6 @@
 """Run every notebook top to bottom in a fresh kernel, so that they cannot rot.
 
-Each notebook sets up its own 16 fake CPU devices in its first cell (before importing jax), so the
+Each notebook sets up its own fake CPU devices (16, or 64 for notebook 04) in its first cell (before importing jax), so the
 kernel needs nothing from this process. The committed outputs are cleared first: the plots checked
 here are the ones this run drew. One budget of 120 s per notebook (they take 20-30 s on 2 cores).
 
@@ -21,7 +21,7 @@ from nbclient import NotebookClient
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = ("01_two_level_attention.ipynb", "02_expert_parallelism.ipynb",
-             "03_layouts_side_by_side.ipynb")
+             "03_layouts_side_by_side.ipynb", "04_kv_heads_run_out.ipynb")
 BUDGET_S = 120
 NICE = 10
 

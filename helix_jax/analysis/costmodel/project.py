@@ -281,6 +281,12 @@ def hbm_floor_bytes(sharded) -> float:
     return sum(hbm_floor_parts(sharded))
 
 
+def hbm_floor_seconds(sharded, hbm_bytes_per_s: float) -> float:
+    """The least time of a prefill or decode step: each pipeline stage reads its bytes, and the
+    step walks the stages one after the other (`parallel.pipeline.stage_by_stage`)."""
+    return sharded.layout.size("layers") * hbm_floor_bytes(sharded) / hbm_bytes_per_s
+
+
 def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
                  compiler: Compiler = DIRECT) -> Projection:
     """A prefill of `cfg.seq` positions or one decode step at context `cfg.seq`: compiled, read,
@@ -298,7 +304,8 @@ def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
     priced = price_collectives(hlo, cfg, layout, hw)
     weight_bytes, cache_bytes = hbm_floor_parts(sharded)
     floor_bytes = weight_bytes + cache_bytes
-    floor = floor_bytes / hw.hbm_bytes_per_s
+    floor = hbm_floor_seconds(sharded, hw.hbm_bytes_per_s)
+    stages = layout.size("layers")
     busy = compute["seconds"] + priced["seconds"]
     step = max(busy, floor)
     tokens = cfg.batch * (cfg.seq if mode == "prefill" else 1)
@@ -316,7 +323,9 @@ def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
                   + (f"{cfg.seq} positions into an empty cache" if mode == "prefill" else
                      f"one new position against a cache of {cfg.seq}")),
         extended_by_formula=[f"HBM floor: 16-bit weights + KV cache = {floor_bytes / 1e9:.2f} "
-                             f"GB per device at {hw.hbm_bytes_per_s / 1e12:.2f} TB/s"],
+                             f"GB per device at {hw.hbm_bytes_per_s / 1e12:.2f} TB/s"
+                             + (f", read by each of {stages} pipeline stages in turn"
+                                if stages > 1 else "")],
         flops_per_device=flops["flops"], flops_note=flops_note(flops),
         model_flops_per_token=model_flops_per_token(cfg, "forward"),
         mfu_convention=mfu_convention("forward"),

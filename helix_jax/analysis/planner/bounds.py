@@ -31,8 +31,8 @@ step time = compute + exposed communication (+ bubble, sends, ... when composed)
                tp_overlap, the tensor-parallel ones entirely; pipeline sends of a composed step
                at the fastest link. Zero where the formulas do not cover a layout (kvp) or XLA
                chooses the collectives (gspmd).
-  decode/prefill  also never below the HBM floor (weights + KV cache at HBM bandwidth): the
-               projection's own floor.
+  decode/prefill  also never below the HBM floor (weights + KV cache at HBM bandwidth, read by
+               each pipeline stage in turn): the projection's own floor.
 """
 
 from __future__ import annotations
@@ -152,13 +152,14 @@ def bounds(c: Candidate, cfg: ModelConfig, hw: Hardware, mode: str) -> Bounds:
     local = _local_params(analysed, lay.spec)
     weights_read = local * elem / hw.hbm_bytes_per_s
     if mode in ("prefill", "decode"):
-        from helix_jax.analysis.costmodel.project import hbm_floor_bytes
+        from helix_jax.analysis.costmodel.project import hbm_floor_bytes, hbm_floor_seconds
 
-        floor_bytes = hbm_floor_bytes(build_sharded(analysed, lay, 1))
+        sharded = build_sharded(analysed, lay, 1)
+        floor_bytes = hbm_floor_bytes(sharded)
         T = cfg.seq if mode == "prefill" else 1
         keys = _visible(cfg) if mode == "prefill" else cfg.seq
         compute = forward_flops(cfg, cfg.batch * T, keys) / n / rate
-        floor = floor_bytes / hw.hbm_bytes_per_s
+        floor = hbm_floor_seconds(sharded, hw.hbm_bytes_per_s)
         return Bounds(floor_bytes, max(compute, floor), compute, 0.0, floor)
     train = mode == "train"
     if train:
