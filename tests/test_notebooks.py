@@ -2,7 +2,8 @@
 
 Each notebook sets up its own fake CPU devices (16, or 64 for notebook 04) in its first cell
 (before importing jax), so the kernel needs nothing from this process. The committed outputs are
-cleared first: the plots checked here are the ones this run drew. One budget of 120 s per notebook (they take 20-30 s on 2 cores).
+cleared first: the plots checked here are the ones this run drew. One budget of 120 s per notebook
+(they take 15-30 s on 2 cores).
 
 The kernel runs at a lower CPU priority: under `pytest -n 2` on 2 cores a notebook's many XLA
 threads would otherwise starve the test that runs beside it, and the multi-process tests
