@@ -39,6 +39,13 @@ class Core(StrEnum):
     QK_GATHER = "qk_gather"
 
 
+class ContextAttention(StrEnum):
+    """How attention reaches the other context-parallel shards' keys and values."""
+
+    RING = "ring"
+    ALLGATHER = "allgather"
+
+
 class Schedule(StrEnum):
     """Pipeline schedules; 1f1b with virtual=V > 1 is interleaved."""
 

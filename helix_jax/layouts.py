@@ -15,12 +15,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from helix_jax.config import ModelConfig
-from helix_jax.enums import Core, Placement, Schedule, choices
+from helix_jax.enums import ContextAttention, Core, Placement, Schedule, choices
 from helix_jax.errors import quote, unknown_name
 from helix_jax.limits import MAX_DEVICES as MAX_OPTION
 from helix_jax.routing import check_moe
 
 CORES = choices(Core)
+CONTEXT_ATTENTION = choices(ContextAttention)
 SCHEDULES = choices(Schedule)  # pipeline schedules; 1f1b with virtual=V > 1 is interleaved
 PLACEMENTS = choices(Placement)
 
@@ -192,16 +193,28 @@ def _helix_ep(**opts) -> Layout:
 
 
 def _tp_pp(**opts) -> Layout:
-    names, shape = _with_data(opts["dp"], ("stage", "tensor"), (opts["pp"], opts["tp"]))
+    axes, shape = ("stage", "tensor"), (opts["pp"], opts["tp"])
+    if opts["cp"] > 1:  # context parallel ranks between the stages and the tensor ranks
+        axes, shape = ("stage", "context", "tensor"), (opts["pp"], opts["cp"], opts["tp"])
+    names, shape = _with_data(opts["dp"], axes, shape)
     rules = {"batch": ("data",), "layers": ("stage",), "heads": ("tensor",),
              "kv_heads": ("tensor",), "mlp": ("tensor",),
              "expert_mlp": ("tensor",), "vocab": ("tensor",)}
+    if opts["cp"] > 1:
+        rules["cp_seq"] = ("context",)
+    else:  # no context axis: the spec stays as it was before context parallelism existed
+        opts = {k: v for k, v in opts.items() if k not in ("cp", "attention")}
     if opts["sp"]:
         rules["act_seq"] = ("tensor",)
     placement = ()
     if opts["place"] == "stage-inner":  # the two stages of a TP rank share a node
         placement = tuple(a for a in names if a != "stage") + ("stage",)
     return Layout("tp-pp", names, shape, rules, opts, placement=placement)
+
+
+def _cp(**opts) -> Layout:
+    names, shape = _with_data(opts["dp"], ("context",), (opts["cp"],))
+    return Layout("cp", names, shape, {"batch": ("data",), "cp_seq": ("context",)}, opts)
 
 
 def _ep(**opts) -> Layout:
@@ -235,8 +248,15 @@ LAYOUTS: dict[str, LayoutKind] = {k.name: k for k in (
                {"m": 4, "n": 4, "core": "score_psum", "dp": 1}, _helix, {"core": CORES}),
     LayoutKind("tp-pp", "Megatron tensor parallelism x GPipe pipeline (the paper's baseline)",
                {"tp": 8, "pp": 2, "microbatches": 4, "sp": False, "dp": 1, "place": "tensor-inner",
-                "schedule": "gpipe", "virtual": 1, "tp_overlap": False},
-               _tp_pp, {"place": PLACEMENTS, "schedule": SCHEDULES}),
+                "schedule": "gpipe", "virtual": 1, "tp_overlap": False, "cp": 1,
+                "attention": "ring"},
+               _tp_pp, {"place": PLACEMENTS, "schedule": SCHEDULES,
+                        "attention": CONTEXT_ATTENTION}),
+    LayoutKind("cp", "context parallelism: every layer's sequence split over cp devices (two "
+               "chunks each, balanced under the causal mask), keys and values passed around a "
+               "ring (attention=ring) or all-gathered (attention=allgather); weights replicated",
+               {"cp": 4, "attention": "ring", "dp": 1}, _cp,
+               {"attention": CONTEXT_ATTENTION}),
     LayoutKind("ep", "expert parallelism: one expert per device, tokens moved by all-to-all; "
                "attention data parallel", {"ep": 16, "chunks": 1, "dp": 1}, _ep),
     LayoutKind("helix-ep", "helix attention with the experts spread one per device; tokens stay "
@@ -297,6 +317,16 @@ def _check_pipeline(layout: Layout, cfg: ModelConfig) -> None:
                          f"{layout.size('act_seq')} ways; it must divide evenly")
 
 
+def _check_context(layout: Layout, cfg: ModelConfig) -> None:
+    K = layout.size("cp_seq")
+    if K > 1 and cfg.seq % (2 * K * layout.size("act_seq")):
+        sp = layout.size("act_seq")
+        raise ValueError(f"{cfg.name} on {layout.spec}: context parallelism cuts seq={cfg.seq} "
+                         f"into 2 x cp = {2 * K} chunks" + (f", each split {sp} ways by sp"
+                                                             if sp > 1 else "")
+                         + f"; choose a seq divisible by {2 * K * sp}")
+
+
 def _check_moe(layout: Layout, cfg: ModelConfig) -> None:
     if not cfg.is_moe:
         raise ValueError(f"layout {layout.kind} places experts, but {cfg.name} is a dense model; "
@@ -314,7 +344,8 @@ _EXTRA_CHECKS: dict[str, tuple[Callable[[Layout, ModelConfig], None], ...]] = {
     "kvp": (_check_kvp,),
     "helix": (_check_seq_a2a,),
     "helix-ep": (_check_seq_a2a, _check_moe),
-    "tp-pp": (_check_pipeline,),
+    "tp-pp": (_check_pipeline, _check_context),
+    "cp": (_check_context,),
     "ep": (_check_moe,),
 }
 

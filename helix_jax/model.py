@@ -31,10 +31,16 @@ from helix_jax.gspmd import check_partitioner
 from helix_jax.layouts import Layout
 from helix_jax.nn.stats import combine_stats
 from helix_jax.nn.transformer import Transformer
+from helix_jax.parallel import context
 
 Params = dict[str, Any]
 STAT_KEYS_MOE = ("dropped", "routed", "aux_loss", "z_loss")
 REMAT = choices(Remat)
+
+
+def _entry(axes: tuple[str, ...]):
+    """A PartitionSpec entry for one dimension split over `axes` (None when over none)."""
+    return None if not axes else axes if len(axes) > 1 else axes[0]
 
 
 def _is_var(v) -> bool:
@@ -126,7 +132,7 @@ class Sharded:
         working = self.layout.mesh_axes("batch")
         if self.batch_chunks == 1:
             return working
-        seq_axes = set(self.layout.mesh_axes("act_seq"))
+        seq_axes = set(self.seq_axes)
         axes: list[str] = []
         for a in self.layout.axis_names:
             trial = axes + [a]
@@ -162,9 +168,17 @@ class Sharded:
     @property
     def x_spec(self) -> P:
         """The input's and output's sharding at rest."""
-        batch = self.rest_axes
-        return P(None if not batch else batch if len(batch) > 1 else batch[0],
-                 *self.layout.pspec(("act_seq", None)))
+        return P(_entry(self.rest_axes), _entry(self.seq_axes), None)
+
+    @property
+    def seq_axes(self) -> tuple[str, ...]:
+        """Mesh axes the sequence of the residual stream is split over: context parallelism's
+        (the chunks in shard order, see `parallel.context`), then sequence parallelism's."""
+        return self.layout.mesh_axes(context.AXIS, "act_seq")
+
+    @property
+    def context_shards(self) -> int:
+        return self.layout.size(context.AXIS)
 
     @property
     def x_sharding(self) -> NamedSharding:
@@ -174,7 +188,9 @@ class Sharded:
     def input_spec(self) -> P:
         """The model input's sharding: embeddings like `x_spec`; tokens [B, S] by batch only (the
         embedding needs whole sequences; under sequence parallelism it scatters them)."""
-        return P(self.x_spec[0], None) if self.cfg.vocab else self.x_spec
+        if self.cfg.vocab or self.context_shards > 1:  # each context shard picks its chunks
+            return P(self.x_spec[0], *(None,) * (1 if self.cfg.vocab else 2))
+        return self.x_spec
 
     @property
     def input_sharding(self) -> NamedSharding:
@@ -276,6 +292,12 @@ class Sharded:
                                  in_specs=(self._param_in_specs(per_replica), self.input_spec),
                                  out_specs=(self.x_spec, self.stats_specs))
         named = lambda tree: jax.tree.map(lambda s: NamedSharding(self.mesh, s), tree)  # noqa: E731
+        if self.context_shards > 1:  # the output leaves the shards in shard order
+            shard_order, shards = body, self.context_shards
+
+            def body(p, x):
+                y, stats = shard_order(p, x)
+                return context.natural_order(y, shards), stats
         return jax.jit(body, in_shardings=(named(self._param_in_specs(per_replica)),
                                            self.input_sharding),
                        out_shardings=(self.x_sharding, named(self.stats_specs)))
@@ -286,7 +308,7 @@ class Sharded:
     def replica_axes(self) -> Params:
         """Per parameter, the data mesh axes it is replicated over (the batch's mesh axes its own
         spec does not use): the axes its gradient is summed over, once per training step."""
-        batch = self.layout.mesh_axes("batch")
+        batch = self.layout.mesh_axes("batch", context.AXIS)  # each holds its own tokens
 
         def axes(spec: P) -> tuple[str, ...]:
             used = {a for d in spec if d for a in (d if isinstance(d, tuple) else (d,))}
@@ -334,9 +356,18 @@ class Sharded:
         local = self.local_token_loss
         if per_replica:
             local = lambda p, t, lab: self.local_token_loss(_own_copy(p), t, lab)  # noqa: E731
-        return jax.shard_map(local, mesh=self.mesh,
+        shards = self.context_shards
+        loss = jax.shard_map(local, mesh=self.mesh,
                              in_specs=(self._param_in_specs(per_replica), spec, spec),
-                             out_specs=(spec, self.stats_specs))
+                             out_specs=(P(spec[0], _entry(self.layout.mesh_axes(context.AXIS))),
+                                        self.stats_specs))
+        if shards == 1:
+            return loss
+
+        def natural(p, t, lab):  # the loss leaves the context shards in shard order
+            per_token, stats = loss(p, t, lab)
+            return context.natural_order(per_token, shards), stats
+        return natural
 
     # ------------------------------------------------------------------ KV cache and steps
 
@@ -346,7 +377,7 @@ class Sharded:
     def step_comm(self) -> Comm:
         """The layout as a prefill/decode step sees it: whole sequences (no sequence parallelism)
         and the input where the model works on it (no batch chunks)."""
-        rules = {k: v for k, v in self.layout.rules.items() if k != "act_seq"}
+        rules = {k: v for k, v in self.layout.rules.items() if k not in ("act_seq", context.AXIS)}
         return Comm(dataclasses.replace(self.layout, rules=rules))
 
     @property
@@ -427,26 +458,6 @@ class Sharded:
     def abstract_inputs(self) -> tuple[Params, jax.ShapeDtypeStruct]:
         """Parameters and input as ShapeDtypeStructs with shardings: compile without allocating."""
         return self.abstract_params(), self.abstract_input()
-
-
-def param_counts(cfg: ModelConfig) -> tuple[int, int]:
-    """(total, active per token) parameters of `cfg`'s model, read off the model's own parameter
-    shapes: every layer of a stack has the same shapes, so one layer per stack is built and
-    counted as many times as the stack has layers. Active counts the routed experts' parameters
-    at top_k / n_experts (a token runs top_k of them) and everything else whole."""
-    import math
-
-    dense = cfg.first_dense_layers
-    one = cfg.replace(n_layers=dense + 1, batch=1)
-    layers = {"layers": cfg.n_layers - dense, "dense_layers": 1}
-    total = active = 0.0
-    flat_axes = dict(jax.tree_util.tree_leaves_with_path(
-        logical_axes(one), is_leaf=lambda t: isinstance(t, tuple)))
-    for path, shape in jax.tree_util.tree_leaves_with_path(param_shapes(one)):
-        n = math.prod(shape.shape) * layers.get(str(path[0].key), 1)
-        total += n
-        active += n * (cfg.top_k / cfg.n_experts if "expert" in flat_axes[path] else 1)
-    return int(total), int(round(active))
 
 
 SMALL_INIT_BYTES = 1 << 28  # 256 MiB of float32 masters: drawn on one device, then placed

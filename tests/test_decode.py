@@ -171,7 +171,7 @@ def test_the_hbm_floor_counts_the_device_cache_and_each_pipeline_stage(spec, kv_
     and a step that walks p stages reads p stages' bytes in turn."""
     from helix_jax.analysis.costmodel.hardware import HARDWARE
     from helix_jax.analysis.costmodel.project import project
-    from helix_jax.model import param_counts
+    from helix_jax.counts import param_counts
 
     cfg = resolve_model("tiny-llama").replace(seq=64, batch=2, dtype="bfloat16")
     hw = HARDWARE["dgx-h100"]

@@ -249,7 +249,7 @@ def test_megatron_training_flops_of_llama3_70b():
     ("qwen3-30b-a3b", 30.5e9, 3.3e9, 2e-2), ("llama3.1-405b", 405e9, None, 5e-3),
 ])
 def test_parameter_counts_match_the_published_sizes(preset, total, active, rel):
-    from helix_jax.model import param_counts
+    from helix_jax.counts import param_counts
 
     cfg = resolve_model(preset)
     got_total, got_active = param_counts(cfg)
@@ -268,7 +268,7 @@ def test_models_and_project_print_the_parameter_counts(tmp_path):
     out = tmp_path / "p.json"
     r = helix_here(["project", "--model", "tiny-mixtral", "--layout", "ep:ep=8", "--json", str(out)])
     assert r.returncode == 0, r.stderr
-    from helix_jax.model import param_counts
+    from helix_jax.counts import param_counts
 
     d = json.loads(out.read_text())
     assert (d["params_total"], d["params_active"]) == param_counts(resolve_model("tiny-mixtral"))

@@ -32,6 +32,7 @@ from helix_jax.comm import Comm, vary_like
 from helix_jax.config import ModelConfig
 from helix_jax.nn.mlp import normal
 from helix_jax.nn.norm import RMSNorm
+from helix_jax.parallel import context
 
 Array = jax.Array
 
@@ -168,6 +169,55 @@ def combine_partials(o: Array, lse: Array, comm: Comm, *logical: str) -> Array:
     num = comm.psum(o * jnp.moveaxis(w, 1, 2)[..., None], *logical)
     den = comm.psum(w, *logical)
     return num / jnp.moveaxis(den, 1, 2)[..., None]
+
+
+def merge_partials(parts: list[tuple[Array, Array]]) -> Array:
+    """Exact softmax attention from partial results (o [B, Sq, h, d] float32, lse [B, h, Sq])
+    over disjoint key sets held on this device: the local counterpart of `combine_partials`."""
+    lse = jnp.stack([lse for _, lse in parts])
+    top = jax.lax.stop_gradient(lse.max(0))
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    w = jnp.exp(lse - top)  # [n, B, h, Sq]; 0 where a part saw no key
+    num = sum(o * jnp.moveaxis(wi, 1, 2)[..., None] for (o, _), wi in zip(parts, w))
+    return num / jnp.moveaxis(w.sum(0), 1, 2)[..., None]
+
+
+def context_attention(q: Array, k: Array, v: Array, comm: Comm, *, attention: str, causal: bool,
+                      q_block: int = 0, kv_block: int = 0) -> Array:
+    """Context parallelism: this shard's queries q [B, 2c, h, d] (its chunks i and 2K − 1 − i,
+    `parallel.context`) over the keys and values of the whole sequence, whose chunks k, v
+    [B, 2c, g, d] are spread over the `cp_seq` shards the same way. K/V travel as one array:
+      ring       passed around the ring, K − 1 collective-permutes; step t attends to the chunks
+                 of shard i − t (Megatron-Core's and torchtitan's ring attention)
+      allgather  one all-gather over the shards, then the same attention (Llama 3's choice)
+    Each (query chunk, key chunk) pair is one blockwise attention at the pair's offset, so key
+    blocks wholly in a query chunk's future are skipped at run time; the partial results merge
+    exactly by their log-sum-exps."""
+    K, me = comm.size(context.AXIS), comm.index(context.AXIS)
+    c = q.shape[1] // 2
+    q_starts = context.chunk_starts(me, c, K)
+    parts: tuple[list, list] = ([], [])
+
+    def attend_to(kv: Array, slot: int, k_start) -> None:  # key chunk `slot` of kv [2, B, n, g, d]
+        kc, vc = kv[0, :, slot * c:(slot + 1) * c], kv[1, :, slot * c:(slot + 1) * c]
+        for a, part in enumerate(parts):
+            offset = q_starts[a] - k_start if causal else 0
+            part.append(attend(q[:, a * c:(a + 1) * c], kc, vc, causal=causal, q_offset=offset,
+                               return_lse=True, q_block=q_block, kv_block=kv_block))
+
+    kv = jnp.stack([k, v])
+    if attention == "allgather":
+        kv = comm.all_gather(kv, context.AXIS, axis=2)  # shard after shard
+        for shard in range(K):
+            for slot, start in enumerate(context.chunk_starts(shard, c, K)):
+                attend_to(kv, 2 * shard + slot, start)
+    else:
+        for t in range(K):
+            for slot, start in enumerate(context.chunk_starts((me - t) % K, c, K)):
+                attend_to(kv, slot, start)
+            if t < K - 1:
+                kv = comm.ppermute(kv, context.AXIS, shift=1)
+    return jnp.concatenate([merge_partials(p) for p in parts], axis=1).astype(v.dtype)
 
 
 QKV_AXES = ("batch", None, "heads", "head_dim")  # q and the attention output [B, S, H, d]
@@ -363,13 +413,16 @@ class Attention(nnx.Module):
     def __call__(self, h: Array, comm: Comm) -> Array:  # h: [B, S, D] -> [B, S, D]
         if comm.axes("kv_seq"):
             return self._kv_parallel(h, comm)
-        q, k, v = self._project(h, comm, jnp.arange(h.shape[1]))
+        q, k, v = self._project(h, comm, context.positions(h.shape[1], comm))
+        blocks = dict(causal=self.causal, q_block=self.blocks[0], kv_block=self.blocks[1])
 
         def core(q, k, v):
             with jax.named_scope(ATTENTION_SCOPE):  # one fused kernel on a GPU: see roofline
+                if comm.axes(context.AXIS):
+                    return context_attention(q, k, v, comm, **blocks,
+                                             attention=comm.option("attention", "ring"))
                 return attention_core(q, k, v, comm, core=comm.option("core", "score_psum"),
-                                      causal=self.causal, q_block=self.blocks[0],
-                                      kv_block=self.blocks[1])
+                                      **blocks)
 
         if comm.remat == "selective":  # keep q, k, v and o; recompute scores and softmax
             core = jax.checkpoint(core)

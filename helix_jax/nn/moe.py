@@ -71,8 +71,9 @@ def token_sums(per_token: dict[str, Array], comm: Comm) -> tuple[dict[str, Array
         per_token = {k: jax.lax.dynamic_slice_in_dim(v, comm.index("act_seq") * own, own, axis=1)
                      for k, v in per_token.items()}
         S = own
-    sums = comm.psum({k: v.sum((0, 1)) for k, v in per_token.items()}, "batch", "act_seq")
-    return sums, B * S * comm.size("batch", "act_seq")
+    axes = ("batch", "cp_seq", "act_seq")  # the context-parallel shards hold their own tokens
+    sums = comm.psum({k: v.sum((0, 1)) for k, v in per_token.items()}, *axes)
+    return sums, B * S * comm.size(*axes)
 
 
 class MoE(nnx.Module):

@@ -18,6 +18,7 @@ from helix_jax.nn.attention import Attention
 from helix_jax.nn.mlp import MLP
 from helix_jax.nn.norm import make_norm
 from helix_jax.nn.vocab import Embed, LMHead, PositionTable, vocab_loss
+from helix_jax.parallel import context
 
 Stats = dict[str, jax.Array]
 
@@ -113,19 +114,30 @@ class Transformer(nnx.Module):
                 self.head = LMHead(cfg, rngs=rngs)
         self.dtype = cfg.dtype
 
-    def _embed(self, x: jax.Array, comm: Comm, first: jax.Array | int) -> jax.Array:
+    def _embed(self, x: jax.Array, comm: Comm, positions: jax.Array) -> jax.Array:
         """Tokens [B, S] (or embeddings [B, S, D]) -> embeddings in the compute dtype, with the
-        learned positions first .. of this device's part of the sequence added."""
+        learned positions of this device's tokens (`positions`) added."""
         if hasattr(self, "embed"):
             x = gather_fsdp(self.embed, comm)(x, comm, self.dtype)
         x = x.astype(self.dtype)
         if hasattr(self, "positions"):
-            x = x + gather_fsdp(self.positions, comm)(first, x.shape[1], x.dtype)
+            x = x + gather_fsdp(self.positions, comm)(positions, x.dtype)
         return x
 
     def __call__(self, x: jax.Array, comm: Comm) -> tuple[jax.Array, Stats]:
-        S = x.shape[1] // comm.size("act_seq") if x.ndim == 2 else x.shape[1]
-        x = comm.residual(self._embed(x, comm, comm.index("act_seq") * S))
+        """Tokens [B, S] or embeddings (sequence-sharded under sequence parallelism) -> final
+        hidden states [B, S/K, D] of this device's part of the sequence, and stats. Under context
+        parallelism (K shards) a device embeds its own chunks of the whole input."""
+        parts = comm.size("act_seq")
+        if comm.axes(context.AXIS):  # the whole input on every shard: keep this shard's chunks
+            x = context.select(x, comm)
+            if x.ndim == 3 and parts > 1:  # embeddings: and this device's sequence slab of them
+                n = x.shape[1] // parts
+                x = jax.lax.dynamic_slice_in_dim(x, comm.index("act_seq") * n, n, axis=1)
+        S = x.shape[1] // parts if x.ndim == 2 else x.shape[1]  # this device's tokens
+        own = context.positions(S * parts, comm)
+        own = jax.lax.dynamic_slice_in_dim(own, comm.index("act_seq") * S, S)
+        x = comm.residual(self._embed(x, comm, own))
         if hasattr(self, "dense_layers"):  # leading dense layers (no pipeline: Layout.validate)
             x, _ = self.run_layers(x, comm, self.dense_layers)
         if comm.axes("layers"):
@@ -156,7 +168,7 @@ class Transformer(nnx.Module):
         KV cache {"k", "v"} [layers, B, C, h, d]: (final hidden states [B, T, D], the updated
         cache, per-layer stats). Prefill and decode are both this step. The cache holds every
         layer, the leading dense ones (if any) first."""
-        x = self._embed(x, comm, pos)
+        x = self._embed(x, comm, pos + jnp.arange(x.shape[1]))
 
         def run_stack(stack, h, kv, first, active):  # a stack's layers in order, with the cache
             graphdef, state = nnx.split(stack)
@@ -188,10 +200,11 @@ class Transformer(nnx.Module):
         return gather_fsdp(self.final_ln, comm)(h), cache, stats
 
     def loss(self, h: jax.Array, labels: jax.Array, comm: Comm) -> jax.Array:
-        """Final hidden states [B, S, D] (sequence-sharded under SP) and labels [B, S] -> the
-        cross-entropy of each token [B, S], float32. A tied head is the embedding transposed."""
+        """Final hidden states [B, S, D] (sequence-sharded under SP; this device's chunks under
+        context parallelism) and labels [B, S] -> the cross-entropy of each of the device's
+        tokens [B, S(/K)], float32. A tied head is the embedding transposed."""
         if hasattr(self, "head"):
             w = gather_fsdp(self.head, comm).w[...]
         else:
             w = gather_fsdp(self.embed, comm).table[...].T  # [D, V/t]
-        return vocab_loss(comm.gather_seq(h), w, labels, comm)
+        return vocab_loss(comm.gather_seq(h), w, context.select(labels, comm), comm)

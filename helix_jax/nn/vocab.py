@@ -49,10 +49,9 @@ class PositionTable(nnx.Module):
         self.table = nnx.Param(normal(rngs, (cfg.positions, cfg.d_model), 1),
                                out_sharding=(None, "embed"))
 
-    def __call__(self, first: Array | int, length: int, dtype) -> Array:
-        """Rows first .. first + length - 1 as [1, length, D] in `dtype`."""
-        rows = jax.lax.dynamic_slice_in_dim(self.table[...], first, length, axis=0)
-        return rows.astype(dtype)[None]
+    def __call__(self, positions: Array, dtype) -> Array:
+        """The rows of `positions` [S] as [1, S, D] in `dtype`."""
+        return jnp.take(self.table[...], positions, axis=0).astype(dtype)[None]
 
 
 class LMHead(nnx.Module):

@@ -52,7 +52,7 @@ def model_text(c: ModelConfig) -> str:
 def print_models() -> None:
     """`helix models`: each preset's shape, parameter count (from the model's own parameter
     shapes) and run shape."""
-    from helix_jax.model import param_counts
+    from helix_jax.counts import param_counts
 
     for name, c in PRESETS.items():
         print(f"{name:<14} {model_text(c)}; {params_text(*param_counts(c))}; "

@@ -58,9 +58,9 @@ from helix_jax.analysis.costmodel.topology import data_replica_nodes, stages_cro
 from helix_jax.analysis.hlo.compiled import read_memory
 from helix_jax.analysis.hlo.flops import matmul_flops
 from helix_jax.config import ModelConfig
+from helix_jax.counts import param_counts
 from helix_jax.layouts import Layout, parse_layout
 from helix_jax.limits import MAX_WHOLE_DEVICES
-from helix_jax.model import param_counts
 
 
 def is_composed(layout: Layout, mode: str) -> bool:

@@ -47,10 +47,10 @@ from helix_jax.analysis.costmodel.terms import (
 from helix_jax.analysis.hlo.compiled import read_memory
 from helix_jax.analysis.hlo.flops import matmul_flops
 from helix_jax.config import ModelConfig
+from helix_jax.counts import param_counts
 from helix_jax.enums import Mode, choices
 from helix_jax.gspmd import check_partitioner as check_layout
 from helix_jax.layouts import Layout
-from helix_jax.model import param_counts
 
 MODES = choices(Mode)
 

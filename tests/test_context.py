@@ -1,0 +1,124 @@
+"""Context parallelism (`cp:cp=K`, `tp-pp:...,cp=K`): every layer's sequence split over K shards
+of two chunks each, keys and values around a ring or all-gathered. Checked against `single` in
+outputs and gradients, and its collectives read from the compiled HLO."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helix_jax import resolve_model, testing
+from helix_jax.comm import Comm
+from helix_jax.counts import param_counts
+from helix_jax.layouts import parse_layout
+from helix_jax.parallel import context
+from tests.cli_run import helix_here
+
+
+@pytest.mark.parametrize("K", [1, 2, 4])
+def test_the_shards_chunks_put_back_in_order_are_the_sequence(K):
+    """select() on each shard, laid out shard after shard, then natural_order: the identity;
+    and positions() names the positions select() picked."""
+    S = 4 * K
+    x = np.arange(2 * S).reshape(2, S)
+    comm = Comm(parse_layout(f"cp:cp={K}") if K > 1 else parse_layout("single"))
+    if K == 1:
+        assert np.array_equal(context.select(x, comm), x)
+        return
+    held = []
+    for shard in range(K):
+        a, b = context.chunk_starts(shard, S // (2 * K), K)
+        chunks = np.concatenate([x[:, a:a + S // (2 * K)], x[:, b:b + S // (2 * K)]], axis=1)
+        held.append(chunks)
+    assert np.array_equal(context.natural_order(jnp.asarray(np.concatenate(held, 1)), K), x)
+    # every shard holds as many causally visible (query, key) pairs as any other
+    pairs = [sum(p + 1 for p in range(S) if p // (S // (2 * K)) in (s, 2 * K - 1 - s))
+             for s in range(K)]
+    assert len(set(pairs)) == 1
+
+
+CASES = [
+    ("tiny-llama", "cp:cp=4", {}),
+    ("tiny-llama", "cp:cp=4,attention=allgather", {}),
+    ("tiny-llama", "cp:cp=2,dp=2", {"causal": False}),
+    ("tiny-llama", "tp-pp:tp=2,pp=2,cp=2", {}),
+    ("tiny-llama", "tp-pp:tp=2,pp=1,cp=2,sp=true,dp=2,attention=allgather", {}),
+    ("tiny-dense", "cp:cp=4", {}),
+    ("tiny-mixtral", "tp-pp:tp=2,pp=2,cp=2", {"capacity_factor": 16.0}),
+]
+
+
+@pytest.mark.parametrize("model, layout, overrides", CASES,
+                         ids=[f"{m}-{lay}" + ("-nc" if o.get("causal") is False else "")
+                              for m, lay, o in CASES])
+def test_context_parallel_layouts_match_single(model, layout, overrides):
+    testing.assert_layout_equivalent(model, layout, **overrides)
+
+
+def _ring(K: int, shift: int = 1) -> tuple[tuple[int, int], ...]:
+    return tuple((i, (i + shift) % K) for i in range(K))
+
+
+def _tiny_llama():
+    cfg = resolve_model("tiny-llama")
+    K = 4
+    kv = (2, cfg.batch, cfg.seq // K, cfg.kv_heads, cfg.head_dim)  # one shard's keys and values
+    return cfg, K, kv
+
+
+def test_ring_passes_one_kv_chunk_k_minus_1_times_per_layer_each_way():
+    """cp = 4, tiny-llama. Forward: per layer K − 1 = 3 collective-permutes around the ring of
+    one array holding a shard's keys and values [2, B, S/K, G, d], and one all-gather of the
+    output [B, 2, c, D] that puts the chunks back in order. Training step: the same permutes,
+    their transposes the other way round in the backward, and each gradient summed once over
+    the 4 context shards (all-reduces carrying every parameter's float32 gradient once, and the
+    per-token loss on its way back into order)."""
+    cfg, K, kv = _tiny_llama()
+    L, c = cfg.n_layers, cfg.seq // (2 * K)
+    everyone = (tuple(range(K)),)
+    records = testing.assert_collectives(cfg, f"cp:cp={K}", [
+        {"op": "collective-permute", "groups": _ring(K), "shape": kv, "count": (K - 1) * L},
+        {"op": "all-gather", "groups": everyone, "shape": (cfg.batch, 2, c, cfg.d_model),
+         "count": 1},
+    ])
+    assert records[0].payload_bytes == 4 * np.prod(kv)
+    records = testing.collectives(cfg, f"cp:cp={K}", mode="train")
+    permutes = sorted((tuple(sorted(r.groups)), r.count) for r in records
+                      if r.op == "collective-permute")
+    assert permutes == sorted((tuple(sorted(_ring(K, shift))), (K - 1) * L) for shift in (1, -1))
+    assert all(r.shape == kv for r in records if r.op == "collective-permute")
+    reduced = [r for r in records if r.op != "collective-permute"]
+    assert {(r.op, r.group_size) for r in reduced} == {("all-reduce", K)}
+    per_token_loss = cfg.batch * cfg.seq  # put back in order (XLA does it as an all-reduce)
+    assert sum(r.payload_bytes * r.count for r in reduced) == 4 * (param_counts(cfg)[0]
+                                                                   + per_token_loss)
+
+
+def test_allgather_gathers_keys_and_values_once_per_layer():
+    """allgather: one all-gather of [2, B, S/K, G, d] per layer (and the output's reordering);
+    in the training step its transpose, one reduce-scatter per layer, and no permute."""
+    cfg, K, kv = _tiny_llama()
+    L, c = cfg.n_layers, cfg.seq // (2 * K)
+    layout = f"cp:cp={K},attention=allgather"
+    testing.assert_collectives(cfg, layout, [
+        {"op": "all-gather", "group_size": K, "shape": kv, "count": L},
+        {"op": "all-gather", "group_size": K, "shape": (cfg.batch, 2, c, cfg.d_model),
+         "count": 1},
+    ])
+    records = testing.collectives(cfg, layout, mode="train")
+    gathered = (kv[0], kv[1], kv[2] * K, *kv[3:])
+    assert sorted((r.op, r.count, r.shape) for r in records if r.op != "all-reduce") == [
+        ("all-gather", L, kv), ("reduce-scatter", L, gathered)]
+
+
+@pytest.mark.parametrize("layout, words", [
+    ("cp:cp=4", "context parallelism cuts seq=12 into 2 x cp = 8 chunks; choose a seq divisible "
+                "by 8"),
+    ("tp-pp:tp=2,pp=1,cp=2,sp=true", "into 2 x cp = 4 chunks, each split 2 ways by sp; choose a "
+                                     "seq divisible by 8"),
+    ("cp:cp=2,attention=ulysses", "attention='ulysses' is not one of ring, allgather"),
+])
+def test_bad_context_layouts_are_one_line_errors(layout, words, tmp_path):
+    r = helix_here(["forward", "--model", "tiny-llama", "--seq", "12", "--layout", layout],
+                   tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and words in r.stderr, r.stderr
