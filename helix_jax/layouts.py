@@ -192,18 +192,35 @@ def _helix_ep(**opts) -> Layout:
     return _helix("helix-ep", **opts)
 
 
+def _expert_ranks(dp: int, cp: int, ep: int) -> int:
+    """How many data-parallel ranks an expert-parallel group of `ep` takes (with all `cp`
+    context-parallel ranks): a one-line error when `ep` cannot be drawn so."""
+    if ep == 1:
+        return 1
+    if ep % cp or dp % (ep // cp):
+        raise ValueError(f"layout tp-pp: the ep={ep} expert-parallel ranks are drawn from the "
+                         f"dp x cp = {dp} x {cp} data- and context-parallel ranks: all {cp} "
+                         f"context ranks times k data ranks, k dividing dp={dp}; choose ep = "
+                         f"{cp} x k")
+    return ep // cp
+
+
 def _tp_pp(**opts) -> Layout:
-    axes, shape = ("stage", "tensor"), (opts["pp"], opts["tp"])
-    if opts["cp"] > 1:  # context parallel ranks between the stages and the tensor ranks
-        axes, shape = ("stage", "context", "tensor"), (opts["pp"], opts["cp"], opts["tp"])
-    names, shape = _with_data(opts["dp"], axes, shape)
-    rules = {"batch": ("data",), "layers": ("stage",), "heads": ("tensor",),
+    cp, ep = opts["cp"], opts["ep"]
+    e = _expert_ranks(opts["dp"], cp, ep)
+    lead = [(a, n) for a, n in (("data", opts["dp"] // e), ("expert", e)) if n > 1]
+    inner = [("stage", opts["pp"])] + ([("context", cp)] if cp > 1 else []) + [("tensor", opts["tp"])]
+    names, shape = (tuple(x) for x in zip(*(lead + inner)))
+    rules = {"batch": tuple(a for a, _ in lead), "layers": ("stage",), "heads": ("tensor",),
              "kv_heads": ("tensor",), "mlp": ("tensor",),
              "expert_mlp": ("tensor",), "vocab": ("tensor",)}
-    if opts["cp"] > 1:
+    if cp > 1:  # context parallel ranks between the stages and the tensor ranks
         rules["cp_seq"] = ("context",)
-    else:  # no context axis: the spec stays as it was before context parallelism existed
-        opts = {k: v for k, v in opts.items() if k not in ("cp", "attention")}
+    if ep > 1:  # experts over data ranks (and the context ranks): all-to-all among them
+        rules["expert"] = ("expert",) * (e > 1) + ("context",) * (cp > 1)
+    # options added after the paper's baseline stay out of the spec at their defaults
+    quiet = {"cp": cp == 1, "attention": cp == 1, "ep": ep == 1}
+    opts = {k: v for k, v in opts.items() if not quiet.get(k)}
     if opts["sp"]:
         rules["act_seq"] = ("tensor",)
     placement = ()
@@ -249,7 +266,7 @@ LAYOUTS: dict[str, LayoutKind] = {k.name: k for k in (
     LayoutKind("tp-pp", "Megatron tensor parallelism x GPipe pipeline (the paper's baseline)",
                {"tp": 8, "pp": 2, "microbatches": 4, "sp": False, "dp": 1, "place": "tensor-inner",
                 "schedule": "gpipe", "virtual": 1, "tp_overlap": False, "cp": 1,
-                "attention": "ring"},
+                "attention": "ring", "ep": 1},
                _tp_pp, {"place": PLACEMENTS, "schedule": SCHEDULES,
                         "attention": CONTEXT_ATTENTION}),
     LayoutKind("cp", "context parallelism: every layer's sequence split over cp devices (two "
@@ -327,6 +344,12 @@ def _check_context(layout: Layout, cfg: ModelConfig) -> None:
                          + f"; choose a seq divisible by {2 * K * sp}")
 
 
+def _check_expert_split(layout: Layout, cfg: ModelConfig) -> None:
+    if layout.size("expert") > 1 and not cfg.is_moe:
+        raise ValueError(f"{cfg.name} on {layout.spec}: ep={layout.size('expert')} splits "
+                         f"experts, but {cfg.name} is a dense model; drop ep or use a MoE model")
+
+
 def _check_moe(layout: Layout, cfg: ModelConfig) -> None:
     if not cfg.is_moe:
         raise ValueError(f"layout {layout.kind} places experts, but {cfg.name} is a dense model; "
@@ -344,7 +367,7 @@ _EXTRA_CHECKS: dict[str, tuple[Callable[[Layout, ModelConfig], None], ...]] = {
     "kvp": (_check_kvp,),
     "helix": (_check_seq_a2a,),
     "helix-ep": (_check_seq_a2a, _check_moe),
-    "tp-pp": (_check_pipeline, _check_context),
+    "tp-pp": (_check_pipeline, _check_context, _check_expert_split),
     "cp": (_check_context,),
     "ep": (_check_moe,),
 }

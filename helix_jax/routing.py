@@ -38,11 +38,12 @@ def dispatch_mode(expert_axes: tuple[str, ...], token_axes: tuple[str, ...]) -> 
 
 def tokens_per_shard(cfg: ModelConfig, layout: Layout) -> int:
     """Tokens one MoE call sees on one device: its batch shard (one microbatch under a pipeline)
-    times the whole sequence (sequence parallelism is undone before the MoE)."""
+    times the whole sequence (sequence parallelism is undone before the MoE), or its context
+    shard's part of it."""
     batch = cfg.batch // layout.size("batch")
     if layout.mesh_axes("layers") and "microbatches" in layout.options:
         batch //= layout.options["microbatches"]
-    return batch * cfg.seq
+    return batch * cfg.seq // layout.size("cp_seq")
 
 
 def check_moe(cfg: ModelConfig, layout: Layout) -> None:
@@ -59,7 +60,7 @@ def check_moe(cfg: ModelConfig, layout: Layout) -> None:
     if cfg.batch < layout.size("batch"):
         raise ValueError(f"{where}: batch={cfg.batch} leaves no tokens on some of the "
                          f"{layout.size('batch')} token shards")
-    expert_axes, token_axes = layout.mesh_axes("expert"), layout.mesh_axes("batch")
+    expert_axes, token_axes = layout.mesh_axes("expert"), layout.mesh_axes("batch", "cp_seq")
     try:
         mode = dispatch_mode(expert_axes, token_axes)
     except ValueError as err:

@@ -1,6 +1,7 @@
 """Context parallelism (`cp:cp=K`, `tp-pp:...,cp=K`): every layer's sequence split over K shards
-of two chunks each, keys and values around a ring or all-gathered. Checked against `single` in
-outputs and gradients, and its collectives read from the compiled HLO."""
+of two chunks each, keys and values around a ring or all-gathered; and expert parallelism inside
+tp-pp (`ep=K` over data and context ranks). Checked against `single` in outputs and gradients,
+and the collectives read from the compiled HLO."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -44,6 +45,9 @@ CASES = [
     ("tiny-llama", "tp-pp:tp=2,pp=1,cp=2,sp=true,dp=2,attention=allgather", {}),
     ("tiny-dense", "cp:cp=4", {}),
     ("tiny-mixtral", "tp-pp:tp=2,pp=2,cp=2", {"capacity_factor": 16.0}),
+    # expert parallelism inside TP x PP x DP: over data ranks, and over data x context ranks
+    ("tiny-mixtral", "tp-pp:tp=2,pp=2,dp=4,ep=4", {"capacity_factor": 16.0}),
+    ("tiny-mixtral", "tp-pp:tp=2,pp=1,cp=2,dp=2,ep=4", {"capacity_factor": 16.0}),
 ]
 
 
@@ -116,9 +120,29 @@ def test_allgather_gathers_keys_and_values_once_per_layer():
     ("tp-pp:tp=2,pp=1,cp=2,sp=true", "into 2 x cp = 4 chunks, each split 2 ways by sp; choose a "
                                      "seq divisible by 8"),
     ("cp:cp=2,attention=ulysses", "attention='ulysses' is not one of ring, allgather"),
+    ("tp-pp:tp=2,pp=1,cp=2,dp=2,ep=3", "choose ep = 2 x k"),
+    ("tp-pp:tp=2,pp=1,dp=2,ep=2", "ep=2 splits experts, but tiny-llama is a dense model"),
 ])
 def test_bad_context_layouts_are_one_line_errors(layout, words, tmp_path):
-    r = helix_here(["forward", "--model", "tiny-llama", "--seq", "12", "--layout", layout],
+    seq = "12" if "ep=" not in layout else "16"
+    r = helix_here(["forward", "--model", "tiny-llama", "--seq", seq, "--layout", layout],
                    tmp_path)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr and words in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("layout, reorder_op", [("cp:cp=4", "all-gather"),
+                                               ("cp:cp=4,attention=allgather", "all-gather")])
+def test_the_cost_models_formula_counts_the_context_collectives(layout, reorder_op):
+    """`formulas.expected_comm_bytes` (the cross-check of every projection) against the compiled
+    forward pass: the ring's or all-gather's K/V bytes exactly; the program has one collective
+    more, the output's reordering (one all-gather of the whole output), which the formula leaves
+    out."""
+    from helix_jax.analysis import load_hardware
+    from helix_jax.analysis.costmodel.project import project
+
+    cfg = resolve_model("tiny-llama")
+    r = project(cfg, parse_layout(layout), load_hardware("dgx-h100"), batch_chunks=1).to_dict()
+    got, want = dict(r["comm_bytes_by_op"]), r["expected_comm_bytes_by_op"]
+    got[reorder_op] -= cfg.batch * cfg.seq * cfg.d_model * 4
+    assert {op: b for op, b in got.items() if b} == pytest.approx(want, rel=1e-9)

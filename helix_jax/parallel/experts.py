@@ -11,7 +11,8 @@ How the buffers reach the experts is read from the layout through `Comm`, never 
   local        experts not sharded (single, dp, tp-pp): every device runs all its experts on its
                own tokens. If the expert hidden dim is sharded (`expert_mlp`, tp-pp) the outputs
                are partial sums, reduced after the combine.
-  all_to_all   experts sharded over mesh axes that also shard the tokens (ep): [E, C, D] send
+  all_to_all   experts sharded over mesh axes that also shard the tokens (ep; tp-pp's ep over
+               its data and context ranks): [E, C, D] send
                buffer, all-to-all over the expert axes, E/n local experts on n·C slots each,
                all-to-all back, combine. Option `chunks` splits the C slots into K pieces, each
                with its own pair of all-to-alls, so that a piece's transfer can overlap another
@@ -186,7 +187,7 @@ def apply_experts(h: Array, expert_idx: Array, weights: Array, experts: ExpertFn
     cap = capacity(T, k, n_experts, capacity_factor)
     pos = buffer_positions(expert_idx, n_experts)
     dropped = jnp.sum(pos >= cap, axis=1).astype(jnp.float32)
-    mode = dispatch_mode(comm.axes("expert"), comm.axes("batch"))
+    mode = dispatch_mode(comm.axes("expert"), comm.axes("batch", "cp_seq"))
 
     if mode == "all_to_all":
         chunks = comm.option("chunks", 1)

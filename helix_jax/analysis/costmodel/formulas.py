@@ -59,12 +59,23 @@ def expected_comm_bytes(cfg: ModelConfig, layout: Layout, batch_chunks: int = 1,
     b = DTYPE_BYTES[cfg.dtype]
     L, S, D, H, d = cfg.n_layers, cfg.seq, cfg.d_model, cfg.n_heads, cfg.head_dim
     B = cfg.batch // layout.size("batch")  # sequences per data replica
-    sp = layout.size("act_seq")
-    x = B * S * D * b  # one [B, S, D] activation of a data replica
+    sp, cp = layout.size("act_seq"), layout.size("cp_seq")
+    x = B * S * D * b // cp  # one [B, S, D] activation of a data replica, this context shard's
     out: dict[str, float] = {}
 
     def add(op: str, nbytes: float) -> None:
         out[op] = out.get(op, 0.0) + nbytes
+
+    if cp > 1:  # keys and values of the shard's S/K positions: around the ring or gathered
+        p, M = layout.size("layers"), layout.options.get("microbatches", 1)
+        runs = (M + p - 1) / M if p > 1 else 1
+        kv = 2 * B * (S // cp) * (cfg.kv_heads // min(layout.size("heads"), cfg.kv_heads)) * d * b
+        if layout.options.get("attention", "ring") == "allgather":
+            add("all-gather", (L // p) * runs * kv * cp)
+        else:
+            add("collective-permute", (L // p) * runs * kv * (cp - 1))
+        # (the output put back in order once per step, by whatever collectives XLA picks for the
+        # permutation, is left out, like the small statistics)
 
     if spread_axes:  # each batch chunk is gathered from the spread input
         add("all-gather", x / sp)
