@@ -21,6 +21,11 @@ def check_partitioner(layout: Layout, partitioner: str) -> None:
     """A one-line ValueError for a partitioner this layout cannot run under."""
     if partitioner not in PARTITIONERS:
         raise ValueError(f"partitioner {partitioner!r} is not one of {', '.join(PARTITIONERS)}")
+    if partitioner == "gspmd" and (layout.size("cp_seq") > 1
+                                   or layout.kind == "tp-pp" and layout.size("expert") > 1):
+        raise ValueError(f"{layout.spec}: context parallelism and tp-pp's expert parallelism run "
+                         f"under --partitioner shard_map only (their attention and dispatch are "
+                         f"written by hand)")
     if partitioner == "gspmd" and layout.size("layers") > 1:
         raise ValueError(f"{layout.spec}: a pipeline (pp={layout.size('layers')}) runs under "
                          f"--partitioner shard_map only (its schedule is written by hand); use "

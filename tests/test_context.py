@@ -146,3 +146,15 @@ def test_the_cost_models_formula_counts_the_context_collectives(layout, reorder_
     got, want = dict(r["comm_bytes_by_op"]), r["expected_comm_bytes_by_op"]
     got[reorder_op] -= cfg.batch * cfg.seq * cfg.d_model * 4
     assert {op: b for op, b in got.items() if b} == pytest.approx(want, rel=1e-9)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["project", "--mode", "train", "--layout", "tp-pp:tp=2,pp=2,cp=2"],
+     "does not extend cp=2 yet"),
+    (["forward", "--partitioner", "gspmd", "--layout", "cp:cp=2"],
+     "run under --partitioner shard_map only"),
+])
+def test_what_context_parallelism_does_not_do_yet_is_a_clear_error(args, words, tmp_path):
+    r = helix_here([*args, "--model", "tiny-llama"], tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and words in r.stderr, r.stderr

@@ -175,6 +175,13 @@ def check_projection(cfg: ModelConfig, layout: Layout, mode: str, partitioner: s
         raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     layout.validate(cfg)
     check_layout(layout, partitioner)
+    splits = [f"{o}={layout.options[o]}" for o in ("cp", "ep")
+              if layout.kind == "tp-pp" and layout.options.get(o, 1) > 1]
+    if splits and is_composed(layout, mode):
+        raise ValueError(f"{layout.spec}: the composed training projection (pipeline stages or "
+                         f"data replicas extended by formula) does not extend "
+                         f"{' and '.join(splits)} yet; project pp=1 and dp=1 with them, or "
+                         f"--mode forward")
     if partitioner == "shard_map":
         return
     if mode in ("prefill", "decode"):
