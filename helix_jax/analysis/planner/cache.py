@@ -49,14 +49,26 @@ _MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_i
                   "alias_size_in_bytes", "generated_code_size_in_bytes")
 
 
-# XLA:CPU's cheapest code generation: LLVM at its lowest optimisation, and fusions emitted by the
-# classic IR emitters rather than the MLIR fusion emitters (which own most of a small program's
-# compile time). The planner reads the optimised HLO, the buffer assignment and cost analysis,
-# which XLA's HLO passes produce before code generation, so they come out the same (the same HLO
-# text and memory_analysis, checked on a paper-dense stage program and a whole training step; the
-# same projection JSON, checked on paper-dense tp-pp), and a compile takes about a third as long.
-FAST_CODEGEN_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true",
-                      "--xla_cpu_use_fusion_emitters=false")
+# XLA:CPU's cheapest code generation: LLVM at its lowest optimisation, and (jaxlib < 0.11) fusions
+# emitted by the classic IR emitters rather than the MLIR fusion emitters, which own most of a
+# small program's compile time. The planner reads the optimised HLO, the buffer assignment and
+# cost analysis, which XLA's HLO passes produce before code generation, so they come out the same
+# (the same HLO text and memory_analysis, checked on a paper-dense stage program and a whole
+# training step; the same projection JSON, checked on paper-dense tp-pp), and a compile takes
+# about a third as long. jaxlib 0.11 dropped the classic emitters and their flag, and XLA aborts
+# the process on a flag it does not know (seen on jaxlib 0.11.2, results/h200_check.log), so
+# that flag goes to older jaxlibs only.
+_FAST_LLVM = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+_CLASSIC_FUSIONS = "--xla_cpu_use_fusion_emitters=false"
+
+
+def _jaxlib_version() -> tuple[int, ...]:
+    from importlib.metadata import version
+
+    return tuple(int(p) for p in version("jaxlib").split(".")[:2] if p.isdigit())
+
+
+FAST_CODEGEN_FLAGS = _FAST_LLVM + ((_CLASSIC_FUSIONS,) if _jaxlib_version() < (0, 11) else ())
 
 
 def use_fast_codegen() -> None:
