@@ -18,12 +18,13 @@ import pytest  # noqa: E402
 from helix_jax.analysis.planner.cache import use_fast_codegen  # noqa: E402
 from helix_jax.devices import ensure_host_devices  # noqa: E402
 
-# XLA:CPU's cheapest LLVM code generation for every program the suite compiles (and, through
-# XLA_FLAGS, its CLI subprocesses): the same optimised HLO, collectives and memory analysis the
-# tests read, in about 30% less compile time; the tiny programs run no slower that matters.
+# XLA:CPU's cheapest code generation for every program the suite compiles (and, through
+# XLA_FLAGS, its CLI subprocesses): LLVM at its lowest optimisation and, where the jaxlib has them,
+# the classic fusion emitters (planner/cache.py): the collectives and memory analysis the tests
+# read, in about half the compile time; the tiny programs run no slower that matters.
 # And one LLVM module per program: with two test workers on two cores, splitting each into
 # parallel codegen jobs only adds overhead (about 7% of the suite's compile time).
-use_fast_codegen()
+use_fast_codegen(classic_fusions=True)
 if "xla_cpu_parallel_codegen_split_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] += " --xla_cpu_parallel_codegen_split_count=1"
 

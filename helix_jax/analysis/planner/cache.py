@@ -49,17 +49,18 @@ _MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_i
                   "alias_size_in_bytes", "generated_code_size_in_bytes")
 
 
-# XLA:CPU's cheapest code generation: LLVM at its lowest optimisation, and (jaxlib < 0.11) fusions
-# emitted by the classic IR emitters rather than the MLIR fusion emitters, which own most of a
-# small program's compile time. The planner reads the optimised HLO, the buffer assignment and
-# cost analysis, which XLA's HLO passes produce before code generation, so they come out the same
-# (the same HLO text and memory_analysis, checked on a paper-dense stage program and a whole
-# training step; the same projection JSON, checked on paper-dense tp-pp), and a compile takes
-# about a third as long. jaxlib 0.11 dropped the classic emitters and their flag, and XLA aborts
-# the process on a flag it does not know (seen on jaxlib 0.11.2, results/h200_check.log), so
-# that flag goes to older jaxlibs only.
-_FAST_LLVM = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
-_CLASSIC_FUSIONS = "--xla_cpu_use_fusion_emitters=false"
+# XLA:CPU's LLVM code generation at its lowest optimisation: the planner reads the optimised HLO,
+# the buffer assignment and cost analysis, which XLA's HLO passes produce before code generation,
+# so they come out the same (the same HLO text and memory_analysis, checked on a paper-dense
+# stage program and a whole training step), and a compile takes about half as long.
+FAST_CODEGEN_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+# Fusions through XLA:CPU's classic IR emitters instead of the MLIR fusion emitters, which own most
+# of a small program's compile time: the test suite compiles in about 60% of the time. Not for
+# projections: it also makes XLA expand scatters (MoE dispatch) before fusion, so a MoE program's
+# memory-bound kernels move (paper-moe on tp-pp: 482,196 -> 482,187 tokens/s). jaxlib 0.11 dropped
+# the classic emitters and the flag, and XLA aborts on a flag it does not know (seen on jaxlib
+# 0.11.2, results/h200_check.log): older jaxlibs only.
+CLASSIC_FUSION_FLAGS = ("--xla_cpu_use_fusion_emitters=false",)
 
 
 def _jaxlib_version() -> tuple[int, ...]:
@@ -68,14 +69,14 @@ def _jaxlib_version() -> tuple[int, ...]:
     return tuple(int(p) for p in version("jaxlib").split(".")[:2] if p.isdigit())
 
 
-FAST_CODEGEN_FLAGS = _FAST_LLVM + ((_CLASSIC_FUSIONS,) if _jaxlib_version() < (0, 11) else ())
-
-
-def use_fast_codegen() -> None:
-    """Add FAST_CODEGEN_FLAGS to XLA_FLAGS (effective when jax's backend has not started yet)."""
+def use_fast_codegen(classic_fusions: bool = False) -> None:
+    """Add FAST_CODEGEN_FLAGS (and, with `classic_fusions`, CLASSIC_FUSION_FLAGS where this jaxlib
+    has them) to XLA_FLAGS; effective when jax's backend has not started yet."""
+    wanted = FAST_CODEGEN_FLAGS + (CLASSIC_FUSION_FLAGS if classic_fusions
+                                   and _jaxlib_version() < (0, 11) else ())
     flags = os.environ.get("XLA_FLAGS", "").split()
     names = {f.split("=")[0] for f in flags}
-    flags += [f for f in FAST_CODEGEN_FLAGS if f.split("=")[0] not in names]
+    flags += [f for f in wanted if f.split("=")[0] not in names]
     os.environ["XLA_FLAGS"] = " ".join(flags)
 
 
