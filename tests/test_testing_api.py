@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from helix_jax import testing
-from helix_jax.analysis.planner.cache import FAST_CODEGEN_FLAGS
 from helix_jax.comm import Comm
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -34,7 +33,9 @@ def test_the_readme_example_passes_as_a_users_test_file(tmp_path):
         (tmp_path / name).write_text(text)
     env = {k: v for k, v in os.environ.items()
            if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS", "PYTEST_XDIST_WORKER")}
-    env["XLA_FLAGS"] = " ".join(FAST_CODEGEN_FLAGS)  # compile speed only: no devices set up
+    # the suite's code-generation flags (compile speed only), not its device count
+    env["XLA_FLAGS"] = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                                if not f.startswith("--xla_force_host_platform_device_count"))
     env.pop("PYTEST_ADDOPTS", None)
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o",
                            "addopts=", str(tmp_path)], cwd=tmp_path, env=env,
