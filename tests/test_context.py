@@ -168,3 +168,30 @@ def test_decode_on_a_context_parallel_layout_equals_the_reference(spec, tmp_path
     from tests.test_decode import _check
 
     _check("tiny-llama", spec, tmp_path)
+
+
+def test_the_ring_is_priced_as_hidden_behind_the_attention_it_overlaps():
+    """Each K/V pass hides behind one ring step's attention: hidden = passes x min(one pass, one
+    step's attention), with the roofline's attention spread over the K steps of each layer. At
+    full size (Llama-3-8B shapes, 32K tokens, cp = 4) a step's attention outlasts its pass, so
+    the ring is all hidden; all-gather gets no such credit."""
+    from helix_jax.analysis import load_hardware
+    from helix_jax.analysis.costmodel.project import project
+
+    hw = load_hardware("dgx-h100")
+    cfg = resolve_model("llama3-8b").replace(n_layers=2, seq=32768, batch=1, vocab=0)
+    K = 4
+    whole = project(cfg, parse_layout(f"cp:cp={K}"), hw, batch_chunks=1)
+    r = whole.projected
+    passes = [c for c in whole.collectives if c["op"] == "collective-permute"]
+    count = sum(c["count"] for c in passes)
+    assert count == (K - 1) * cfg.n_layers
+    assert r.ring_comm_seconds == pytest.approx(sum(c["seconds"] for c in passes))
+    step = r.compute_breakdown["attention_seconds"] / (count * K / (K - 1))
+    assert step > r.ring_comm_seconds / count  # long attention steps: nothing left exposed
+    assert r.ring_hidden_seconds == pytest.approx(r.ring_comm_seconds)
+    assert r.exposed_comm_seconds == pytest.approx(r.comm_seconds - r.ring_comm_seconds)
+    gathered = project(cfg, parse_layout(f"cp:cp={K},attention=allgather"), hw,
+                       batch_chunks=1).projected
+    assert gathered.ring_comm_seconds is None
+    assert gathered.exposed_comm_seconds == pytest.approx(gathered.comm_seconds)

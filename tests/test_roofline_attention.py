@@ -36,3 +36,19 @@ def test_a_training_step_keeps_its_attention_in_the_fused_kernel():
     c = CFG
     forward = c.n_layers * 4 * c.batch * c.seq * c.seq * c.n_heads * c.head_dim / 2
     assert _attention_flops(text, CFG, sharded.layout) == pytest.approx(3 * forward)
+
+
+@pytest.mark.parametrize("spec", ["single", "cp:cp=2"])
+def test_grouped_query_attention_is_found_where_xla_dropped_its_metadata(spec):
+    """A Llama-shaped layer (4 query heads per K/V head, 1,024-position blocks): XLA:CPU fuses the
+    grouped score and P·V products into dot fusions that keep no op_name, so the roofline follows
+    their operands back into the attention core. The kernels it finds hold exactly the
+    attention's FLOPs (no causal mask: no skipped blocks), and no weight matmul among them."""
+    cfg = resolve_model("llama3-8b").replace(n_layers=1, seq=4096, batch=1, vocab=0,
+                                             causal=False)
+    sharded = Sharded.build(cfg, parse_layout(spec))
+    text = sharded.forward_fn().lower(*sharded.abstract_inputs()).compile().as_text()
+    assert any("ynn_fusion" in line and "fusion(" in line and "op_name" not in line
+               for line in text.splitlines())  # the case this guards
+    total = 4 * cfg.batch * cfg.seq * cfg.seq * cfg.n_heads * cfg.head_dim
+    assert _attention_flops(text, cfg, sharded.layout) == total / sharded.layout.devices

@@ -208,6 +208,9 @@ def print_projection(r: dict) -> None:
     if "hbm_floor_seconds" in p:
         console.print(f"HBM floor     {p['hbm_floor_seconds'] * 1e3:.3f} ms (weights + KV cache at "
                       f"the profile's HBM bandwidth){': the step is HBM-bound' if p['hbm_bound'] else ''}")
+    if "ring_comm_seconds" in p:
+        console.print(f"ring          {p['ring_hidden_seconds']:.4g} s of {p['ring_comm_seconds']:.4g}"
+                      f" s of K/V passes hidden behind the attention of the step they overlap")
     parts = {k: p[k] for k in ("pipeline_seconds", "bubble_seconds", "tensor_comm_seconds",
                                "pipeline_send_seconds", "data_parallel_exposed_seconds",
                                "optimizer_seconds") if k in p}

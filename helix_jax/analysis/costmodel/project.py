@@ -42,6 +42,7 @@ from helix_jax.analysis.costmodel.terms import (
     overlap_exposed,
     price_collectives,
     pricing_terms,
+    ring_exposed,
     score_blocks,
 )
 from helix_jax.analysis.hlo.compiled import read_memory
@@ -151,13 +152,16 @@ def _timing(cfg: ModelConfig, layout: Layout, hw: Hardware, compute: dict, price
     if data:  # behind the backward of the last accumulation step (2/3 of its compute)
         data_exposed = overlap_exposed(data, backward_window(compute_seconds / accumulation),
                                        1 / cfg.n_layers)
-    exposed = priced["seconds"] - hidden - data + data_exposed
+    _, ring_hidden = ring_exposed(priced, compute["attention_seconds"], layout.size("cp_seq"))
+    exposed = priced["seconds"] - hidden - ring_hidden - data + data_exposed
     step = compute_seconds + exposed
     return Timing(
         step_seconds=step, compute_seconds=compute_seconds,
         compute_breakdown=breakdown(compute),
         comm_seconds=priced["seconds"], exposed_comm_seconds=exposed,
         data_parallel_comm_seconds=data, data_parallel_exposed_seconds=data_exposed,
+        ring_comm_seconds=priced["ring_seconds"] or None,
+        ring_hidden_seconds=ring_hidden if priced["ring_seconds"] else None,
         tokens_per_s=tokens / step,
         mfu=model_flops_per_token(cfg, mode) * tokens / step / (
             layout.devices * hw.peak_flops_per_s),

@@ -29,6 +29,9 @@ class Timing:
     tpot_ms: float
     data_parallel_comm_seconds: float = 0.0
     data_parallel_exposed_seconds: float = 0.0
+    # context parallelism's K/V ring: its priced passes, and how much the attention hides
+    ring_comm_seconds: float | None = None
+    ring_hidden_seconds: float | None = None
     # KV-cache steps (prefill, decode): the HBM floor of reading weights and cache
     hbm_floor_seconds: float | None = None
     hbm_floor_weight_bytes: float | None = None  # per device: 16-bit weights ...

@@ -201,9 +201,10 @@ def _dot_of(prog: _Program, ins: Instruction) -> Instruction | None:
 
 
 def _touches_blocks(prog: _Program, ins: Instruction, blocks: set[tuple[int, int]]) -> bool:
-    """Whether the kernel reads or writes an attention score block ([..., q_block, kv_block])."""
+    """Whether the kernel reads or writes an attention score block ([..., q_block, kv_block],
+    with at least one batch or head dimension in front: a weight matrix never matches)."""
     arrays = parse_arrays(ins.shape) + [a for ops in prog.mod.operand_arrays(ins) for a in ops]
-    return any(len(d) >= 2 and tuple(d[-2:]) in blocks for _, d in arrays)
+    return any(len(d) >= 3 and tuple(d[-2:]) in blocks for _, d in arrays)
 
 
 def kernels(hlo_text: str, hw, elem_bytes: int,

@@ -39,12 +39,36 @@ def build_sharded(cfg: ModelConfig, layout: Layout, batch_chunks: int, remat: st
                          partitioner=partitioner)
 
 
+def _is_ring_step(c, ring: set[frozenset[int]]) -> bool:
+    """A collective-permute of a stacked K/V array [2, B, n, g, d] within context groups."""
+    shape = c.operand_shapes[0] if c.operand_shapes else ()
+    return (c.op == "collective-permute" and len(shape) == 5 and shape[0] == 2
+            and bool(c.source_target_pairs)
+            and all(any({s, t} <= g for g in ring) for s, t in c.source_target_pairs))
+
+
+def ring_exposed(priced: dict, attention_seconds: float, shards: int) -> tuple[float, float]:
+    """(exposed, hidden) seconds of the context-parallel ring: each K/V pass travels while the
+    shard attends to the chunks it already holds, so it hides behind that step's attention when
+    the step takes longer (Megatron-Core and torchtitan overlap them so). A layer's attention is
+    K steps, K − 1 of them with a pass in flight; the roofline's attention seconds are spread
+    evenly over the steps."""
+    ring, count = priced.get("ring_seconds", 0.0), priced.get("ring_count", 0)
+    if not ring or shards < 2:
+        return ring, 0.0
+    step = attention_seconds / (count * shards / (shards - 1))
+    hidden = count * min(ring / count, step)
+    return ring - hidden, hidden
+
+
 def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) -> dict:
     """Every collective of the compiled program `hlo`, grouped and priced on `hw`.
 
     Returns {"rows": [...], "comm": {"nvlink", "ib"} bytes, "by_op": bytes per op,
     "seconds": all collectives,
     "hidden": seconds that `ep:chunks=K` may overlap (before the cap by expert compute),
+    "ring_seconds", "ring_count": context parallelism's K/V ring steps (priced and counted
+    executions; `ring_exposed` says how much of them the attention hides),
     "data_seconds": the collectives over data replicas only (gradient reduction, FSDP gathers)}.
     """
     node = node_of(layout, hw)
@@ -53,7 +77,10 @@ def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) 
     rows: dict[tuple, dict] = {}
     comm = {"nvlink": 0.0, "ib": 0.0}
     by_op: dict[str, float] = defaultdict(float)
-    total = hidden = data_seconds = 0.0
+    total = hidden = data_seconds = ring_seconds = 0.0
+    ring_count = 0
+    ring = (axis_groups(layout, layout.mesh_axes("cp_seq")) if layout.size("cp_seq") > 1
+            and layout.options.get("attention", "ring") == "ring" else set())
     for c in collectives(hlo):
         if c.group_size <= 1:
             continue
@@ -67,6 +94,9 @@ def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) 
         if c.op == "all-to-all" and layout.options.get("chunks", 1) > 1:
             k = layout.options["chunks"]
             hidden += seconds * (k - 1) / k
+        if ring and _is_ring_step(c, ring):
+            ring_seconds += seconds
+            ring_count += c.trip_count
         over_data = bool(data) and c.op != "all-to-all" and all(
             frozenset(g) in data for g in c.replica_groups) and bool(c.replica_groups)
         data_seconds += seconds if over_data else 0.0
@@ -79,6 +109,7 @@ def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) 
     return {"rows": sorted(rows.values(), key=lambda r: -r["seconds"]), "comm": comm,
             "by_op": dict(by_op),
             "seconds": total, "hidden": hidden, "data_seconds": data_seconds,
+            "ring_seconds": ring_seconds, "ring_count": ring_count,
             "intra_node_axes": intra_node_axes(layout, hw)}
 
 
@@ -134,7 +165,15 @@ def score_blocks(cfg: ModelConfig, layout: Layout) -> set[tuple[int, int]]:
 
     m = layout.size("head_dim") if layout.options.get("core") == "seq_a2a" else 1
     k = layout.size("kv_seq")  # kvp: every query against this shard's S/K keys
-    return {(block_size(cfg.seq // m, cfg.q_block), block_size(cfg.seq // k, cfg.kv_block))}
+    c = 2 * layout.size("cp_seq")  # cp: a shard's queries and keys in chunks of S/2K
+    q, kv = (block_size(cfg.seq // max(m, c if c > 2 else 1), cfg.q_block),
+             block_size(cfg.seq // max(k, c if c > 2 else 1), cfg.kv_block))
+    blocks = {(q, kv)}
+    shards = layout.size("heads")  # grouped-query: XLA may fold the r query heads a device
+    r = (cfg.n_heads // shards) // max(1, cfg.kv_heads // shards)  # runs per K/V head into the
+    if r > 1:  # query rows ([g, r·q, kv] or [g, kv, r·q])
+        blocks |= {(r * q, kv), (kv, r * q)}
+    return blocks
 
 
 def pricing_terms(hw: Hardware) -> dict:
