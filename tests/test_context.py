@@ -70,9 +70,9 @@ def _tiny_llama(K: int = 4):
 
 
 def test_ring_passes_one_kv_chunk_k_minus_1_times_per_layer_each_way():
-    """cp = 4, tiny-llama. Forward: per layer K − 1 = 3 collective-permutes around the ring of
+    """tiny-llama. Forward at cp = 4: per layer K − 1 = 3 collective-permutes around the ring of
     one array holding a shard's keys and values [2, B, S/K, G, d], and one all-gather of the
-    output [B, 2, c, D] that puts the chunks back in order. Training step: the same permutes,
+    output [B, 2, c, D] that puts the chunks back in order. Training step at cp = 2: the permutes,
     their transposes the other way round in the backward, and each gradient summed once over
     the 4 context shards (all-reduces carrying every parameter's float32 gradient once, and the
     per-token loss on its way back into order)."""
@@ -85,6 +85,7 @@ def test_ring_passes_one_kv_chunk_k_minus_1_times_per_layer_each_way():
          "count": 1},
     ])
     assert records[0].payload_bytes == 4 * np.prod(kv)
+    cfg, K, kv = _tiny_llama(K=2)  # the training step at cp = 2: half the compile
     records = testing.collectives(cfg, f"cp:cp={K}", mode="train")
     permutes = sorted((tuple(sorted(r.groups)), r.count) for r in records
                       if r.op == "collective-permute")
@@ -173,13 +174,13 @@ def test_decode_on_a_context_parallel_layout_equals_the_reference(spec, tmp_path
 def test_the_ring_is_priced_as_hidden_behind_the_attention_it_overlaps():
     """Each K/V pass hides behind one ring step's attention: hidden = passes x min(one pass, one
     step's attention), with the roofline's attention spread over the K steps of each layer. At
-    full size (Llama-3-8B shapes, 32K tokens, cp = 4) a step's attention outlasts its pass, so
+    full size (a Llama-3-8B layer, 16K tokens, cp = 4) a step's attention outlasts its pass, so
     the ring is all hidden; all-gather gets no such credit."""
     from helix_jax.analysis import load_hardware
     from helix_jax.analysis.costmodel.project import project
 
     hw = load_hardware("dgx-h100")
-    cfg = resolve_model("llama3-8b").replace(n_layers=2, seq=32768, batch=1, vocab=0)
+    cfg = resolve_model("llama3-8b").replace(n_layers=1, seq=16384, batch=1, vocab=0)
     K = 4
     whole = project(cfg, parse_layout(f"cp:cp={K}"), hw, batch_chunks=1)
     r = whole.projected

@@ -118,11 +118,10 @@ def test_forward_on_four_processes_equals_one_process(tmp_path):
 def test_a_dead_process_stops_the_launch_in_bounded_time():
     start = time.monotonic()
     r = helix("forward", "--model", "tiny-dense", "--layout", "helix", "--repeat", "0",
-              "--num-processes", "4", env={D.ENV_TEST_DIE: "1"}, timeout=120)
+              "--num-processes", "2", env={D.ENV_TEST_DIE: "1"}, timeout=120)
     elapsed = time.monotonic() - start
     assert r.returncode == 128 + 9, r.stdout + r.stderr
-    assert ("helix: error: process 1 of 4 was killed by SIGKILL; stopped processes 0, 2, 3"
-            in r.stderr)
+    assert "helix: error: process 1 of 2 was killed by SIGKILL; stopped process 0" in r.stderr
     assert "model" not in r.stdout
     assert elapsed < 90
 
