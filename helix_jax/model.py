@@ -292,13 +292,7 @@ class Sharded:
                                  in_specs=(self._param_in_specs(per_replica), self.input_spec),
                                  out_specs=(self.x_spec, self.stats_specs))
         named = lambda tree: jax.tree.map(lambda s: NamedSharding(self.mesh, s), tree)  # noqa: E731
-        if self.context_shards > 1:  # the output leaves the shards in shard order
-            shard_order, shards = body, self.context_shards
-
-            def body(p, x):
-                y, stats = shard_order(p, x)
-                return context.natural_order(y, shards), stats
-        return jax.jit(body, in_shardings=(named(self._param_in_specs(per_replica)),
+        return jax.jit(self._in_order(body), in_shardings=(named(self._param_in_specs(per_replica)),
                                            self.input_sharding),
                        out_shardings=(self.x_sharding, named(self.stats_specs)))
 
@@ -356,18 +350,22 @@ class Sharded:
         local = self.local_token_loss
         if per_replica:
             local = lambda p, t, lab: self.local_token_loss(_own_copy(p), t, lab)  # noqa: E731
-        shards = self.context_shards
-        loss = jax.shard_map(local, mesh=self.mesh,
-                             in_specs=(self._param_in_specs(per_replica), spec, spec),
-                             out_specs=(P(spec[0], _entry(self.layout.mesh_axes(context.AXIS))),
-                                        self.stats_specs))
-        if shards == 1:
-            return loss
+        return self._in_order(jax.shard_map(
+            local, mesh=self.mesh, in_specs=(self._param_in_specs(per_replica), spec, spec),
+            out_specs=(P(spec[0], _entry(self.layout.mesh_axes(context.AXIS))),
+                       self.stats_specs)))
 
-        def natural(p, t, lab):  # the loss leaves the context shards in shard order
-            per_token, stats = loss(p, t, lab)
-            return context.natural_order(per_token, shards), stats
-        return natural
+    def _in_order(self, fn):
+        """`fn` with its first output [B, S, ...] put back in sequence order: context
+        parallelism leaves it shard after shard (`parallel.context`)."""
+        shards = self.context_shards
+        if shards == 1:
+            return fn
+
+        def ordered(*args):
+            first, rest = fn(*args)
+            return context.natural_order(first, shards), rest
+        return ordered
 
     # ------------------------------------------------------------------ KV cache and steps
 
