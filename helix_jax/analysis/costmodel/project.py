@@ -42,7 +42,7 @@ from helix_jax.analysis.costmodel.terms import (
     overlap_exposed,
     price_collectives,
     pricing_terms,
-    ring_exposed,
+    ring_hidden,
     score_blocks,
 )
 from helix_jax.analysis.hlo.compiled import read_memory
@@ -152,8 +152,8 @@ def _timing(cfg: ModelConfig, layout: Layout, hw: Hardware, compute: dict, price
     if data:  # behind the backward of the last accumulation step (2/3 of its compute)
         data_exposed = overlap_exposed(data, backward_window(compute_seconds / accumulation),
                                        1 / cfg.n_layers)
-    _, ring_hidden = ring_exposed(priced, compute["attention_seconds"], layout.size("cp_seq"))
-    exposed = priced["seconds"] - hidden - ring_hidden - data + data_exposed
+    ring = ring_hidden(priced, compute["attention_seconds"], layout.size("cp_seq"))
+    exposed = priced["seconds"] - hidden - ring - data + data_exposed
     step = compute_seconds + exposed
     return Timing(
         step_seconds=step, compute_seconds=compute_seconds,
@@ -161,7 +161,7 @@ def _timing(cfg: ModelConfig, layout: Layout, hw: Hardware, compute: dict, price
         comm_seconds=priced["seconds"], exposed_comm_seconds=exposed,
         data_parallel_comm_seconds=data, data_parallel_exposed_seconds=data_exposed,
         ring_comm_seconds=priced["ring_seconds"] or None,
-        ring_hidden_seconds=ring_hidden if priced["ring_seconds"] else None,
+        ring_hidden_seconds=ring if priced["ring_seconds"] else None,
         tokens_per_s=tokens / step,
         mfu=model_flops_per_token(cfg, mode) * tokens / step / (
             layout.devices * hw.peak_flops_per_s),
@@ -179,8 +179,9 @@ def check_projection(cfg: ModelConfig, layout: Layout, mode: str, partitioner: s
         raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     layout.validate(cfg)
     check_layout(layout, partitioner)
-    splits = [f"{o}={layout.options[o]}" for o in ("cp", "ep")
-              if layout.kind == "tp-pp" and layout.options.get(o, 1) > 1]
+    splits = ([f"cp={layout.size('cp_seq')}"] * (layout.size("cp_seq") > 1)
+              + [f"ep={layout.options.get('ep')}"] * (layout.kind == "tp-pp"
+                                                   and layout.options.get("ep", 1) > 1))
     if splits and is_composed(layout, mode):
         raise ValueError(f"{layout.spec}: the composed training projection (pipeline stages or "
                          f"data replicas extended by formula) does not extend "

@@ -47,18 +47,17 @@ def _is_ring_step(c, ring: set[frozenset[int]]) -> bool:
             and all(any({s, t} <= g for g in ring) for s, t in c.source_target_pairs))
 
 
-def ring_exposed(priced: dict, attention_seconds: float, shards: int) -> tuple[float, float]:
-    """(exposed, hidden) seconds of the context-parallel ring: each K/V pass travels while the
+def ring_hidden(priced: dict, attention_seconds: float, shards: int) -> float:
+    """Seconds of the context-parallel ring that hide behind attention: each K/V pass travels while the
     shard attends to the chunks it already holds, so it hides behind that step's attention when
     the step takes longer (Megatron-Core and torchtitan overlap them so). A layer's attention is
     K steps, K − 1 of them with a pass in flight; the roofline's attention seconds are spread
     evenly over the steps."""
     ring, count = priced.get("ring_seconds", 0.0), priced.get("ring_count", 0)
     if not ring or shards < 2:
-        return ring, 0.0
+        return 0.0
     step = attention_seconds / (count * shards / (shards - 1))
-    hidden = count * min(ring / count, step)
-    return ring - hidden, hidden
+    return count * min(ring / count, step)
 
 
 def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) -> dict:
@@ -68,7 +67,7 @@ def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) 
     "seconds": all collectives,
     "hidden": seconds that `ep:chunks=K` may overlap (before the cap by expert compute),
     "ring_seconds", "ring_count": context parallelism's K/V ring steps (priced and counted
-    executions; `ring_exposed` says how much of them the attention hides),
+    executions; `ring_hidden` says how much of them the attention hides),
     "data_seconds": the collectives over data replicas only (gradient reduction, FSDP gathers)}.
     """
     node = node_of(layout, hw)
@@ -165,9 +164,10 @@ def score_blocks(cfg: ModelConfig, layout: Layout) -> set[tuple[int, int]]:
 
     m = layout.size("head_dim") if layout.options.get("core") == "seq_a2a" else 1
     k = layout.size("kv_seq")  # kvp: every query against this shard's S/K keys
-    c = 2 * layout.size("cp_seq")  # cp: a shard's queries and keys in chunks of S/2K
-    q, kv = (block_size(cfg.seq // max(m, c if c > 2 else 1), cfg.q_block),
-             block_size(cfg.seq // max(k, c if c > 2 else 1), cfg.kv_block))
+    cp = layout.size("cp_seq")
+    chunks = 2 * cp if cp > 1 else 1  # cp: a shard's queries and keys in chunks of S/2K
+    q, kv = (block_size(cfg.seq // max(m, chunks), cfg.q_block),
+             block_size(cfg.seq // max(k, chunks), cfg.kv_block))
     blocks = {(q, kv)}
     shards = layout.size("heads")  # grouped-query: XLA may fold the r query heads a device
     r = (cfg.n_heads // shards) // max(1, cfg.kv_heads // shards)  # runs per K/V head into the
