@@ -37,18 +37,23 @@ def test_the_shards_chunks_put_back_in_order_are_the_sequence(K):
     assert len(set(pairs)) == 1
 
 
-# cp = 4 once (K > 2: chunks that are neither first nor last); the rest at cp = 2, whose programs
-# compile in half the time (each ring step is four blockwise attentions per layer).
+# Every family at cp = 4 (chunks that are neither first nor last), ring and all-gather, causal and
+# not (tiny-dense composed with dp = 2); then the compositions with tp, pp, sp, dp and ep.
+MOE = {"capacity_factor": 16.0}  # no token dropped, so a split cannot change which are
 CASES = [
-    ("tiny-llama", "cp:cp=4", {}),
-    ("tiny-llama", "cp:cp=2,dp=2,attention=allgather", {}),
-    ("tiny-llama", "cp:cp=2,dp=2", {"causal": False}),
+    (model, f"cp:cp=4{dp}{how}", {**extra, **({} if causal else {"causal": False})})
+    for model, dp, extra in (("tiny-llama", "", {}), ("tiny-mixtral", "", MOE),
+                             ("tiny-dense", ",dp=2", {}))
+    for how in ("", ",attention=allgather") for causal in (True, False)
+] + [
     ("tiny-llama", "tp-pp:tp=2,pp=2,cp=2", {}),
+    ("tiny-mixtral", "tp-pp:tp=2,pp=2,cp=2", MOE),
+    ("tiny-dense", "tp-pp:tp=2,pp=2,cp=2,attention=allgather", {}),
     ("tiny-llama", "tp-pp:tp=2,pp=1,cp=2,sp=true,dp=2,attention=allgather", {}),
-    ("tiny-dense", "cp:cp=2", {}),
+    ("tiny-dense", "tp-pp:tp=2,pp=1,cp=2,dp=2", {}),
     # expert parallelism inside TP x PP x DP: over data ranks, and over data x context ranks
-    ("tiny-mixtral", "tp-pp:tp=2,pp=2,dp=4,ep=4", {"capacity_factor": 16.0}),
-    ("tiny-mixtral", "tp-pp:tp=2,pp=1,cp=2,dp=2,ep=4", {"capacity_factor": 16.0}),
+    ("tiny-mixtral", "tp-pp:tp=2,pp=2,dp=4,ep=4", MOE),
+    ("tiny-mixtral", "tp-pp:tp=2,pp=1,cp=2,dp=2,ep=4", MOE),
 ]
 
 

@@ -85,17 +85,19 @@ def block_size(n: int, cap: int) -> int:
 def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array = 0,
            reduce_scores: Callable[[Array], Array] = lambda s: s, q_block: int = 0,
            kv_block: int = 0, key_positions: Array | None = None,
-           return_lse: bool = False, kv_layer: Array | None = None):
+           q_positions: Array | None = None, return_lse: bool = False,
+           kv_layer: Array | None = None):
     """Blockwise softmax attention with an online softmax (flash-style).
 
     q [B, Sq, h, dq] (already scaled), k [B, Sk, g, dq], v [B, Sk, g, dv] -> [B, Sq, h, dv],
     g dividing h (grouped-query attention: query head i uses key head i // (h/g)).
     `reduce_scores` is applied to each block of raw scores (score_psum sums them over the head-dim
     shards there). Query i sits at position q_offset + i, key j at position j, or at
-    `key_positions[j]` when given (a cache slice holding every K-th position). With a static
-    q_offset and no key positions, fully masked causal blocks are left out of the loop, so neither
-    their FLOPs nor their score reductions run; with a traced offset they are skipped at run time
-    by a cond. `return_lse` also returns the log-sum-exp of each query's scores [B, h, Sq] (-inf
+    `key_positions[j]` when given (a cache slice holding every K-th position); query i at
+    `q_positions[i]` when given (context parallelism's two chunks). With a static q_offset and no
+    positions, fully masked causal blocks are left out of the loop, so neither their FLOPs nor
+    their score reductions run; with a traced offset or query positions they are skipped at run
+    time by a cond. `return_lse` also returns the log-sum-exp of each query's scores [B, h, Sq] (-inf
     where no key is visible, the output there 0), so partial results over disjoint key sets
     combine exactly (`combine_partials`). With `kv_layer`, k and v are a stacked cache
     [L, B, Sk, h, d] and each block is read straight from layer `kv_layer` (no copy of the layer).
@@ -109,7 +111,18 @@ def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array 
         return jax.lax.dynamic_slice(t, (kv_layer, 0, j * kb, 0, 0),
                                      (1, t.shape[1], kb, *t.shape[3:]))[0]
     qb, kb = block_size(Sq, q_block), block_size(Sk, kv_block)
-    static = isinstance(q_offset, int) and key_positions is None
+    static = isinstance(q_offset, int) and key_positions is None and q_positions is None
+    skip = causal and not static and (key_positions is None or q_positions is not None)
+
+    def q_at(i) -> Array:  # positions of query block i [qb]
+        if q_positions is None:
+            return q_offset + i * qb + jnp.arange(qb)
+        return jax.lax.dynamic_slice_in_dim(q_positions, i * qb, qb)
+
+    def k_at(j) -> Array:  # positions of key block j [kb]
+        if key_positions is None:
+            return j * kb + jnp.arange(kb)
+        return jax.lax.dynamic_slice_in_dim(key_positions, j * kb, kb)
 
     def visible(i: int, j: int) -> bool:  # does q block i see any key of block j?
         return not (causal and static and j * kb > q_offset + (i + 1) * qb - 1)
@@ -123,10 +136,7 @@ def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array 
         kj, vj = kv_at(k, j), kv_at(v, j)
         s = reduce_scores(_scores(qi, kj)).astype(jnp.float32)
         if causal:
-            q_pos = q_offset + i * qb + jnp.arange(qb)
-            k_pos = (j * kb + jnp.arange(kb) if key_positions is None
-                     else jax.lax.dynamic_slice_in_dim(key_positions, j * kb, kb))
-            s = jnp.where(q_pos[:, None] >= k_pos[None, :], s, -jnp.inf)
+            s = jnp.where(q_at(i)[:, None] >= k_at(j)[None, :], s, -jnp.inf)
         m_old = jax.lax.dynamic_slice_in_dim(m, i * qb, qb, axis=2)
         d_old = jax.lax.dynamic_slice_in_dim(denom, i * qb, qb, axis=2)
         a_old = jax.lax.dynamic_slice_in_dim(acc, i * qb, qb, axis=1)
@@ -142,8 +152,8 @@ def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array 
 
     def step(carry, ij):
         i, j = ij[0], ij[1]
-        if causal and not static and key_positions is None:  # skip blocks wholly in the future
-            future = j * kb > q_offset + (i + 1) * qb - 1
+        if skip:  # blocks wholly in the future
+            future = k_at(j).min() > q_at(i).max()
             return jax.lax.cond(future, lambda c: c, lambda c: update(c, i, j), carry), None
         return update(carry, i, j), None
 
@@ -189,35 +199,29 @@ def context_attention(q: Array, k: Array, v: Array, comm: Comm, *, attention: st
     [B, 2c, g, d] are spread over the `cp_seq` shards the same way. K/V travel as one array:
       ring       passed around the ring, K − 1 collective-permutes; step t attends to the chunks
                  of shard i − t (Megatron-Core's and torchtitan's ring attention)
-      allgather  one all-gather over the shards, then the same attention (Llama 3's choice)
-    Each (query chunk, key chunk) pair is one blockwise attention at the pair's offset, so key
-    blocks wholly in a query chunk's future are skipped at run time; the partial results merge
-    exactly by their log-sum-exps."""
+      allgather  one all-gather over the shards, then one attention over all of them (Llama 3's)
+    Each attention places queries and keys at their sequence positions, in blocks no longer than
+    a chunk, so key blocks wholly in a query block's future are skipped at run time; the ring's
+    partial results merge exactly by their log-sum-exps."""
     K, me = comm.size(context.AXIS), comm.index(context.AXIS)
     c = q.shape[1] // 2
-    q_starts = context.chunk_starts(me, c, K)
-    parts: tuple[list, list] = ([], [])
+    blocks = {"q_block": block_size(c, q_block), "kv_block": block_size(c, kv_block)}
 
-    def attend_to(kv: Array, slot: int, k_start) -> None:  # key chunk `slot` of kv [2, B, n, g, d]
-        kc, vc = kv[0, :, slot * c:(slot + 1) * c], kv[1, :, slot * c:(slot + 1) * c]
-        for a, part in enumerate(parts):
-            offset = q_starts[a] - k_start if causal else 0
-            part.append(attend(q[:, a * c:(a + 1) * c], kc, vc, causal=causal, q_offset=offset,
-                               return_lse=True, q_block=q_block, kv_block=kv_block))
+    def attend_to(kv: Array, shards) -> tuple[Array, Array]:  # kv [2, B, n, g, d] of `shards`
+        keys = jnp.concatenate([context.shard_positions(s, c, K) for s in shards])
+        return attend(q, kv[0], kv[1], causal=causal, return_lse=True, **blocks,
+                      q_positions=context.shard_positions(me, c, K), key_positions=keys)
 
     kv = jnp.stack([k, v])
-    if attention == "allgather":
-        kv = comm.all_gather(kv, context.AXIS, axis=2)  # shard after shard
-        for shard in range(K):
-            for slot, start in enumerate(context.chunk_starts(shard, c, K)):
-                attend_to(kv, 2 * shard + slot, start)
-    else:
-        for t in range(K):
-            for slot, start in enumerate(context.chunk_starts((me - t) % K, c, K)):
-                attend_to(kv, slot, start)
-            if t < K - 1:
-                kv = comm.ppermute(kv, context.AXIS, shift=1)
-    return jnp.concatenate([merge_partials(p) for p in parts], axis=1).astype(v.dtype)
+    if attention == "allgather":  # shard after shard
+        o, _ = attend_to(comm.all_gather(kv, context.AXIS, axis=2), range(K))
+        return o.astype(v.dtype)
+    parts = []
+    for t in range(K):
+        parts.append(attend_to(kv, [(me - t) % K]))
+        if t < K - 1:
+            kv = comm.ppermute(kv, context.AXIS, shift=1)
+    return merge_partials(parts).astype(v.dtype)
 
 
 QKV_AXES = ("batch", None, "heads", "head_dim")  # q and the attention output [B, S, H, d]

@@ -25,14 +25,18 @@ def chunk_starts(shard: Array | int, chunk: int, shards: int) -> tuple[Array | i
     return shard * chunk, (2 * shards - 1 - shard) * chunk
 
 
+def shard_positions(shard: Array | int, chunk: int, shards: int) -> Array:
+    """The sequence positions [2 * chunk] of shard `shard`'s tokens, in the order it holds them."""
+    a, b = chunk_starts(shard, chunk, shards)
+    return jnp.concatenate([a + jnp.arange(chunk), b + jnp.arange(chunk)])
+
+
 def positions(n_local: int, comm: Comm) -> Array:
     """The sequence positions [n_local] of this shard's tokens, in the order it holds them."""
     K = comm.size(AXIS)
     if K == 1:
         return jnp.arange(n_local)
-    c = n_local // 2
-    a, b = chunk_starts(comm.index(AXIS), c, K)
-    return jnp.concatenate([a + jnp.arange(c), b + jnp.arange(c)])
+    return shard_positions(comm.index(AXIS), n_local // 2, K)
 
 
 def select(x: Array, comm: Comm, axis: int = 1) -> Array:
