@@ -109,11 +109,17 @@ class Layout:
         share a node is the hardware's to say: `analysis.costmodel.topology`)."""
         return self.placement or self.axis_names
 
-    def validate(self, cfg: ModelConfig, devices: int | None = None) -> None:
-        """Raise a ValueError naming the numbers when `cfg` cannot run on this layout."""
+    def validate(self, cfg: ModelConfig, devices: int | None = None,
+                 even_stages: bool = True) -> None:
+        """Raise a ValueError naming the numbers when `cfg` cannot run on this layout.
+        `even_stages=False` lets the layers fall unevenly on the pipeline's model chunks (what a
+        composed projection prices: its heaviest stage), as Megatron's uneven stages do."""
         if devices is not None and devices != self.devices:
             raise ValueError(f"layout {self.spec} is a {self.devices}-device mesh "
                              f"{self.axis_sizes} but {devices} devices were given")
+        if not even_stages:
+            chunks = self.size("layers") * self.options.get("virtual", 1)
+            cfg = cfg.replace(n_layers=-(-cfg.n_layers // chunks) * chunks)
         checks = [
             ("n_heads", cfg.n_heads, "heads"), ("head_dim", cfg.head_dim, "head_dim"),
             ("batch", cfg.batch, "batch"), ("n_layers", cfg.n_layers, "layers"),
@@ -192,7 +198,7 @@ def _helix_ep(**opts) -> Layout:
     return _helix("helix-ep", **opts)
 
 
-def _expert_ranks(dp: int, cp: int, ep: int) -> int:
+def expert_ranks(dp: int, cp: int, ep: int) -> int:
     """How many data-parallel ranks an expert-parallel group of `ep` takes (with all `cp`
     context-parallel ranks): a one-line error when `ep` cannot be drawn so."""
     if ep == 1:
@@ -207,7 +213,7 @@ def _expert_ranks(dp: int, cp: int, ep: int) -> int:
 
 def _tp_pp(**opts) -> Layout:
     cp, ep = opts["cp"], opts["ep"]
-    e = _expert_ranks(opts["dp"], cp, ep)
+    e = expert_ranks(opts["dp"], cp, ep)
     lead = [(a, n) for a, n in (("data", opts["dp"] // e), ("expert", e)) if n > 1]
     inner = [("stage", opts["pp"])] + ([("context", cp)] if cp > 1 else []) + [("tensor", opts["tp"])]
     names, shape = (tuple(x) for x in zip(*(lead + inner)))

@@ -155,12 +155,10 @@ def test_the_cost_models_formula_counts_the_context_collectives(layout, reorder_
 
 
 @pytest.mark.parametrize("args, words", [
-    (["project", "--mode", "train", "--layout", "tp-pp:tp=2,pp=2,cp=2"],
-     "does not extend cp=2 yet"),
-    (["project", "--mode", "train", "--layout", "cp:cp=2,dp=64", "--batch", "64"],
-     "does not extend cp=2 yet"),  # 128 devices: composed
     (["forward", "--partitioner", "gspmd", "--layout", "cp:cp=2"],
      "run under --partitioner shard_map only"),
+    (["project", "--mode", "train", "--layout", "helix:m=2,n=4,dp=16", "--batch", "16"],
+     "composed only for tp-pp and cp layouts"),  # 128 devices: composed
 ])
 def test_what_context_parallelism_does_not_do_yet_is_a_clear_error(args, words, tmp_path):
     r = helix_here([*args, "--model", "tiny-llama"], tmp_path)

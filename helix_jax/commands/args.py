@@ -99,10 +99,13 @@ def hf_weights_checked(args: argparse.Namespace, cfg: ModelConfig) -> None:
                  f"the outputs (final hidden states) do not use it, training learns it")
 
 
-def model_and_layout(args: argparse.Namespace) -> tuple[ModelConfig, Layout]:
-    """The config and layout the arguments name, checked against each other."""
+def model_and_layout(args: argparse.Namespace,
+                     validate: bool = True) -> tuple[ModelConfig, Layout]:
+    """The config and layout the arguments name, checked against each other (unless the caller
+    checks them itself: a projection lets a composed pipeline's layers fall unevenly)."""
     cfg, layout = config(args), parse_layout(args.layout)
-    layout.validate(cfg)
+    if validate:
+        layout.validate(cfg)
     return cfg, layout
 
 

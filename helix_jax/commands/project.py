@@ -51,7 +51,7 @@ def _progress(msg: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Check the request before jax starts, give the CPU the devices, project, print, write."""
     context_as_seq(args)
-    cfg, layout = model_and_layout(args)
+    cfg, layout = model_and_layout(args, validate=False)  # check_projection checks them
     from helix_jax.analysis.costmodel.hardware import load_hardware
 
     hw = load_hardware(args.hardware)

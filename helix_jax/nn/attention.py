@@ -82,6 +82,14 @@ def block_size(n: int, cap: int) -> int:
     return max(b for b in range(1, cap + 1) if n % b == 0)
 
 
+def _block_positions(positions: Array | None, offset: int | Array, start, n: int) -> Array:
+    """Sequence positions [n] of the n queries (or keys) from index `start`: offset + index, or
+    read from `positions`."""
+    if positions is None:
+        return offset + start + jnp.arange(n)
+    return jax.lax.dynamic_slice_in_dim(positions, start, n)
+
+
 def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array = 0,
            reduce_scores: Callable[[Array], Array] = lambda s: s, q_block: int = 0,
            kv_block: int = 0, key_positions: Array | None = None,
@@ -113,16 +121,8 @@ def attend(q: Array, k: Array, v: Array, *, causal: bool, q_offset: int | Array 
     qb, kb = block_size(Sq, q_block), block_size(Sk, kv_block)
     static = isinstance(q_offset, int) and key_positions is None and q_positions is None
     skip = causal and not static and (key_positions is None or q_positions is not None)
-
-    def q_at(i) -> Array:  # positions of query block i [qb]
-        if q_positions is None:
-            return q_offset + i * qb + jnp.arange(qb)
-        return jax.lax.dynamic_slice_in_dim(q_positions, i * qb, qb)
-
-    def k_at(j) -> Array:  # positions of key block j [kb]
-        if key_positions is None:
-            return j * kb + jnp.arange(kb)
-        return jax.lax.dynamic_slice_in_dim(key_positions, j * kb, kb)
+    q_at = lambda i: _block_positions(q_positions, q_offset, i * qb, qb)  # noqa: E731
+    k_at = lambda j: _block_positions(key_positions, 0, j * kb, kb)  # noqa: E731
 
     def visible(i: int, j: int) -> bool:  # does q block i see any key of block j?
         return not (causal and static and j * kb > q_offset + (i + 1) * qb - 1)

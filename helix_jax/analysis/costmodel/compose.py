@@ -1,10 +1,12 @@
 """Training steps of layouts too large (or too pipelined) to compile whole, composed from the
 program of one pipeline stage on one data replica.
 
-What is compiled: the forward + backward of one stage (n_layers / pp layers; embedding, final norm,
-LM head and loss included, so it is the heaviest stage) for one microbatch, on the tensor-parallel
-mesh of one data replica (`tp-pp:tp=T,pp=1`), and the optimizer update of that stage's shard. What
-is extended by formula:
+What is compiled: the forward + backward of one stage (its heaviest: ceil(n_layers / (pp V)) V
+layers when the layers do not fall evenly, with embedding, final norm, LM head and loss) for one
+microbatch, on the tensor-parallel mesh of one data replica (`tp-pp:tp=T,pp=1`), with its context-
+parallel ranks (`cp=C`) and, with `ep=K`, the data ranks of one expert-parallel group, so the ring,
+the K/V gathers and the expert all-to-alls are read off the program; and the optimizer update of
+that stage's shard. What is extended by formula:
 
   schedule     gpipe and 1f1b: (M + p - 1) microbatch times; 1f1b with virtual=V (interleaved):
                (M + (p - 1)/V) microbatch times. The bubble fraction is (p - 1)/M (or (p - 1)/(V M)).
@@ -22,6 +24,13 @@ is extended by formula:
                parameters over the dp replicas (model dtype), behind the backward of the last and
                the forward of the first microbatch respectively (Megatron's overlap).
   optimizer    the compiled update's time, divided over the dp replicas (distributed optimizer).
+  context      when tp x cp passes the fake-device budget, the stage is compiled at a smaller cp'
+               on seq x cp'/cp positions (the same tokens per device, the same K/V chunk per ring
+               step): attention time x cp/cp', context traffic x (cp - 1)/(cp' - 1). Gradients of
+               parameters replicated over context ranks are summed with the data replicas' (the
+               stage program's all-reduces over context ranks are taken out of its microbatch).
+  experts      expert gradients and optimizer states are reduced and sharded over dp x cp / ep
+               ranks, the rest over dp x cp.
   memory       by formula (the compiled stage program's CPU memory_analysis is reported beside it,
                but errs high): 16-bit parameters, fp32 gradients, fp32 masters and Adam moments
                over the dp replicas, the activations of the in-flight microbatches (Korthikanti
@@ -52,6 +61,7 @@ from helix_jax.analysis.costmodel.terms import (
     overlap_exposed,
     price_collectives,
     pricing_terms,
+    ring_hidden,
     score_blocks,
 )
 from helix_jax.analysis.costmodel.topology import data_replica_nodes, stages_cross_nodes
@@ -59,7 +69,7 @@ from helix_jax.analysis.hlo.compiled import read_memory
 from helix_jax.analysis.hlo.flops import matmul_flops
 from helix_jax.config import ModelConfig
 from helix_jax.counts import param_counts
-from helix_jax.layouts import Layout, parse_layout
+from helix_jax.layouts import Layout, expert_ranks, parse_layout
 from helix_jax.limits import MAX_WHOLE_DEVICES
 
 
@@ -90,10 +100,11 @@ def _group_seconds(op: str, nbytes: float, n: int, nodes: int, hw: Hardware) -> 
 
 
 def activation_bytes_per_layer(cfg: ModelConfig, micro: int, tp: int, sp: bool,
-                               remat: str) -> float:
+                               remat: str, cp: int = 1) -> float:
     """Activations one layer keeps for its backward, per device and microbatch (Korthikanti et
-    al. 2022, Table 2, with blockwise attention: no S x S scores are kept)."""
-    sbh = cfg.seq * micro * cfg.d_model
+    al. 2022, Table 2, with blockwise attention: no S x S scores are kept; a context-parallel
+    rank keeps those of its seq / cp tokens)."""
+    sbh = cfg.seq // cp * micro * cfg.d_model
     if remat == "full":
         return 2.0 * sbh / (tp if sp else 1)
     return sbh * (34.0 / tp if sp else 10.0 + 24.0 / tp)
@@ -111,94 +122,137 @@ def in_flight(schedule: str, pp: int, microbatches: int, virtual: int) -> float:
 class _Stage:
     """One pipeline stage's compiled programs, read and priced (what the composition extends)."""
 
-    cfg: ModelConfig  # the stage: n_layers / pp layers, batch = one microbatch
-    layout: Layout  # one data replica's tensor-parallel mesh
+    cfg: ModelConfig  # the stage: its layers, batch = one microbatch per data rank compiled
+    layout: Layout  # one data replica's tensor (x context, x expert-group) mesh
     sharded: Any
     hlo: str
     memory: dict
     compute: dict
     priced: dict
-    microbatch_seconds: float  # compute + exposed tensor-parallel collectives
+    compute_seconds: float  # the microbatch's compute, extended to the true cp
+    microbatch_seconds: float  # compute + exposed collectives, extended to the true cp
     tp_exposed_seconds: float
+    tensor_seconds: float  # the microbatch's collectives but the once-per-step gradient sums
     update_seconds: float  # the AdamW update of this stage's shard, before the dp split
+    cp_compiled: int  # the context-parallel ranks compiled (cp unless the budget is passed)
+
+    def describe(self, micro: int) -> str:
+        """What was compiled, in words (the projection's `compiled`)."""
+        return (f"forward + backward of one stage ({self.cfg.n_layers} layers, with embedding, "
+                f"LM head and loss) for one microbatch of {micro} sequences of {self.cfg.seq} "
+                f"positions on one data replica's {self.layout.devices} devices "
+                f"({self.layout.spec}), and its AdamW update")
+
+
+def stage_layers(cfg: ModelConfig, layout: Layout) -> int:
+    """Layers of the heaviest pipeline stage: V model chunks of ceil(n_layers / (pp V)) layers."""
+    o = layout.options
+    chunks = o["pp"] * o["virtual"]
+    return -(-cfg.n_layers // chunks) * o["virtual"]
+
+
+def compiled_cp(layout: Layout, budget: int = MAX_WHOLE_DEVICES) -> int:
+    """The context-parallel ranks the stage is compiled with: cp, or (tp x cp past the `budget`
+    of fake devices, no ep) the largest divisor of cp (at least 2) that fits."""
+    o = layout.options
+    tp, cp, ep = o["tp"], o.get("cp", 1), o.get("ep", 1)
+    if cp == 1 or tp * cp * expert_ranks(o["dp"], cp, ep) <= budget:
+        return cp
+    fits = [d for d in range(2, cp) if cp % d == 0 and tp * d <= budget]
+    if ep > 1 or not fits:
+        raise ValueError(f"{layout.spec}: one stage's tp x cp{' x ep/cp' * (ep > 1)} ranks pass "
+                         f"the {budget} devices a projection compiles; choose a smaller tp or cp")
+    return max(fits)
 
 
 def _compile_stage(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str,
-                   progress: Callable[[str], None] | None, compiler: Compiler) -> _Stage:
+                   progress: Callable[[str], None] | None, compiler: Compiler,
+                   budget: int) -> _Stage:
     """Compile one stage's forward + backward for one microbatch and its update, and price them."""
     o = layout.options
-    tp, pp = o["tp"], o["pp"]
+    tp, cp, ep = o["tp"], o.get("cp", 1), o.get("ep", 1)
     micro = cfg.batch // o["dp"] // o["microbatches"]
-    stage_cfg = cfg.replace(n_layers=cfg.n_layers // pp, batch=micro)
-    stage_layout = parse_layout(f"tp-pp:tp={tp},pp=1,sp={str(o['sp']).lower()},microbatches=1")
+    cp_c = compiled_cp(layout, budget)
+    data = expert_ranks(o["dp"], cp, ep)  # the data ranks of one expert-parallel group
+    stage_cfg = cfg.replace(n_layers=stage_layers(cfg, layout), batch=micro * data,
+                            seq=cfg.seq * cp_c // cp)
+    spec = f"tp-pp:tp={tp},pp=1,sp={str(o['sp']).lower()},microbatches=1"
+    if cp_c > 1:
+        spec += f",cp={cp_c},attention={o.get('attention', 'ring')}"
+    if ep > 1:
+        spec += f",dp={data},ep={ep}"
+    stage_layout = parse_layout(spec)
     if progress:
         progress(f"{layout.spec}: compiling one stage ({stage_cfg.n_layers} layers) for one "
-                 f"microbatch of {micro} on {tp} devices")
+                 f"microbatch of {micro} on {stage_layout.devices} devices")
     sharded = build_sharded(analysed_config(stage_cfg), stage_layout, 1, remat)
     grad = compiler.grad(sharded)
     update = compiler.update(sharded)
     hlo, elem = grad.as_text(), DTYPE_BYTES[cfg.dtype]
-    compute = compute_time(hlo, hw, elem, score_blocks(cfg, stage_layout))
+    compute = compute_time(hlo, hw, elem, score_blocks(stage_cfg, stage_layout))
     priced = price_collectives(hlo, stage_cfg, stage_layout, hw)
-    tp_exposed = priced["seconds"]
-    if o.get("tp_overlap"):
-        tp_exposed = max(priced["seconds"] - compute["matmul_seconds"], 0.0)
+    # the per-microbatch collectives: all but the gradient sums over the compiled context (and
+    # expert-group data) ranks, which the step does once with the data replicas' (see module doc)
+    scale = (cp - 1) / (cp_c - 1) if cp_c > 1 else 1.0
+    context = priced["context_seconds"] - ring_hidden(priced, compute["attention_seconds"], cp_c)
+    tensor = priced["seconds"] - priced["data_seconds"] - priced["context_seconds"]
+    tp_exposed = max(tensor - compute["matmul_seconds"], 0.0) if o.get("tp_overlap") else tensor
+    busy = compute["seconds"] + compute["attention_seconds"] * (cp / cp_c - 1)
     t_update = compute_time(update.as_text(), hw, elem, f32_as_model_dtype=False)["seconds"]
     return _Stage(stage_cfg, stage_layout, sharded, hlo, read_memory(grad), compute, priced,
-                  compute["seconds"] + tp_exposed, tp_exposed, t_update)
+                  busy, busy + tp_exposed + scale * context, tp_exposed + scale * context,
+                  tensor + scale * priced["context_seconds"], t_update, cp_c)
 
 
 def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str = "none",
                      progress: Callable[[str], None] | None = None,
-                     compiler: Compiler = DIRECT) -> Projection:
-    """The training step of `cfg` on a tp-pp layout, composed (see module doc); `compiler`
-    compiles the stage and update programs (`analysis.costmodel.compiler`)."""
-    if layout.kind != "tp-pp":
-        raise ValueError(f"{layout.spec}: a training step of more than the compiled devices is "
-                         f"composed only for tp-pp layouts; use dp=K of at most "
-                         f"{MAX_WHOLE_DEVICES} devices")
+                     compiler: Compiler = DIRECT, budget: int = MAX_WHOLE_DEVICES) -> Projection:
+    """The training step of `cfg` on a tp-pp (or cp) layout, composed (see module doc);
+    `compiler` compiles the stage and update programs (`analysis.costmodel.compiler`) on at most
+    `budget` fake devices."""
+    spec = layout.spec
+    layout = as_tp_pp(layout)
     o = layout.options
-    tp, pp, dp = o["tp"], o["pp"], o["dp"]
+    tp, pp, dp, cp, ep = o["tp"], o["pp"], o["dp"], o.get("cp", 1), o.get("ep", 1)
     M, V, schedule = o["microbatches"], o["virtual"], o["schedule"]
     micro = cfg.batch // dp // M
-    stage = _compile_stage(cfg, layout, hw, remat, progress, compiler)
-    elem, t_mb, t_update = DTYPE_BYTES[cfg.dtype], stage.microbatch_seconds, stage.update_seconds / dp
+    stage = _compile_stage(cfg, layout, hw, remat, progress, compiler, budget)
+    replicas = dp * cp  # ranks holding the same dense parameters; experts: replicas / ep
+    elem, t_mb = DTYPE_BYTES[cfg.dtype], stage.microbatch_seconds
+    t_update = stage.update_seconds / replicas
 
     chunks_time = M + (pp - 1) / V if schedule == "1f1b" else M + pp - 1
     t_pipe = chunks_time * t_mb
-    send_bytes = micro * cfg.seq * cfg.d_model * elem / tp
+    send_bytes = micro * cfg.seq // cp * cfg.d_model * elem / tp
     crosses = stages_cross_nodes(layout, hw)
     sends = 2 * M * V if pp > 1 else 0
     t_p2p = sends * _p2p_seconds(send_bytes, crosses, hw)
 
-    params_local = local_parameter_count(stage.sharded)
-    grad_bytes = params_local * elem
+    experts_local = local_parameter_count(stage.sharded, experts_only=True)
+    dense_local = local_parameter_count(stage.sharded) - experts_local
+    grad_bytes = dense_local * elem
     dp_nodes = data_replica_nodes(layout, hw)
-    t_rs = _group_seconds("reduce-scatter", grad_bytes, dp, dp_nodes, hw)
-    t_ag = _group_seconds("all-gather", grad_bytes, dp, dp_nodes, hw)
+    t_rs, t_ag = _gradient_sync(((grad_bytes, replicas), (experts_local * elem, replicas // ep)),
+                                dp_nodes, hw)
     floor = 1 / max(stage.cfg.n_layers, 1)
     exposed_dp = (overlap_exposed(t_rs, backward_window(t_mb), floor)
                   + overlap_exposed(t_ag, forward_window(t_mb), floor))
     step = t_pipe + t_p2p + exposed_dp + t_update
-    memory = _composed_memory(cfg, layout, hw, stage, params_local, remat)
+    memory = _composed_memory(cfg, layout, hw, stage, (dense_local, experts_local), remat)
     tokens = cfg.batch * cfg.seq
-    priced, compute = stage.priced, stage.compute
-    total, active = param_counts(cfg)
+    priced, (total, active) = stage.priced, param_counts(cfg)
     return Projection(
         params_total=total, params_active=active,
-        model=cfg.name, layout=layout.spec, hardware=hw.name, mode="train",
+        model=cfg.name, layout=spec, hardware=hw.name, mode="train",
         partitioner=stage.sharded.partitioner, remat=remat, devices=layout.devices,
         mesh=layout.axis_sizes, batch=cfg.batch, seq=cfg.seq, dtype=cfg.dtype, batch_chunks=1,
         accumulation_steps=M, microbatch_size=micro, tokens_per_step=tokens,
-        compiled=(f"forward + backward of one stage ({stage.cfg.n_layers} layers, with "
-                  f"embedding, LM head and loss) for one microbatch of {micro} sequences on "
-                  f"one data replica's {tp} tensor-parallel devices, and its AdamW update"),
-        extended_by_formula=[
+        compiled=stage.describe(micro),
+        extended_by_formula=_extensions(cfg, layout, stage) + [
             f"{schedule} schedule{' interleaved x' + str(V) if V > 1 else ''}: {chunks_time:g} "
             f"microbatch times (bubble {(pp - 1) / (V * M):.1%} of the ideal)",
             f"{sends} pipeline sends of {send_bytes / 1e6:.1f} MB per device",
-            f"data-parallel reduce-scatter + all-gather of {grad_bytes / 1e9:.2f} GB over {dp} "
-            f"replicas ({dp_nodes} nodes)",
+            _data_line(layout, grad_bytes, experts_local * elem, dp_nodes),
             f"memory: {memory['in_flight']:g} microbatches in flight, Korthikanti et al. "
             f"activation formula",
         ],
@@ -214,15 +268,15 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
         comm_bytes_per_device=priced["comm"], comm_bytes_by_op=priced["by_op"],
         expected_comm_bytes_by_op={},
         projected=Timing(
-            step_seconds=step, compute_seconds=chunks_time * compute["seconds"],
-            compute_breakdown=breakdown(compute, chunks_time),
-            microbatch_seconds=t_mb, microbatch_compute_seconds=compute["seconds"],
+            step_seconds=step, compute_seconds=chunks_time * stage.compute_seconds,
+            compute_breakdown=breakdown(stage.compute, chunks_time),
+            microbatch_seconds=t_mb, microbatch_compute_seconds=stage.compute_seconds,
             pipeline_seconds=t_pipe, bubble_seconds=(chunks_time - M) * t_mb,
-            tensor_comm_seconds=chunks_time * priced["seconds"],
+            tensor_comm_seconds=chunks_time * stage.tensor_seconds,
             tensor_comm_exposed_seconds=chunks_time * stage.tp_exposed_seconds,
             pipeline_send_seconds=t_p2p, data_parallel_comm_seconds=t_rs + t_ag,
             data_parallel_exposed_seconds=exposed_dp, optimizer_seconds=t_update,
-            comm_seconds=chunks_time * priced["seconds"] + t_p2p + t_rs + t_ag,
+            comm_seconds=chunks_time * stage.tensor_seconds + t_p2p + t_rs + t_ag,
             exposed_comm_seconds=chunks_time * stage.tp_exposed_seconds + t_p2p + exposed_dp,
             tokens_per_s=tokens / step,
             mfu=model_flops_per_token(cfg, "train") * tokens / step / (
@@ -232,6 +286,25 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
         bytes_per_element=elem)
 
 
+def _data_line(layout: Layout, dense_bytes: float, expert_bytes: float, nodes: int) -> str:
+    """The data-parallel term in words: what is reduced over how many replicas."""
+    o = layout.options
+    dp, cp, ep = o["dp"], o.get("cp", 1), o.get("ep", 1)
+    return (f"data-parallel reduce-scatter + all-gather of {dense_bytes / 1e9:.2f} GB over "
+            f"{dp * cp} replicas" + (f" (dp x cp = {dp} x {cp})" if cp > 1 else "")
+            + (f" and of {expert_bytes / 1e9:.2f} GB of expert gradients over {dp * cp // ep}"
+               if ep > 1 else "") + f" ({nodes} nodes)")
+
+
+def _gradient_sync(parts: tuple[tuple[float, int], ...], nodes: int,
+                   hw: Hardware) -> tuple[float, float]:
+    """Seconds of the distributed optimizer's gradient reduce-scatter and parameter all-gather
+    for `parts` ((bytes per device, ranks sharing them), ...) over `nodes` nodes."""
+    t_rs = sum(_group_seconds("reduce-scatter", b, n, nodes, hw) for b, n in parts)
+    t_ag = sum(_group_seconds("all-gather", b, n, nodes, hw) for b, n in parts)
+    return t_rs, t_ag
+
+
 def model_state_bytes(params_local: float, elem: int, dp: int) -> float:
     """Bytes of model state per device under Megatron's distributed optimizer: 16-bit parameters,
     fp32 gradients, and the fp32 master copy and two Adam moments sharded over `dp` replicas."""
@@ -239,19 +312,25 @@ def model_state_bytes(params_local: float, elem: int, dp: int) -> float:
 
 
 def _composed_memory(cfg: ModelConfig, layout: Layout, hw: Hardware, stage: _Stage,
-                     params_local: int, remat: str) -> dict:
-    """Memory per device by formula (module doc), with its parts and why it fits or not."""
+                     params_local: tuple[int, int], remat: str) -> dict:
+    """Memory per device by formula (module doc), with its parts and why it fits or not.
+    `params_local`: (dense, expert) parameters this device holds."""
     o = layout.options
     tp, pp, dp, M = o["tp"], o["pp"], o["dp"], o["microbatches"]
+    cp, ep = o.get("cp", 1), o.get("ep", 1)
     micro = cfg.batch // dp // M
-    act = activation_bytes_per_layer(cfg, micro, tp, o["sp"], remat) * stage.cfg.n_layers
+    act = activation_bytes_per_layer(cfg, micro, tp, o["sp"], remat, cp) * stage.cfg.n_layers
     flight = in_flight(o["schedule"], pp, M, o["virtual"])
-    states = model_state_bytes(params_local, DTYPE_BYTES[cfg.dtype], dp)
-    logits = 3.0 * micro * cfg.seq * (cfg.vocab // tp) * 4 if cfg.vocab else 0.0
+    dense, experts = params_local
+    elem = DTYPE_BYTES[cfg.dtype]
+    states = (model_state_bytes(dense, elem, dp * cp)
+              + model_state_bytes(experts, elem, dp * cp // ep))
+    logits = 3.0 * micro * cfg.seq // cp * (cfg.vocab // tp) * 4 if cfg.vocab else 0.0
     total = states + flight * act + logits
     parts = {"compiled_stage_program": stage.memory, "model_states_bytes": states,
              "activations_in_flight_bytes": flight * act, "logits_bytes": logits,
-             "adam_moments_bytes": 8.0 * params_local / dp,
+             "adam_moments_bytes": 8.0 * (dense / (dp * cp) + experts / (dp * cp // ep)),
+             "parameters_per_device": dense + experts, "expert_parameters_per_device": experts,
              "how": ("formula: 16-bit parameters + fp32 gradients + fp32 master and Adam "
                      "moments sharded over the data replicas (distributed optimizer), "
                      "activations of the in-flight microbatches (Korthikanti et al. 2022) "
@@ -264,11 +343,49 @@ def _composed_memory(cfg: ModelConfig, layout: Layout, hw: Hardware, stage: _Sta
     return {"total": total, "parts": parts, "why": why, "in_flight": flight}
 
 
-def local_parameter_count(sharded) -> int:
-    """Parameters this device holds (the stage's shards on one tensor-parallel rank)."""
+def local_parameter_count(sharded, experts_only: bool = False) -> int:
+    """Parameters this device holds (the stage's shards on one rank); `experts_only`: of the
+    routed experts alone."""
     import math
 
     import jax
 
-    return sum(math.prod(leaf.sharding.shard_shape(leaf.shape))
-               for leaf in jax.tree.leaves(sharded.abstract_params()))
+    from helix_jax.model import logical_axes
+
+    sizes = [math.prod(leaf.sharding.shard_shape(leaf.shape))
+             for leaf in jax.tree.leaves(sharded.abstract_params())]
+    if not experts_only:
+        return sum(sizes)
+    expert = [("expert" in axes) for axes in jax.tree.leaves(
+        logical_axes(sharded.cfg), is_leaf=lambda t: isinstance(t, tuple))]
+    return sum(n for n, e in zip(sizes, expert) if e)
+
+
+def as_tp_pp(layout: Layout) -> Layout:
+    """A `cp:cp=K[,dp=D]` layout as the tp-pp layout it equals (tp = pp = 1), which the
+    composition knows how to extend; a tp-pp layout as it is."""
+    if layout.kind == "tp-pp":
+        return layout
+    if layout.kind == "cp":
+        o = layout.options
+        return parse_layout(f"tp-pp:tp=1,pp=1,microbatches=1,cp={o.get('cp', 1)},dp={o['dp']},"
+                            f"attention={o.get('attention', 'ring')}")
+    raise ValueError(f"{layout.spec}: a training step of more than the compiled devices is "
+                     f"composed only for tp-pp and cp layouts; use dp=K of at most "
+                     f"{MAX_WHOLE_DEVICES} devices")
+
+
+def _extensions(cfg: ModelConfig, layout: Layout, stage: _Stage) -> list[str]:
+    """What the composition extends by formula beyond the compiled stage: uneven stages, a
+    context-parallel group larger than compiled."""
+    o, out = layout.options, []
+    if cfg.n_layers % (o["pp"] * o["virtual"]):
+        out.append(f"uneven stages: {cfg.n_layers} layers over pp x virtual = "
+                   f"{o['pp'] * o['virtual']} model chunks; the heaviest stage "
+                   f"({stage.cfg.n_layers} layers) is compiled and sets the pace")
+    if stage.cp_compiled < o.get("cp", 1):
+        out.append(f"context parallelism compiled at cp={stage.cp_compiled} on "
+                   f"{stage.cfg.seq} positions, extended to cp={o.get('cp', 1)}: attention x "
+                   f"{o.get('cp', 1) / stage.cp_compiled:g}, context traffic x "
+                   f"{(o.get('cp', 1) - 1) / (stage.cp_compiled - 1):g}")
+    return out

@@ -25,7 +25,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from helix_jax.analysis.costmodel.compiler import DIRECT, Compiler
-from helix_jax.analysis.costmodel.compose import is_composed, project_composed
+from helix_jax.analysis.costmodel.compose import (
+    as_tp_pp,
+    compiled_cp,
+    is_composed,
+    project_composed,
+)
 from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES, expected_comm_bytes
 from helix_jax.analysis.costmodel.hardware import Hardware
 from helix_jax.analysis.costmodel.projection import Projection, Timing
@@ -177,16 +182,10 @@ def check_projection(cfg: ModelConfig, layout: Layout, mode: str, partitioner: s
     projected together (the gspmd partitioner runs whole forward and training programs only)."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
-    layout.validate(cfg)
+    layout.validate(cfg, even_stages=not is_composed(layout, mode))
     check_layout(layout, partitioner)
-    splits = ([f"cp={layout.size('cp_seq')}"] * (layout.size("cp_seq") > 1)
-              + [f"ep={layout.options.get('ep')}"] * (layout.kind == "tp-pp"
-                                                   and layout.options.get("ep", 1) > 1))
-    if splits and is_composed(layout, mode):
-        raise ValueError(f"{layout.spec}: the composed training projection (pipeline stages or "
-                         f"data replicas extended by formula) does not extend "
-                         f"{' and '.join(splits)} yet; project pp=1 and dp=1 with them, or "
-                         f"--mode forward")
+    if is_composed(layout, mode):
+        compiled_cp(as_tp_pp(layout))  # the stage must fit the fake devices
     if partitioner == "shard_map":
         return
     if mode in ("prefill", "decode"):

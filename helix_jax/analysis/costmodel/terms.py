@@ -47,6 +47,11 @@ def _is_ring_step(c, ring: set[frozenset[int]]) -> bool:
             and all(any({s, t} <= g for g in ring) for s, t in c.source_target_pairs))
 
 
+def _subsets(axes: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Every subset of `axes` (the empty one first), in their order."""
+    return [tuple(a for i, a in enumerate(axes) if mask >> i & 1) for mask in range(2 ** len(axes))]
+
+
 def ring_hidden(priced: dict, attention_seconds: float, shards: int) -> float:
     """Seconds of the context-parallel ring that hide behind attention: each K/V pass travels while the
     shard attends to the chunks it already holds, so it hides behind that step's attention when
@@ -68,11 +73,19 @@ def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) 
     "hidden": seconds that `ep:chunks=K` may overlap (before the cap by expert compute),
     "ring_seconds", "ring_count": context parallelism's K/V ring steps (priced and counted
     executions; `ring_hidden` says how much of them the attention hides),
-    "data_seconds": the collectives over data replicas only (gradient reduction, FSDP gathers)}.
+    "data_seconds": the collectives over data replicas only (gradient reduction, FSDP gathers;
+    with context parallelism also the all-reduces over context ranks and data ranks together,
+    which sum the gradients of parameters replicated over both),
+    "context_seconds": the other collectives within context groups (ring passes, K/V gathers)}.
     """
     node = node_of(layout, hw)
     data_axes = layout.mesh_axes("batch", "fsdp")
     data = axis_groups(layout, data_axes) if data_axes else set()
+    ctx_axes = layout.mesh_axes("cp_seq")
+    ctx = axis_groups(layout, ctx_axes) if ctx_axes else set()
+    sums = set().union(*(axis_groups(layout, ctx_axes + sub) for sub in _subsets(data_axes))
+                       ) if ctx_axes else set()
+    context_seconds = 0.0
     rows: dict[tuple, dict] = {}
     comm = {"nvlink": 0.0, "ib": 0.0}
     by_op: dict[str, float] = defaultdict(float)
@@ -96,9 +109,13 @@ def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) 
         if ring and _is_ring_step(c, ring):
             ring_seconds += seconds
             ring_count += c.trip_count
-        over_data = bool(data) and c.op != "all-to-all" and all(
-            frozenset(g) in data for g in c.replica_groups) and bool(c.replica_groups)
+        within = lambda groups: bool(groups) and bool(c.replica_groups) and all(  # noqa: E731
+            frozenset(g) in groups for g in c.replica_groups)
+        over_data = c.op != "all-to-all" and (within(data) or (c.op == "all-reduce"
+                                                               and within(sums)))
         data_seconds += seconds if over_data else 0.0
+        if not over_data and (_is_ring_step(c, ctx) or (c.op != "all-reduce" and within(ctx))):
+            context_seconds += seconds
         key = (c.op, dtype, c.group_size, link, c.payload_bytes, over_data)
         row = rows.setdefault(key, {"op": c.op, "dtype": dtype, "group_size": c.group_size,
                                     "count": 0, "payload_bytes_per_device": c.payload_bytes,
@@ -108,6 +125,7 @@ def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) 
     return {"rows": sorted(rows.values(), key=lambda r: -r["seconds"]), "comm": comm,
             "by_op": dict(by_op),
             "seconds": total, "hidden": hidden, "data_seconds": data_seconds,
+            "context_seconds": context_seconds,
             "ring_seconds": ring_seconds, "ring_count": ring_count,
             "intra_node_axes": intra_node_axes(layout, hw)}
 
