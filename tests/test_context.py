@@ -201,3 +201,21 @@ def test_the_ring_is_priced_as_hidden_behind_the_attention_it_overlaps():
                        batch_chunks=1).projected
     assert gathered.ring_comm_seconds is None
     assert gathered.exposed_comm_seconds == pytest.approx(gathered.comm_seconds)
+
+
+def test_expert_parallelism_inside_tp_pp_is_two_all_to_alls_per_moe_layer_in_the_ep_group():
+    """tiny-mixtral on tp 2 x cp 2 x dp 2 with ep 4 (mesh expert 2 x context 2 x tensor 2):
+    each MoE layer dispatches and combines by one all-to-all each among the 4 devices of a
+    tensor rank (2 data ranks x 2 context ranks), of [E/ep, C, D] per destination, C the
+    capacity of one source shard's tokens (B/2 sequences x S/2 positions)."""
+    import math
+
+    cfg = resolve_model("tiny-mixtral", capacity_factor=16.0)
+    E, ep = cfg.n_experts, 4
+    tokens = cfg.batch // 2 * cfg.seq // 2
+    C = math.ceil(cfg.capacity_factor * tokens * cfg.top_k / E)
+    records = testing.collectives(cfg, "tp-pp:tp=2,pp=1,cp=2,dp=2,ep=4,microbatches=1")
+    a2a = [r for r in records if r.op == "all-to-all"]
+    assert [(r.groups, r.count, r.shape) for r in a2a] == [
+        (((0, 2, 4, 6), (1, 3, 5, 7)), 2 * cfg.n_layers, (E // ep, C, cfg.d_model))]
+    assert a2a[0].payload_bytes == ep * 4 * (E // ep) * C * cfg.d_model

@@ -200,15 +200,17 @@ def _dot_of(prog: _Program, ins: Instruction) -> Instruction | None:
     return None
 
 
-def _touches_blocks(prog: _Program, ins: Instruction, blocks: set[tuple[int, int]]) -> bool:
+def _touches_blocks(prog: _Program, ins: Instruction, blocks: set[tuple[int, ...]]) -> bool:
     """Whether the kernel reads or writes an attention score block ([..., q_block, kv_block],
-    with at least one batch or head dimension in front: a weight matrix never matches)."""
+    with at least one batch or head dimension in front, so a weight matrix never matches; a
+    plain [q_block, kv_block] matrix only where `blocks` lists it as (0, q_block, kv_block))."""
     arrays = parse_arrays(ins.shape) + [a for ops in prog.mod.operand_arrays(ins) for a in ops]
-    return any(len(d) >= 3 and tuple(d[-2:]) in blocks for _, d in arrays)
+    return any((len(d) >= 3 and tuple(d[-2:]) in blocks) or (len(d) == 2 and (0, *d) in blocks)
+               for _, d in arrays)
 
 
 def kernels(hlo_text: str, hw, elem_bytes: int,
-            score_blocks: set[tuple[int, int]] = frozenset(),
+            score_blocks: set[tuple[int, ...]] = frozenset(),
             f32_as_model_dtype: bool = True) -> list[Kernel]:
     """Every kernel of the program with its per-run time on `hw` (see the module doc and
     `kernel_shapes`, which finds them once per program whatever the hardware)."""
@@ -221,7 +223,9 @@ def kernels(hlo_text: str, hw, elem_bytes: int,
             seconds = k.bytes / hw.hbm_bytes_per_s
         else:
             rate = attn_rate if k.kind == "attention" else hw.flops_per_s
-            eff = quantization_efficiency(*k.gemm, tile, sms)
+            # a flash kernel runs every (head, query tile) of the scan's blocks at once, so one
+            # block's tile grid does not set its waves; its measured rate already holds them
+            eff = 1.0 if k.kind == "attention" else quantization_efficiency(*k.gemm, tile, sms)
             seconds = max(k.flops / (rate * eff), k.bytes / hw.hbm_bytes_per_s)
         out.append(Kernel(k.name, k.kind, k.runs, k.flops, k.bytes, seconds))
     return out
@@ -229,7 +233,7 @@ def kernels(hlo_text: str, hw, elem_bytes: int,
 
 @per_program
 def kernel_shapes(hlo_text: str, elem_bytes: int,
-                  score_blocks: frozenset[tuple[int, int]] = frozenset(),
+                  score_blocks: frozenset[tuple[int, ...]] = frozenset(),
                   f32_as_model_dtype: bool = True) -> tuple[KernelShape, ...]:
     """Every kernel of the program, unpriced (see the module doc).
 
@@ -323,7 +327,7 @@ def _fuse_memory_kernels(prog: _Program, comp: str,
 
 
 def compute_time(hlo_text: str, hw, elem_bytes: int,
-                 score_blocks: set[tuple[int, int]] = frozenset(),
+                 score_blocks: set[tuple[int, ...]] = frozenset(),
                  f32_as_model_dtype: bool = True) -> dict:
     """Seconds per program run by kernel kind, and the HBM bytes of the memory-bound kernels."""
     ks = kernels(hlo_text, hw, elem_bytes, score_blocks, f32_as_model_dtype)

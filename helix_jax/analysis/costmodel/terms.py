@@ -176,8 +176,11 @@ def overlap_exposed(seconds: float, window: float, floor_fraction: float) -> flo
     return max(seconds - window, seconds * floor_fraction, 0.0)
 
 
-def score_blocks(cfg: ModelConfig, layout: Layout) -> set[tuple[int, int]]:
-    """(q_block, kv_block) of the attention's score blocks on this layout (for `roofline`)."""
+def score_blocks(cfg: ModelConfig, layout: Layout) -> set[tuple[int, ...]]:
+    """(q_block, kv_block) of the attention's score blocks on this layout (for `roofline`).
+    When a device holds one sequence and one K/V head, XLA drops the unit batch and head
+    dimensions and a block is a plain matrix: it is then also listed as (0, q_block, kv_block),
+    which `roofline` matches on two-dimensional arrays too."""
     from helix_jax.nn.attention import block_size
 
     m = layout.size("head_dim") if layout.options.get("core") == "seq_a2a" else 1
@@ -191,6 +194,9 @@ def score_blocks(cfg: ModelConfig, layout: Layout) -> set[tuple[int, int]]:
     r = (cfg.n_heads // shards) // max(1, cfg.kv_heads // shards)  # runs per K/V head into the
     if r > 1:  # query rows ([g, r·q, kv] or [g, kv, r·q])
         blocks |= {(r * q, kv), (kv, r * q)}
+    kv_local = cfg.kv_heads // shards if cfg.kv_heads % shards == 0 else 1
+    if cfg.batch // max(layout.size("batch"), 1) <= 1 and kv_local <= 1:
+        blocks |= {(0, *b) for b in blocks}
     return blocks
 
 
