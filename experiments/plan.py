@@ -43,8 +43,8 @@ from pathlib import Path
 from helix_jax.analysis.costmodel.hardware import load_hardware
 from helix_jax.analysis.planner.bounds import whole_model_floor
 from helix_jax.analysis.planner.cache import ProgramCache
-from helix_jax.analysis.planner.search import paper_anchors, plan
 from helix_jax.analysis.planner.explain import compare, option_changes
+from helix_jax.analysis.planner.search import paper_anchors, plan
 from helix_jax.config import load_model_file, resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.report.fmt import num, pct

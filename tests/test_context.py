@@ -219,3 +219,23 @@ def test_expert_parallelism_inside_tp_pp_is_two_all_to_alls_per_moe_layer_in_the
     assert [(r.groups, r.count, r.shape) for r in a2a] == [
         (((0, 2, 4, 6), (1, 3, 5, 7)), 2 * cfg.n_layers, (E // ep, C, cfg.d_model))]
     assert a2a[0].payload_bytes == ep * 4 * (E // ep) * C * cfg.d_model
+
+
+@pytest.mark.parametrize("S, K, qb, kb", [(32, 4, 0, 0), (64, 2, 4, 8), (256, 4, 8, 4)])
+def test_the_share_of_causal_blocks_that_run_is_counted_from_the_positions(S, K, qb, kb):
+    """visible_share against a count over the positions each shard holds
+    (context.shard_positions): a key block runs unless its first key is past the query block's
+    last query."""
+    from helix_jax.nn.attention import block_size, visible_share
+
+    c = S // (2 * K)
+    q, k = block_size(c, qb), block_size(c, kb)
+    pos = [np.asarray(context.shard_positions(i, c, K)) for i in range(K)]
+    runs = total = 0
+    for i in range(K):
+        for j in range(K):
+            for a in range(0, 2 * c, q):
+                for b in range(0, 2 * c, k):
+                    total += 1
+                    runs += pos[j][b:b + k].min() <= pos[i][a:a + q].max()
+    assert visible_share(S, K, qb, kb) == runs / total

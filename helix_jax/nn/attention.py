@@ -224,6 +224,25 @@ def context_attention(q: Array, k: Array, v: Array, comm: Comm, *, attention: st
     return merge_partials(parts).astype(v.dtype)
 
 
+def visible_share(seq: int, shards: int, q_block: int, kv_block: int) -> float:
+    """The share of (query block, key block) pairs of causal context-parallel attention that run:
+    each shard's queries against every shard's keys (all ring steps, or the gathered keys), in
+    blocks no longer than a chunk (`context_attention`); a key block wholly in a
+    query block's future is skipped at run time. Counted from the chunk positions."""
+    c = seq // (2 * shards)
+    qb, kb = block_size(c, q_block), block_size(c, kv_block)
+
+    def blocks(shard: int, size: int) -> list[tuple[int, int]]:  # (first, last) position
+        return [(s + o, s + o + size - 1) for s in context.chunk_starts(shard, c, shards)
+                for o in range(0, c, size)]
+
+    keys = [first for shard in range(shards) for first, _ in blocks(shard, kb)]
+    runs = sum(first <= last for shard in range(shards) for _, last in blocks(shard, qb)
+               for first in keys)
+    return runs / (shards * len(blocks(0, qb)) * len(keys))
+
+
+
 QKV_AXES = ("batch", None, "heads", "head_dim")  # q and the attention output [B, S, H, d]
 KV_AXES = ("batch", None, "kv_heads", "head_dim")  # k and v [B, S, G, d]
 

@@ -59,3 +59,4 @@ def natural_order(y: Array, shards: int, axis: int = 1) -> Array:
     S = y.shape[axis]
     blocks = y.reshape(*y.shape[:axis], 2 * shards, S // (2 * shards), *y.shape[axis + 1:])
     return jnp.take(blocks, inverse, axis=axis).reshape(y.shape)
+

@@ -62,6 +62,7 @@ from helix_jax.analysis.costmodel.terms import (
     price_collectives,
     pricing_terms,
     ring_hidden,
+    run_blocks_only,
     score_blocks,
 )
 from helix_jax.analysis.costmodel.topology import data_replica_nodes, stages_cross_nodes
@@ -189,7 +190,8 @@ def _compile_stage(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str,
     grad = compiler.grad(sharded)
     update = compiler.update(sharded)
     hlo, elem = grad.as_text(), DTYPE_BYTES[cfg.dtype]
-    compute = compute_time(hlo, hw, elem, score_blocks(stage_cfg, stage_layout))
+    compute = run_blocks_only(compute_time(hlo, hw, elem, score_blocks(stage_cfg, stage_layout)),
+                              stage_cfg, stage_layout)
     priced = price_collectives(hlo, stage_cfg, stage_layout, hw)
     # the per-microbatch collectives: all but the gradient sums over the compiled context (and
     # expert-group data) ranks, which the step does once with the data replicas' (see module doc)

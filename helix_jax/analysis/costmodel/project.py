@@ -48,6 +48,7 @@ from helix_jax.analysis.costmodel.terms import (
     price_collectives,
     pricing_terms,
     ring_hidden,
+    run_blocks_only,
     score_blocks,
 )
 from helix_jax.analysis.hlo.compiled import read_memory
@@ -229,7 +230,8 @@ def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled,
     hlo = compiled.as_text()
     flops = matmul_flops(hlo)
     memory = read_memory(compiled)
-    compute = compute_time(hlo, hw, DTYPE_BYTES[cfg.dtype], score_blocks(cfg, layout))
+    compute = run_blocks_only(compute_time(hlo, hw, DTYPE_BYTES[cfg.dtype],
+                                           score_blocks(cfg, layout)), cfg, layout)
     priced = price_collectives(hlo, cfg, layout, hw)
     accumulation = accumulation_steps(sharded) if mode == "train" else 1
     total, active = param_counts(cfg)

@@ -176,6 +176,22 @@ def overlap_exposed(seconds: float, window: float, floor_fraction: float) -> flo
     return max(seconds - window, seconds * floor_fraction, 0.0)
 
 
+def run_blocks_only(compute: dict, cfg: ModelConfig, layout: Layout) -> dict:
+    """`compute` (a `roofline.compute_time` result) with context-parallel causal attention cut to
+    the blocks that run: the roofline counts every block of the attention's scan, but under the
+    causal mask a key block wholly in a query block's future is skipped at run time by a cond
+    (`nn.attention.visible_share` counts the rest from the chunk positions)."""
+    from helix_jax.nn.attention import visible_share
+
+    K = layout.size("cp_seq")
+    if K < 2 or not cfg.causal:
+        return compute
+    cut = compute["attention_seconds"] * (1 - visible_share(cfg.seq, K, cfg.q_block,
+                                                           cfg.kv_block))
+    return {**compute, "attention_seconds": compute["attention_seconds"] - cut,
+            "seconds": compute["seconds"] - cut}
+
+
 def score_blocks(cfg: ModelConfig, layout: Layout) -> set[tuple[int, ...]]:
     """(q_block, kv_block) of the attention's score blocks on this layout (for `roofline`).
     When a device holds one sequence and one K/V head, XLA drops the unit batch and head
