@@ -21,20 +21,25 @@ that stage's shard. What is extended by formula:
                matmul time (Transformer Engine's user-buffer overlap of TP collectives with GEMMs)
                as far as that time reaches.
   data         the distributed optimizer's reduce-scatter of the gradients and all-gather of the
-               parameters over the dp replicas (model dtype), behind the backward of the last and
-               the forward of the first microbatch respectively (Megatron's overlap).
-  optimizer    the compiled update's time, divided over the dp replicas (distributed optimizer).
+               parameters over the dp x cp ranks that hold the same parameters (model dtype),
+               behind the backward of the last and the forward of the first microbatch
+               respectively (Megatron's overlap).
+  optimizer    the compiled update's time, divided over those ranks (distributed optimizer).
   context      when tp x cp passes the fake-device budget, the stage is compiled at a smaller cp'
                on seq x cp'/cp positions (the same tokens per device, the same K/V chunk per ring
-               step): attention time x cp/cp', context traffic x (cp - 1)/(cp' - 1). Gradients of
+               step): attention time x cp/cp' (then cut to the causal blocks that run at cp),
+               context traffic x (cp - 1)/(cp' - 1). Gradients of
                parameters replicated over context ranks are summed with the data replicas' (the
                stage program's all-reduces over context ranks are taken out of its microbatch).
   experts      expert gradients and optimizer states are reduced and sharded over dp x cp / ep
                ranks, the rest over dp x cp.
   memory       by formula (the compiled stage program's CPU memory_analysis is reported beside it,
                but errs high): 16-bit parameters, fp32 gradients, fp32 masters and Adam moments
-               over the dp replicas, the activations of the in-flight microbatches (Korthikanti
-               et al. 2022's per-layer formula for the remat policy) and the fp32 logits.
+               sharded over the dp x cp ranks (experts over dp x cp / ep), the activations of the
+               in-flight microbatches for the seq / cp tokens a rank holds (Korthikanti et al.
+               2022's per-layer formula for the remat policy) and the fp32 logits. Like
+               Megatron's ring attention (which passes K/V around again in the backward), the
+               other context ranks' K/V are not counted as kept.
 """
 
 from __future__ import annotations
@@ -141,7 +146,8 @@ class _Stage:
         """What was compiled, in words (the projection's `compiled`)."""
         return (f"forward + backward of one stage ({self.cfg.n_layers} layers, with embedding, "
                 f"LM head and loss) for one microbatch of {micro} sequences of {self.cfg.seq} "
-                f"positions on one data replica's {self.layout.devices} devices "
+                f"positions on {self.layout.devices} devices of one data replica (with its "
+                f"context ranks and one expert-parallel group) "
                 f"({self.layout.spec}), and its AdamW update")
 
 
@@ -154,16 +160,25 @@ def stage_layers(cfg: ModelConfig, layout: Layout) -> int:
 
 def compiled_cp(layout: Layout, budget: int = MAX_WHOLE_DEVICES) -> int:
     """The context-parallel ranks the stage is compiled with: cp, or (tp x cp past the `budget`
-    of fake devices, no ep) the largest divisor of cp (at least 2) that fits."""
+    of fake devices, no ep) the largest divisor of cp (at least 2) that fits. A stage holding one
+    expert-parallel group whole (tp x cp x ep/cp devices) past the budget is refused."""
     o = layout.options
     tp, cp, ep = o["tp"], o.get("cp", 1), o.get("ep", 1)
-    if cp == 1 or tp * cp * expert_ranks(o["dp"], cp, ep) <= budget:
+    if tp * cp * expert_ranks(o["dp"], cp, ep) <= budget:
         return cp
     fits = [d for d in range(2, cp) if cp % d == 0 and tp * d <= budget]
     if ep > 1 or not fits:
         raise ValueError(f"{layout.spec}: one stage's tp x cp{' x ep/cp' * (ep > 1)} ranks pass "
-                         f"the {budget} devices a projection compiles; choose a smaller tp or cp")
+                         f"the {budget} devices a projection compiles; choose a smaller tp"
+                         f"{', cp or ep' if ep > 1 else ' or cp'}")
     return max(fits)
+
+
+def _scaled_attention(compute: dict, factor: float) -> dict:
+    """A roofline result with its attention seconds multiplied by `factor`."""
+    extra = compute["attention_seconds"] * (factor - 1)
+    return {**compute, "attention_seconds": compute["attention_seconds"] + extra,
+            "seconds": compute["seconds"] + extra}
 
 
 def _compile_stage(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str,
@@ -190,19 +205,22 @@ def _compile_stage(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str,
     grad = compiler.grad(sharded)
     update = compiler.update(sharded)
     hlo, elem = grad.as_text(), DTYPE_BYTES[cfg.dtype]
-    compute = run_blocks_only(compute_time(hlo, hw, elem, score_blocks(stage_cfg, stage_layout)),
-                              stage_cfg, stage_layout)
+    raw = compute_time(hlo, hw, elem, score_blocks(stage_cfg, stage_layout))
+    compiled = run_blocks_only(raw, stage_cfg, stage_layout)  # what the stage program runs
+    # extended to the true cp: cp/cp' times the blocks, of which visible_share(cp) run
+    compute = (run_blocks_only(_scaled_attention(raw, cp / cp_c), cfg, layout) if cp_c < cp
+               else compiled)
     priced = price_collectives(hlo, stage_cfg, stage_layout, hw)
     # the per-microbatch collectives: all but the gradient sums over the compiled context (and
     # expert-group data) ranks, which the step does once with the data replicas' (see module doc)
     scale = (cp - 1) / (cp_c - 1) if cp_c > 1 else 1.0
-    context = priced["context_seconds"] - ring_hidden(priced, compute["attention_seconds"], cp_c)
+    context = priced["context_seconds"] - ring_hidden(priced, compiled["attention_seconds"], cp_c)
     tensor = priced["seconds"] - priced["data_seconds"] - priced["context_seconds"]
     tp_exposed = max(tensor - compute["matmul_seconds"], 0.0) if o.get("tp_overlap") else tensor
-    busy = compute["seconds"] + compute["attention_seconds"] * (cp / cp_c - 1)
+    busy, exposed = compute["seconds"], tp_exposed + scale * context
     t_update = compute_time(update.as_text(), hw, elem, f32_as_model_dtype=False)["seconds"]
     return _Stage(stage_cfg, stage_layout, sharded, hlo, read_memory(grad), compute, priced,
-                  busy, busy + tp_exposed + scale * context, tp_exposed + scale * context,
+                  busy, busy + exposed, exposed,
                   tensor + scale * priced["context_seconds"], t_update, cp_c)
 
 
@@ -221,7 +239,6 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
     stage = _compile_stage(cfg, layout, hw, remat, progress, compiler, budget)
     replicas = dp * cp  # ranks holding the same dense parameters; experts: replicas / ep
     elem, t_mb = DTYPE_BYTES[cfg.dtype], stage.microbatch_seconds
-    t_update = stage.update_seconds / replicas
 
     chunks_time = M + (pp - 1) / V if schedule == "1f1b" else M + pp - 1
     t_pipe = chunks_time * t_mb
@@ -232,6 +249,7 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
 
     experts_local = local_parameter_count(stage.sharded, experts_only=True)
     dense_local = local_parameter_count(stage.sharded) - experts_local
+    t_update = _update_share(stage.update_seconds, dense_local, experts_local, replicas, ep)
     grad_bytes = dense_local * elem
     dp_nodes = data_replica_nodes(layout, hw)
     t_rs, t_ag = _gradient_sync(((grad_bytes, replicas), (experts_local * elem, replicas // ep)),
@@ -298,6 +316,12 @@ def _data_line(layout: Layout, dense_bytes: float, expert_bytes: float, nodes: i
                if ep > 1 else "") + f" ({nodes} nodes)")
 
 
+def _update_share(seconds: float, dense: int, experts: int, replicas: int, ep: int) -> float:
+    """The stage's compiled update time for this rank's share of the state: the dense part over
+    `replicas` ranks, the experts' over replicas / ep (distributed optimizer)."""
+    return seconds * (dense / replicas + experts * ep / replicas) / max(dense + experts, 1)
+
+
 def _gradient_sync(parts: tuple[tuple[float, int], ...], nodes: int,
                    hw: Hardware) -> tuple[float, float]:
     """Seconds of the distributed optimizer's gradient reduce-scatter and parameter all-gather
@@ -334,7 +358,8 @@ def _composed_memory(cfg: ModelConfig, layout: Layout, hw: Hardware, stage: _Sta
              "adam_moments_bytes": 8.0 * (dense / (dp * cp) + experts / (dp * cp // ep)),
              "parameters_per_device": dense + experts, "expert_parameters_per_device": experts,
              "how": ("formula: 16-bit parameters + fp32 gradients + fp32 master and Adam "
-                     "moments sharded over the data replicas (distributed optimizer), "
+                     "moments sharded over the dp x cp ranks, experts over dp x cp / ep "
+                     "(distributed optimizer), "
                      "activations of the in-flight microbatches (Korthikanti et al. 2022) "
                      "and the last stage's fp32 logits; the compiled stage program's "
                      "memory_analysis is beside it (on CPU it errs high: f32 upcasts)")}

@@ -200,13 +200,24 @@ def _dot_of(prog: _Program, ins: Instruction) -> Instruction | None:
     return None
 
 
-def _touches_blocks(prog: _Program, ins: Instruction, blocks: set[tuple[int, ...]]) -> bool:
+def _touches_blocks(prog: _Program, ins: Instruction, blocks: set[tuple[int, ...]],
+                    flat: bool = False) -> bool:
     """Whether the kernel reads or writes an attention score block ([..., q_block, kv_block],
-    with at least one batch or head dimension in front, so a weight matrix never matches; a
-    plain [q_block, kv_block] matrix only where `blocks` lists it as (0, q_block, kv_block))."""
+    with at least one batch or head dimension in front, so a weight matrix never matches; with
+    `flat`, also a plain [q_block, kv_block] matrix that `blocks` lists as (0, q_block, kv_block))."""
     arrays = parse_arrays(ins.shape) + [a for ops in prog.mod.operand_arrays(ins) for a in ops]
-    return any((len(d) >= 3 and tuple(d[-2:]) in blocks) or (len(d) == 2 and (0, *d) in blocks)
-               for _, d in arrays)
+    return any((len(d) >= 3 and tuple(d[-2:]) in blocks)
+               or (flat and len(d) == 2 and (0, *d) in blocks) for _, d in arrays)
+
+
+def _flat_scores(prog: _Program, instrs: list[Instruction], blocks) -> bool:
+    """Whether a computation is a blockwise attention body whose score blocks are plain matrices
+    (one sequence and one K/V head per device): every dot in it touches a score block. A layer's
+    body, whose weight matmuls touch none, never qualifies, so a weight of a block's shape is
+    not mistaken for scores."""
+    dots = [d for i in instrs if (d := _dot_of(prog, i)) is not None]
+    return bool(dots) and any(len(b) == 3 for b in blocks) and all(
+        _touches_blocks(prog, d, blocks, flat=True) for d in dots)
 
 
 def kernels(hlo_text: str, hw, elem_bytes: int,
@@ -248,25 +259,33 @@ def kernel_shapes(hlo_text: str, elem_bytes: int,
     narrow = elem_bytes if f32_as_model_dtype and elem_bytes < 4 else None
     prog = _Program(hlo_text, narrow)
     out: list[KernelShape] = []
+    flats = {c: _flat_scores(prog, i, score_blocks) for c, i in prog.mod.computations.items()}
+    scoring = {c for c, instrs in prog.mod.computations.items() if any(
+        (d := _dot_of(prog, i)) is not None and (
+            ATTENTION_SCOPE in prog.op_name(i) + prog.op_name(d)
+            or _touches_blocks(prog, d, score_blocks, flats[c])) for i in instrs)}
+    # a cond that runs a score block or skips it (causal blocks skipped at run time): both of its
+    # branches, and the loop body holding it, are the fused kernel's bookkeeping
+    for comp, instrs in list(prog.mod.computations.items()):
+        for i in instrs:
+            branches = [c for _, c in prog.mod.called(i)] if i.opcode == "conditional" else []
+            if any(c in scoring for c in branches):
+                scoring |= {comp, *branches}
     for comp, instrs in prog.mod.computations.items():
         if comp in prog.fused:
             continue
         runs, _ = prog.runs.get(comp, (1, True))
         found: dict[str, KernelShape] = {}
         dot_inputs = {n for i in instrs if _dot_of(prog, i) is not None for n, _ in i.operands}
-
-        attention_loop = any(
-            (d := _dot_of(prog, i)) is not None and (
-                ATTENTION_SCOPE in prog.op_name(i) + prog.op_name(d)
-                or _touches_blocks(prog, d, score_blocks))
-            for i in instrs)
+        flat = flats[comp]
+        attention_loop = comp in scoring
         for ins in instrs:
             if ins.opcode in _FREE or _COLLECTIVE.match(ins.opcode):
                 continue
             dot = _dot_of(prog, ins)
             op = prog.op_name(ins) + ("|" + prog.op_name(dot) if dot is not None else "")
             attention = ATTENTION_SCOPE in op or (
-                dot is not None and _touches_blocks(prog, dot, score_blocks))
+                dot is not None and _touches_blocks(prog, dot, score_blocks, flat))
             if dot is None and (op.endswith("dot_general") or attention or attention_loop
                                 or _touches_blocks(prog, ins, score_blocks)
                                 or (ins.name in dot_inputs and _is_layout_only(prog, ins))

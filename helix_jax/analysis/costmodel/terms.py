@@ -114,7 +114,8 @@ def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) 
         over_data = c.op != "all-to-all" and (within(data) or (c.op == "all-reduce"
                                                                and within(sums)))
         data_seconds += seconds if over_data else 0.0
-        if not over_data and (_is_ring_step(c, ctx) or (c.op != "all-reduce" and within(ctx))):
+        if not over_data and (_is_ring_step(c, ctx) or (
+                c.op not in ("all-reduce", "all-to-all") and within(ctx))):
             context_seconds += seconds
         key = (c.op, dtype, c.group_size, link, c.payload_bytes, over_data)
         row = rows.setdefault(key, {"op": c.op, "dtype": dtype, "group_size": c.group_size,

@@ -50,21 +50,21 @@ def intra_node_axes(layout: Layout, hw: Hardware) -> tuple[str, ...]:
 def stages_cross_nodes(layout: Layout, hw: Hardware) -> bool:
     """Whether neighbouring pipeline stages of a composed tp-pp step sit on different nodes (the
     pipeline's sends run over InfiniBand). Composition prices Megatron's placement, tensor ranks
-    inside a node and stages outside it, whatever `place=` says: a stage's neighbour is `tp` GPUs
-    away."""
-    return layout.options["tp"] >= hw.gpus_per_node
+    inside a node, then context ranks, then stages, whatever `place=` says: a stage's neighbour
+    is tp x cp GPUs away."""
+    o = layout.options
+    return o.get("tp", 1) * o.get("cp", 1) >= hw.gpus_per_node
 
 
 def data_replica_nodes(layout: Layout, hw: Hardware) -> int:
-    """How many nodes one data-parallel group of a composed tp-pp step spans (its gradient
-    reduce-scatter and parameter all-gather cross them), in Megatron's placement: every replica
-    on its own node(s) once a replica fills a node, else `gpus_per_node / (tp * pp)` replicas to
-    a node."""
+    """How many nodes the ranks holding the same parameters in a composed tp-pp step span (its
+    gradient reduce-scatter and parameter all-gather cross them), in Megatron's placement (tensor
+    ranks innermost, then context ranks, then stages, then data replicas): the dp data ranks,
+    tp x cp x pp GPUs apart, times the cp context ranks, tp GPUs apart."""
     o = layout.options
-    tp, pp, dp = o["tp"], o["pp"], o["dp"]
-    if tp * pp >= hw.gpus_per_node:
-        return dp
-    return max(1, dp * tp * pp // hw.gpus_per_node)
+    tp, pp, dp, cp = o.get("tp", 1), o.get("pp", 1), o.get("dp", 1), o.get("cp", 1)
+    return len({(d * pp * cp * tp + c * tp) // hw.gpus_per_node
+                for d in range(dp) for c in range(cp)})
 
 
 def _unravel(position: int, shape: tuple[int, ...]) -> list[int]:
