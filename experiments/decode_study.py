@@ -15,7 +15,6 @@ from helix_jax.devices import ensure_host_devices
 
 ensure_host_devices(16)  # before jax starts
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -27,6 +26,9 @@ from helix_jax.layouts import parse_layout
 from helix_jax.report.fmt import num
 from helix_jax.report.plots import LinePanel, line_chart
 from helix_jax.report.provenance import generated_by, markdown_header
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cli import parse_args  # noqa: E402
 
 LAYOUTS = ("tp-pp:tp=8,pp=2,microbatches=1", "helix", "helix:core=seq_a2a",
            "helix:core=qk_gather", "dp", "kvp", "kvp:kvp=4,tp=4")
@@ -69,15 +71,11 @@ def conclusions(points: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--hardware", default="dgx-h100")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    if not out.is_dir():
-        raise SystemExit(f"decode_study: output folder {out} does not exist; create it")
+    def add(parser):
+        parser.add_argument("--hardware", default="dgx-h100")
+        parser.add_argument("--quick", action="store_true")
+
+    args, out = parse_args("decode_study", __doc__, argv, add)
     hw = load_hardware(args.hardware)
     contexts = QUICK["contexts"] if args.quick else CONTEXTS
     batches = QUICK["batches"] if args.quick else BATCHES

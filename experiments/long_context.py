@@ -27,7 +27,6 @@ from helix_jax.devices import ensure_host_devices
 ensure_host_devices(64)  # before jax starts, with XLA's cheapest code generation (read-only use)
 use_fast_codegen()
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -40,6 +39,9 @@ from helix_jax.layouts import parse_layout
 from helix_jax.report.fmt import num
 from helix_jax.report.plots import LinePanel, line_chart
 from helix_jax.report.provenance import generated_by, markdown_header
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cli import parse_args  # noqa: E402
 
 MODELS = ("llama3-8b", "llama3-70b")
 SEQS = (8192, 32768, 131072, 524288, 1048576)
@@ -192,15 +194,11 @@ def write(out: Path, rows: list[dict], report: dict, seqs, prefill_seqs, hw) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--hardware", default="dgx-h100")
-    parser.add_argument("--quick", action="store_true", help="two lengths, one prefill length")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    if not out.is_dir():
-        raise SystemExit(f"long_context: output folder {out} does not exist; create it")
+    def add(parser):
+        parser.add_argument("--hardware", default="dgx-h100")
+        parser.add_argument("--quick", action="store_true", help="two lengths, one prefill length")
+
+    args, out = parse_args("long_context", __doc__, argv, add)
     hw = load_hardware(args.hardware)
     seqs = QUICK["seqs"] if args.quick else SEQS
     prefill_seqs = QUICK["prefill"] if args.quick else PREFILL_SEQS

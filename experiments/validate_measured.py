@@ -26,7 +26,6 @@ from helix_jax.devices import ensure_host_devices
 
 ensure_host_devices(64)  # before jax starts: whole programs of up to 64 devices
 
-import argparse
 import json
 import statistics
 import sys
@@ -40,6 +39,9 @@ from helix_jax.config import load_model_file
 from helix_jax.layouts import parse_layout
 from helix_jax.report.fmt import num, pct
 from helix_jax.report.provenance import generated_by, markdown_header
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cli import parse_args  # noqa: E402  (re-exported for experiments/sensitivity.py)
 
 MODELS = Path(__file__).resolve().parent / "models"
 KORTHIKANTI = "Korthikanti et al. 2022, Table 5 (arXiv 2205.05198)"
@@ -165,19 +167,6 @@ def chart(report: dict, path: Path) -> None:
                   "constant MFU": [100 * abs(r["constant_mfu_error"]) for r in rows]},
                  "|error|, % of the measured step (signs in validation.md)")],
         "Projected training steps against published measurements", ncols=2)
-
-
-def parse_args(name: str, doc: str, argv: list[str] | None) -> tuple[argparse.Namespace, Path]:
-    """`--out FOLDER` (an existing folder) and `--no-progress`: the command line of this script
-    and of the studies built on its rows (experiments/sensitivity.py)."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--out", default="results", help="output folder (default: results)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    if not out.is_dir():
-        raise SystemExit(f"{name}: output folder {out} does not exist; create it")
-    return args, out
 
 
 def main(argv: list[str] | None = None) -> int:
