@@ -6,6 +6,11 @@ steps takes the next position's input (teacher forcing), so the outputs are exac
 pass's and can be checked the same way. Both are one program (`Sharded.step_fn`, T new tokens at
 a position), compiled once per shape before anything is timed: time to first token is the
 prefill, the per-token latency each decode step's, timed with `block_until_ready`.
+
+Both run with the weights a server keeps and the projection prices: copies in the model's dtype
+(`serving_params`; the float32 masters stay with training). Greedy generation (`generate`) is one
+program: the prefill, then a `lax.fori_loop` of decode steps and argmaxes on the device, so the
+host waits once per call, not once per token.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ def compile_decode(sharded: Sharded, prompt_len: int, step=None) -> tuple:
                                     sharding=x_sharding)
 
     start = time.perf_counter()
-    params = sharded.abstract_params()
+    params = sharded.abstract_params(jnp.dtype(cfg.dtype))
     pos = jax.ShapeDtypeStruct((), jnp.int32)
     prefill = step.lower(params, caches, x(prompt_len), pos).compile()
     one = step.lower(params, caches, x(1), pos).compile()
@@ -76,6 +81,7 @@ def run_decode(sharded: Sharded, params, x: jax.Array, prompt_len: int,
     cfg = sharded.cfg
     options.prompt_len(prompt_len, cfg.seq)
     prefill, one, compile_s = programs or compile_decode(sharded, prompt_len, step)
+    params = serving_params(sharded, params)
     x_sharding = NamedSharding(sharded.mesh, sharded.step_input_spec)
     cache = sharded.init_cache(cfg.seq)
     pos0 = jnp.int32(0)
@@ -93,22 +99,74 @@ def run_decode(sharded: Sharded, params, x: jax.Array, prompt_len: int,
     return DecodeRun(np.concatenate(outs, axis=1), ttft, times, compile_s)
 
 
-def generate(sharded: Sharded, params, prompt: jax.Array, n_new: int) -> np.ndarray:
-    """Greedy generation from token prompts [B, P] (a model with a vocabulary): n_new tokens."""
+def serving_params(sharded: Sharded, params):
+    """The parameters in the model's dtype, on their shards (a no-op for a float32 model): the
+    weights a prefill or decode step reads, as the decode projection prices them."""
+    dt = jnp.dtype(sharded.cfg.dtype)
+    if all(a.dtype == dt for a in jax.tree.leaves(params)):
+        return params
+    cast = jax.jit(lambda p: jax.tree.map(lambda a: a.astype(dt), p),
+                   out_shardings=sharded.param_shardings)
+    return cast(params)
+
+
+def generate_fn(sharded: Sharded, prompt_len: int, n_new: int):
+    """One jitted program (params, cache, prompt tokens [B, P]) -> new tokens [B, n_new] int32:
+    the prefill, then n_new - 1 decode steps in a `lax.fori_loop`, each feeding back the argmax
+    of the last position's logits; the cache is updated in place inside the loop."""
+    step = sharded.step_fn()
+
+    def next_token(params, h: jax.Array) -> jax.Array:  # h [B, T, D] -> [B] int32
+        w = params["head"]["w"].astype(jnp.float32)
+        return jnp.argmax(h[:, -1].astype(jnp.float32) @ w, axis=-1).astype(jnp.int32)
+
+    def run(params, cache, prompt):
+        h, cache, _ = step(params, cache, prompt, jnp.int32(0))
+        tokens = jnp.zeros((prompt.shape[0], n_new), jnp.int32)
+        tokens = tokens.at[:, 0].set(next_token(params, h))
+
+        def body(i, carry):
+            tokens, cache = carry
+            last = jax.lax.dynamic_slice_in_dim(tokens, i - 1, 1, axis=1)  # [B, 1]
+            h, cache, _ = step(params, cache, last, prompt_len + i - 1)
+            return tokens.at[:, i].set(next_token(params, h)), cache
+
+        tokens, _ = jax.lax.fori_loop(1, n_new, body, (tokens, cache))
+        return tokens
+
+    return jax.jit(run)
+
+
+@dataclass
+class Generated:
+    """Greedy tokens [B, n_new] (on the host) and the seconds of the one call that made them."""
+
+    tokens: np.ndarray
+    seconds: float
+    compile_s: float
+
+    @property
+    def ms_per_token(self) -> float:
+        """Mean wall time per generated token, the prefill included (one host sync per call)."""
+        return 1e3 * self.seconds / self.tokens.shape[1]
+
+
+def generate(sharded: Sharded, params, prompt: jax.Array, n_new: int) -> Generated:
+    """Greedy generation from token prompts [B, P] (a model with a vocabulary): n_new tokens, in
+    one program on the device (`generate_fn`), timed after its compilation."""
     cfg = sharded.cfg
     if not cfg.vocab:
         raise ValueError(f"{cfg.name} has no vocabulary: --generate needs a model file with "
                          f"vocab > 0")
-    total = prompt.shape[1] + n_new
-    if total > cfg.seq:
+    if n_new < 1 or prompt.shape[1] + n_new > cfg.seq:
         raise ValueError(f"prompt ({prompt.shape[1]}) + --generate {n_new} is more than "
-                         f"--seq {cfg.seq}; raise --seq or generate fewer tokens")
-    step, cache = sharded.step_fn(), sharded.init_cache(cfg.seq)
-    head = jax.jit(lambda w, h: jnp.argmax(h[:, -1].astype(jnp.float32) @ w.astype(jnp.float32),
-                                           axis=-1).astype(jnp.int32))
-    h, cache, _ = step(params, cache, prompt, jnp.int32(0))
-    tokens = [head(params["head"]["w"], h)]
-    for t in range(prompt.shape[1], total - 1):
-        h, cache, _ = step(params, cache, tokens[-1][:, None], jnp.int32(t))
-        tokens.append(head(params["head"]["w"], h))
-    return np.stack([np.asarray(t) for t in tokens], axis=1)
+                         f"--seq {cfg.seq} (or N < 1); raise --seq or generate fewer tokens")
+    params = serving_params(sharded, params)
+    fn = generate_fn(sharded, prompt.shape[1], n_new)
+    start = time.perf_counter()
+    compiled = fn.lower(params, sharded.init_cache(cfg.seq), prompt).compile()
+    compile_s = time.perf_counter() - start
+    cache = sharded.init_cache(cfg.seq)
+    start = time.perf_counter()
+    tokens = jax.device_get(compiled(params, cache, prompt))  # the one host sync
+    return Generated(np.asarray(tokens), time.perf_counter() - start, compile_s)

@@ -42,7 +42,7 @@ def _check_request(args: argparse.Namespace) -> tuple[ModelConfig, Layout]:
     cfg, layout = model_and_layout(args)
     options.prompt_len(args.prompt_len, cfg.seq)
     files.output_file(args.out, "--out")
-    if args.generate is not None and not cfg.vocab:
+    if args.generate is not None and (args.generate < 1 or not cfg.vocab):
         raise ValueError("--generate N needs N >= 1 and a model file with vocab > 0")
     if args.generate is not None and args.prompt_len + args.generate > cfg.seq:
         raise ValueError(f"--prompt-len {args.prompt_len} + --generate {args.generate} is more "
@@ -76,6 +76,6 @@ def _decode(args: argparse.Namespace, cfg: ModelConfig, layout: Layout) -> int:
         npz.save(args.out, cfg, distributed.to_host(params), x_host, result.output)
         print(f"wrote    {args.out}")
     if args.generate:
-        new = generate(sharded, params, x[:, :args.prompt_len], args.generate)
-        print_generated(np.asarray(x_host)[0, :args.prompt_len].tolist(), new[0].tolist())
+        gen = generate(sharded, params, x[:, :args.prompt_len], args.generate)
+        print_generated(np.asarray(x_host)[0, :args.prompt_len].tolist(), gen)
     return 0

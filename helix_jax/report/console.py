@@ -111,9 +111,13 @@ def print_decode(cfg: ModelConfig, layout: Layout, prompt_len: int, run: Any) ->
     _warn_non_finite(run.output)
 
 
-def print_generated(prompt: list, new: list) -> None:
-    """`helix decode --generate N`: the first sequence's prompt tokens and the tokens generated."""
-    print(f"generate greedy, first sequence: {prompt} -> {new}")
+def print_generated(prompt: list, gen) -> None:
+    """`helix decode --generate N`: the first sequence's prompt tokens, the tokens generated and
+    the time of the one on-device call that made them (`decode.Generated`)."""
+    print(f"generate greedy, first sequence: {prompt} -> {gen.tokens[0].tolist()}")
+    print(f"generate {gen.tokens.shape[1]} tokens in one device call (prefill + on-device loop, "
+          f"one host sync): {gen.seconds * 1e3:.1f} ms, {gen.ms_per_token:.2f} ms per token "
+          f"(compiled in {gen.compile_s:.1f} s)")
 
 
 def training_header(cfg: ModelConfig, layout: Layout, hosts: str, steps: int,
