@@ -55,6 +55,9 @@ class Comm:
     # Activation recompute in the backward pass: "none", "selective" (the attention core) or
     # "full" (each layer's forward); read by the modules through this view of the run.
     remat: str = "none"
+    # Ordinary attention as one library call ("fused") or the blockwise scan ("blockwise": what
+    # the cost model compiles); see nn/fused_attention.py.
+    attention_kernel: str = "auto"
     # The gspmd partitioner's mesh: the modules see whole arrays, collectives are identities and
     # `constrain` pins the layout's shardings. None inside shard_map.
     mesh: Any = None

@@ -39,6 +39,16 @@ class Core(StrEnum):
     QK_GATHER = "qk_gather"
 
 
+class AttentionKernel(StrEnum):
+    """How a device runs its ordinary attention: one library call (`jax.nn.dot_product_attention`,
+    cuDNN on a GPU), the blockwise online-softmax scan (what the cost model compiles), or auto:
+    whichever is faster on the backend (nn/fused_attention.py)."""
+
+    AUTO = "auto"
+    FUSED = "fused"
+    BLOCKWISE = "blockwise"
+
+
 class ContextAttention(StrEnum):
     """How attention reaches the other context-parallel shards' keys and values."""
 

@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from helix_jax.comm import Comm
 from helix_jax.config import ModelConfig
-from helix_jax.enums import Remat, choices
+from helix_jax.enums import AttentionKernel, Remat, choices
 from helix_jax.gspmd import check_partitioner
 from helix_jax.layouts import Layout
 from helix_jax.nn.stats import combine_stats
@@ -98,17 +98,22 @@ class Sharded:
     batch_chunks: int = 1
     remat: str = "none"  # activation recompute in training: none | selective | full
     partitioner: str = "shard_map"  # shard_map (hand-written collectives) | gspmd (XLA's)
+    attention_kernel: str = "auto"  # ordinary attention: auto | fused call | blockwise scan
 
     @classmethod
     def build(cls, cfg: ModelConfig, layout: Layout, devices=None,
               batch_chunks: int = 1, remat: str = "none",
-              partitioner: str = "shard_map") -> Sharded:
+              partitioner: str = "shard_map", attention_kernel: str = "auto") -> Sharded:
         layout.validate(cfg)
         if remat not in REMAT:
             raise ValueError(f"remat={remat!r} is not one of {', '.join(REMAT)}")
         check_partitioner(layout, partitioner)
         layout = layout.for_model(cfg)
-        sharded = cls(cfg, layout, layout.make_mesh(devices), batch_chunks, remat, partitioner)
+        if attention_kernel not in tuple(AttentionKernel):
+            raise ValueError(f"attention_kernel={attention_kernel!r} is not one of "
+                             f"{', '.join(AttentionKernel)}")
+        sharded = cls(cfg, layout, layout.make_mesh(devices), batch_chunks, remat, partitioner,
+                      attention_kernel)
         rows = cfg.batch // layout.size(*sharded.rest_axes) if sharded.rest_axes else cfg.batch
         if batch_chunks < 1 or rows % batch_chunks:
             shards = layout.size(*sharded.rest_axes) if sharded.rest_axes else 1
@@ -155,6 +160,7 @@ class Sharded:
     def comm(self) -> Comm:
         rules = {**self.layout.rules, "spread": self.spread_axes}
         return Comm(dataclasses.replace(self.layout, rules=rules), remat=self.remat,
+                    attention_kernel=self.attention_kernel,
                     mesh=self.mesh if self.gspmd else None)
 
     @property
@@ -376,7 +382,8 @@ class Sharded:
         """The layout as a prefill/decode step sees it: whole sequences (no sequence parallelism)
         and the input where the model works on it (no batch chunks)."""
         rules = {k: v for k, v in self.layout.rules.items() if k not in ("act_seq", context.AXIS)}
-        return Comm(dataclasses.replace(self.layout, rules=rules))
+        return Comm(dataclasses.replace(self.layout, rules=rules),
+                    attention_kernel=self.attention_kernel)
 
     @property
     def cache_axes(self) -> tuple[str, ...]:

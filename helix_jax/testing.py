@@ -101,11 +101,13 @@ def random_params(cfg: ModelConfig, seed: int = 0) -> dict:
 
 
 def run_layout(cfg: ModelConfig, layout: str, params=None, seed: int = 0,
-               grads: bool = True, partitioner: str = "shard_map") -> dict:
+               grads: bool = True, partitioner: str = "shard_map",
+               attention_kernel: str = "auto") -> dict:
     """Output `y` [B, S, D] (float32), MoE `stats` and, with `grads`, the gradients of
     sum(y * ct) (ct a fixed random cotangent) w.r.t. the parameters and (embedding inputs) the
     input, all on the host: {"y", "stats", "grads": {"params", "x"}, "params", "x"}.
-    `partitioner`: "shard_map" (the hand-written collectives) or "gspmd" (XLA's)."""
+    `partitioner`: "shard_map" (the hand-written collectives) or "gspmd" (XLA's);
+    `attention_kernel`: "auto", "fused" (the library call) or "blockwise" (the scan)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -113,7 +115,8 @@ def run_layout(cfg: ModelConfig, layout: str, params=None, seed: int = 0,
     from helix_jax.layouts import parse_layout
     from helix_jax.model import Sharded, random_input
 
-    sharded = Sharded.build(cfg, parse_layout(layout), partitioner=partitioner)
+    sharded = Sharded.build(cfg, parse_layout(layout), partitioner=partitioner,
+                            attention_kernel=attention_kernel)
     host_params = random_params(cfg, seed) if params is None else params
     params = sharded.place(host_params)
     x = random_input(cfg, seed)

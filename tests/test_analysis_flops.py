@@ -160,17 +160,23 @@ def _analytic(cfg, attention_fraction=1.0):
     return proj, attn
 
 
-def _model_flops(cfg):
-    s = Sharded.build(cfg, parse_layout("single"))
+# The attention's two matmuls, by their einsum in op_name: the blockwise scan's, or those of
+# jax.nn.dot_product_attention (the library call that ordinary attention runs as).
+ATTENTION_EINSUMS = ("bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd", "BTNH,BSNH->BNTS", "BNTS,BSNH->BTNH")
+
+
+def _model_flops(cfg, kernel="auto"):
+    s = Sharded.build(cfg, parse_layout("single"), attention_kernel=kernel)
     hlo = s.forward_fn().lower(*s.abstract_inputs()).compile().as_text()
     d = matmul_flops(hlo)
-    attn = sum(v for k, v in d["by_op"].items() if "bqhd,bkhd->bhqk" in k or "bhqk,bkhd->bqhd" in k)
+    attn = sum(v for k, v in d["by_op"].items() if any(e in k for e in ATTENTION_EINSUMS))
     return d, attn
 
 
-def test_tiny_dense_forward_matches_analytic():
+@pytest.mark.parametrize("kernel", ("fused", "blockwise"))
+def test_tiny_dense_forward_matches_analytic(kernel):
     cfg = resolve_model("tiny-dense").replace(causal=False)
-    d, attn = _model_flops(cfg)
+    d, attn = _model_flops(cfg, kernel)
     proj, attn_ref = _analytic(cfg)
     assert d["uncounted"] == [] and d["trip_counts_known"]
     assert cfg.n_layers in d["loop_trips"].values()  # the scan over layers
@@ -180,7 +186,7 @@ def test_tiny_dense_forward_matches_analytic():
 
 def test_tiny_dense_causal_blocks_count_visible_pairs_only():
     cfg = resolve_model("tiny-dense").replace(q_block=8, kv_block=8, causal=True)
-    d, attn = _model_flops(cfg)
+    d, attn = _model_flops(cfg, "blockwise")  # the scan skips the blocks in the future
     proj, attn_ref = _analytic(cfg, attention_fraction=10 / 16)
     assert sorted(d["loop_trips"].values()) == sorted([cfg.n_layers, 10])
     assert attn == pytest.approx(attn_ref, rel=0.02)

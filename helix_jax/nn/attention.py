@@ -30,6 +30,7 @@ from flax import nnx
 
 from helix_jax.comm import Comm, vary_like
 from helix_jax.config import ModelConfig
+from helix_jax.nn.fused_attention import fused_attend, use_fused
 from helix_jax.nn.mlp import normal
 from helix_jax.nn.norm import RMSNorm
 from helix_jax.parallel import context
@@ -265,11 +266,15 @@ def global_core(q: Array, k: Array, v: Array, comm: Comm, *, core: str, **blocks
 
 def attention_core(q: Array, k: Array, v: Array, comm: Comm, *, core: str, causal: bool,
                    q_block: int = 0, kv_block: int = 0) -> Array:
-    """Attention on head-dim-sharded q [B, S, h, d/m], k, v [B, S, g, d/m] -> o [B, S, h, d/m]."""
+    """Attention on head-dim-sharded q [B, S, h, d/m], k, v [B, S, g, d/m] -> o [B, S, h, d/m].
+    Ordinary attention on the device (no head-dim split, or seq_a2a's) is one library call
+    where `comm.attention_kernel` says so (nn/fused_attention.py)."""
     blocks = dict(causal=causal, q_block=q_block, kv_block=kv_block)
     if comm.global_view:
         return global_core(q, k, v, comm, core=core, **blocks)
     if not comm.axes("head_dim"):
+        if use_fused(comm.attention_kernel, q, k.shape[1], v.shape[-1]):
+            return fused_attend(q, k, v, causal=causal)
         return attend(q, k, v, **blocks)
     if core == "score_psum":
         return attend(q, k, v, reduce_scores=lambda s: comm.psum(s, "head_dim"), **blocks)
@@ -280,7 +285,10 @@ def attention_core(q: Array, k: Array, v: Array, comm: Comm, *, core: str, causa
         q = comm.all_to_all(q, "head_dim", split_axis=1, concat_axis=3)  # [B, S/m, h, d]
         k, v = (comm.all_gather(t, "head_dim", axis=3) for t in (k, v))  # [B, S, h, d]
         offset = comm.index("head_dim") * q.shape[1]
-        o = attend(q, k, v, q_offset=offset, **blocks)
+        if use_fused(comm.attention_kernel, q, k.shape[1], v.shape[-1]):
+            o = fused_attend(q, k, v, causal=causal, q_offset=offset)
+        else:
+            o = attend(q, k, v, q_offset=offset, **blocks)
         return comm.all_to_all(o, "head_dim", split_axis=3, concat_axis=1)  # [B, S, h, d/m]
     raise ValueError(f"unknown attention core {core!r}")
 
@@ -312,10 +320,17 @@ def decode_core(q: Array, cache_k: Array, cache_v: Array, layer: Array, pos: Arr
     """New queries [B, T, h, d/m] against layer `layer` of the stacked cache [L, B, C, g, d/m]
     (head-dim split m ways): score_psum sums the partial scores of the new queries only
     ([B, h, T, C] per step); qk_gather gathers q and the layer's whole key cache; seq_a2a cannot
-    split T = 1 query m ways, so it gathers q, keys and values and keeps its own output slice."""
+    split T = 1 query m ways, so it gathers q, keys and values and keeps its own output slice.
+    A prefill (T > 1) of ordinary attention is one library call over the layer's cache
+    (nn/fused_attention.py); a decode step stays blockwise, reading the stacked cache in place."""
     blocks = dict(causal=True, q_offset=pos, kv_block=kv_block)
     if q.shape[1] == 1:  # one query sees every written key: a mask, no per-block branch
         blocks["key_positions"] = jnp.arange(cache_k.shape[2])
+    fused = q.shape[1] > 1 and use_fused(comm.attention_kernel, q, cache_k.shape[2],
+                                         cache_v.shape[-1])
+    if fused and not comm.axes("head_dim"):
+        k, v = (jax.lax.dynamic_index_in_dim(c, layer, keepdims=False) for c in (cache_k, cache_v))
+        return fused_attend(q, k, v, causal=True, q_offset=pos)
     if not comm.axes("head_dim") or core == "score_psum":
         reduce = (lambda s: comm.psum(s, "head_dim")) if comm.axes("head_dim") else (lambda s: s)
         return attend(q, cache_k, cache_v, reduce_scores=reduce, kv_layer=layer, **blocks)
@@ -325,7 +340,7 @@ def decode_core(q: Array, cache_k: Array, cache_v: Array, layer: Array, pos: Arr
         return attend(q, k, v, **blocks)
     if core == "seq_a2a":
         q, k, v = (comm.all_gather(t, "head_dim", axis=3) for t in (q, k, v))
-        o = attend(q, k, v, **blocks)
+        o = fused_attend(q, k, v, causal=True, q_offset=pos) if fused else attend(q, k, v, **blocks)
         width = o.shape[-1] // comm.size("head_dim")
         return jax.lax.dynamic_slice_in_dim(o, comm.index("head_dim") * width, width, axis=3)
     raise ValueError(f"unknown attention core {core!r}")

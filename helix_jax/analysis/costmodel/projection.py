@@ -13,6 +13,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from helix_jax.layouts import parse_layout
+from helix_jax.nn.fused_attention import runtime_kernel
+
 
 @dataclass
 class Timing:
@@ -99,7 +102,14 @@ class Projection:
     # path-specific (None where it does not apply)
     context: int | None = None  # KV-cache steps: the cache length
     microbatch_size: int | None = None  # composed steps: sequences per pipeline microbatch
+    # the attention kernel: priced, compiled for the projection, and run by the runtime
+    attention_kernel: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # keys callers added
+
+    def __post_init__(self) -> None:
+        if not self.attention_kernel:
+            self.attention_kernel = attention_kernel_note(self.layout, self.mode,
+                                                          self.partitioner)
 
     @property
     def step_seconds(self) -> float:
@@ -125,6 +135,16 @@ class Projection:
         kwargs.setdefault("params_total", None)  # older JSON did not count parameters
         kwargs.setdefault("params_active", None)
         return cls(**kwargs, extra={k: v for k, v in d.items() if k not in names})
+
+
+def attention_kernel_note(spec: str, mode: str, partitioner: str) -> dict[str, str]:
+    """What the projection says about attention: the roofline prices each device's attention
+    core as one fused flash kernel; the program it reads runs the blockwise scan (a CPU's
+    library call would hold the whole score matrix); the runtime runs `runtime_kernel`."""
+    return {"priced": "one fused flash kernel per device: its FLOPs at attention_flops_per_s "
+                      "(FlashAttention-3's rate), its on-chip work left out",
+            "compiled": "blockwise online-softmax scan (no whole score matrix in memory)",
+            "runtime": runtime_kernel(parse_layout(spec), mode, partitioner)}
 
 
 def projection_keys() -> tuple[str, ...]:

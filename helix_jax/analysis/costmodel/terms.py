@@ -14,6 +14,7 @@ from helix_jax.analysis.costmodel.pricing import collective_time, crosses_nodes
 from helix_jax.analysis.costmodel.topology import axis_groups, intra_node_axes, node_of
 from helix_jax.analysis.hlo.collectives import collectives
 from helix_jax.config import ModelConfig
+from helix_jax.enums import AttentionKernel
 from helix_jax.layouts import Layout
 
 _FOUR_BYTE = {"f32", "s32", "u32"}
@@ -27,7 +28,10 @@ def analysed_config(cfg: ModelConfig) -> ModelConfig:
 
 def build_sharded(cfg: ModelConfig, layout: Layout, batch_chunks: int, remat: str = "none",
                   partitioner: str = "shard_map"):
-    """The sharded model (ValueError when this chunking does not fit the batch)."""
+    """The sharded model (ValueError when this chunking does not fit the batch), with its
+    ordinary attention as the blockwise scan: the roofline prices the attention core as one
+    fused GPU kernel, and the scan's program holds no whole score matrix that such a kernel
+    never writes (XLA:CPU's library call would; `projection.attention_kernel_note`)."""
     from helix_jax.devices import devices_for
     from helix_jax.model import Sharded
 
@@ -36,7 +40,7 @@ def build_sharded(cfg: ModelConfig, layout: Layout, batch_chunks: int, remat: st
         raise RuntimeError(f"{layout.spec} needs {layout.devices} devices; jax has "
                            f"{len(devices)}. Run through `helix project` (it sets up host devices).")
     return Sharded.build(cfg, layout, devices=devices, batch_chunks=batch_chunks, remat=remat,
-                         partitioner=partitioner)
+                         partitioner=partitioner, attention_kernel=AttentionKernel.BLOCKWISE)
 
 
 def _is_ring_step(c, ring: set[frozenset[int]]) -> bool:
