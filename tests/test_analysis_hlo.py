@@ -328,3 +328,11 @@ def test_read_cost_and_memory(mesh):
     assert scale_for_loops(compiled.as_text()) == 1
     (ar,) = collectives(compiled.as_text())
     assert (ar.op, ar.payload_bytes, ar.replica_groups) == ("all-reduce", 16 * 64 * 4, DIM_GROUPS)
+
+
+def test_the_h200_profile_is_the_h100_one_with_its_memory():
+    h100, h200 = load_hardware("dgx-h100"), load_hardware("dgx-h200")
+    differ = {f for f in vars(h100) if getattr(h100, f) != getattr(h200, f)}
+    assert differ == {"name", "notes", "sources", "hbm_bytes_per_s", "hbm_capacity_bytes"}
+    assert (h200.hbm_bytes_per_s, h200.hbm_capacity_bytes) == (4.3e12, 141e9)
+    assert {"hbm_bytes_per_s", "hbm_capacity_bytes"} <= set(h200.sources)

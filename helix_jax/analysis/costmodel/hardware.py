@@ -155,6 +155,24 @@ HARDWARE: dict[str, Hardware] = {
         }),
 }
 
+# DGX H200: the H100's Hopper chip (same SMs, clocks, matrix and attention rates) with 141 GB of
+# HBM3e at 4.8 TB/s, in the DGX H100's chassis (the same NVSwitch and eight 400 Gb/s NICs): only
+# the memory fields differ from dgx-h100.
+_H100 = HARDWARE["dgx-h100"]
+HARDWARE["dgx-h200"] = dataclasses.replace(
+    _H100, name="dgx-h200", hbm_bytes_per_s=4.3e12, hbm_capacity_bytes=141e9,
+    notes="DGX H200: 8 x H200 SXM 141 GB per node on NVSwitch, 8 x 400 Gb/s NICs per node; "
+          "the DGX H100's chip, switches and NICs with HBM3e.",
+    sources={**_H100.sources,
+             "hbm_bytes_per_s": "about 90% of the 4.8 TB/s HBM3e datasheet peak (the measured "
+                                "fraction of the H100 figure, 3.0 of 3.35); a device-to-device "
+                                "copy on one H200 measured about 4.3 TB/s (2026-11), a jax "
+                                "elementwise kernel 3.74 TB/s (results/gpu_kernels.md)",
+             "hbm_capacity_bytes": "H200 SXM datasheet: 141 GB HBM3e at 4.8 TB/s",
+             "same_as_dgx_h100": "DGX H200 datasheet: the same 4th-generation NVSwitch (900 GB/s "
+                                 "NVLink per GPU) and 8 x 400 Gb/s ConnectX-7 as DGX H100; "
+                                 "the H200 is the H100's GH100 chip (same dense bf16 peak)"})
+
 _FIELDS = {f.name: f for f in dataclasses.fields(Hardware)}
 _IGNORED = {"measurements"}  # what `helix calibrate` keeps beside the profile, for the reader
 _OPTIONAL = {"name", "notes", "sm_count", "mm_tile_m", "mm_tile_n", "attention_flops_per_s",
