@@ -10,7 +10,10 @@ often as its computation runs (loop trip counts applied, as for FLOPs). Its time
 kernel (`attention_flops_per_s`) for the dots inside the attention core. The quantization
 efficiency is NVIDIA's tile x wave model of a GEMM: output tiles of `mm_tile` elements, one tile
 per SM at a time, so a GEMM whose tiles do not fill the last wave of `sm_count` SMs, or whose
-dimensions are not multiples of the tile, wastes the rest.
+dimensions are not multiples of the tile, wastes the rest. A GEMM with fewer output tiles than
+SMs (a decode step's matrix-vector products: one row per sequence) is split along K, as cuBLAS and
+CUTLASS do for such shapes (split-K / stream-K), into up to sm_count // tiles slices of at least
+SPLIT_K_DEPTH: its tiles then fill the SMs, and a skinny GEMM is bound by reading its weights.
 
 Three kinds of kernel in a program compiled for CPU would not exist on a GPU, and are left out:
 the converts and transposes XLA:CPU puts around a dot (its op_name ends in `dot_general`: cuBLAS
@@ -42,14 +45,14 @@ _SLICERS = {"dynamic-slice", "slice", "gather"}
 @dataclass(frozen=True)
 class KernelShape:
     """What a kernel is, without a price: its kind, runs, FLOPs and bytes per run, and for a
-    matmul its (batch, m, n) output tiling (the hardware's tile/wave quantization reads it)."""
+    matmul its (batch, m, n, k) shape (the hardware's tile/wave quantization reads it)."""
 
     name: str
     kind: str  # matmul | attention | memory
     runs: int
     flops: float  # per run
     bytes: float  # per run
-    gemm: tuple[int, int, int] = (0, 0, 0)
+    gemm: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -76,14 +79,23 @@ def gemm_shape(mod: HloModule, dot: Instruction) -> tuple[int, int, int, int]:
     return batch, m, n, k
 
 
+# The K depth of one split-K slice: the K extent of a CTA tile of Hopper's and Ampere's bf16
+# GEMM kernels (CUTLASS's 128 x 256 x 64 and 256 x 128 x 64 tiles), so a slice is never shallower
+# than one pass of the main loop.
+SPLIT_K_DEPTH = 64
+
+
 def quantization_efficiency(batch: int, m: int, n: int, tile: tuple[int, int],
-                            sm_count: int) -> float:
-    """Useful share of the tile x wave grid of a GEMM (1 for a GEMM that fills every wave)."""
+                            sm_count: int, k: int = 0) -> float:
+    """Useful share of the tile x wave grid of a GEMM (1 for a GEMM that fills every wave).
+    With fewer output tiles than SMs, K (when given) is split to fill them (module doc)."""
     if sm_count <= 0:
         return 1.0
     tm, tn = tile
     tiles_m, tiles_n = math.ceil(m / tm), math.ceil(n / tn)
     tiles = batch * tiles_m * tiles_n
+    if k and tiles < sm_count:
+        tiles *= max(1, min(sm_count // tiles, math.ceil(k / SPLIT_K_DEPTH)))
     waves = math.ceil(tiles / sm_count)
     tile_eff = (m * n) / (tiles_m * tm * tiles_n * tn)
     return tile_eff * tiles / (waves * sm_count)
@@ -236,7 +248,9 @@ def kernels(hlo_text: str, hw, elem_bytes: int,
             rate = attn_rate if k.kind == "attention" else hw.flops_per_s
             # a flash kernel runs every (head, query tile) of the scan's blocks at once, so one
             # block's tile grid does not set its waves; its measured rate already holds them
-            eff = 1.0 if k.kind == "attention" else quantization_efficiency(*k.gemm, tile, sms)
+            b, m, n, depth = k.gemm
+            eff = (1.0 if k.kind == "attention"
+                   else quantization_efficiency(b, m, n, tile, sms, depth))
             seconds = max(k.flops / (rate * eff), k.bytes / hw.hbm_bytes_per_s)
         out.append(Kernel(k.name, k.kind, k.runs, k.flops, k.bytes, seconds))
     return out
@@ -295,7 +309,7 @@ def kernel_shapes(hlo_text: str, elem_bytes: int,
                 b, m, n, k = gemm_shape(prog.mod, dot)
                 found[ins.name] = KernelShape(
                     ins.name, "attention" if attention else "matmul", runs, 2.0 * b * m * n * k,
-                    float(b * (m * k + k * n + m * n) * elem_bytes), (b, m, n))
+                    float(b * (m * k + k * n + m * n) * elem_bytes), (b, m, n, k))
                 continue
             found[ins.name] = KernelShape(ins.name, "memory", runs, 0.0, _io_bytes(prog, ins))
         out += _fuse_memory_kernels(prog, comp, found)
