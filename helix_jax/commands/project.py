@@ -27,7 +27,7 @@ def add_parser(sub: Any) -> None:
                        "FLOPs, memory and collectives off the program, priced on a hardware profile")
     model_args(p, "paper-dense")
     p.add_argument("--hardware", default="h100-paper",
-                   help="hardware profile name (h100-paper, h100-sxm, dgx-h100, dgx-a100) or a "
+                   help="hardware profile name (h100-paper, h100-sxm, dgx-h100, dgx-h200, dgx-a100) or a "
                    "JSON/TOML file (e.g. written by `helix calibrate`)")
     mode_arg(p, "forward pass (default), a whole training step (forward, backward, "
              "gradient reduction, AdamW), a prefill of --context positions into a KV cache, "

@@ -43,7 +43,8 @@ def add_reproduce_args(parser: argparse.ArgumentParser) -> None:
                         help="fewer timed runs (1 warm-up, 2 timed); every row is still produced")
     parser.add_argument("--hardware", default="h100-paper",
                         help="hardware profile for the projections: a built-in name (h100-paper, "
-                        "h100-sxm) or a .json/.toml file (default: h100-paper)")
+                        "h100-sxm, dgx-h100, dgx-h200, dgx-a100) or a .json/.toml file "
+                        "(default: h100-paper)")
     parser.add_argument("--tables", default="dense,moe",
                         help="comma-separated tables to produce (default: dense,moe)")
     parser.add_argument("--no-measure", dest="measure", action="store_false",
