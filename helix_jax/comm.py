@@ -14,6 +14,7 @@ SPMD partitioner through `constrain`, a `with_sharding_constraint` at the points
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,9 @@ class Comm:
     # Ordinary attention as one library call ("fused") or the blockwise scan ("blockwise": what
     # the cost model compiles); see nn/fused_attention.py.
     attention_kernel: str = "auto"
+    # False for layers that take whole sequences inside a sequence-parallel block (a MoE layer's
+    # shared experts): they run their collectives as usual even under tp_overlap.
+    overlap: bool = True
     # The gspmd partitioner's mesh: the modules see whole arrays, collectives are identities and
     # `constrain` pins the layout's shardings. None inside shard_map.
     mesh: Any = None
@@ -165,6 +169,68 @@ class Comm:
             raise ValueError(f"sequence parallelism over {seq_axes} needs the reduction over the "
                              f"same axes, got {axes}")
         return jax.lax.psum_scatter(partial, axes, scatter_dimension=1, tiled=True)
+
+    @property
+    def tp_overlap(self) -> bool:
+        """Whether sequence-parallel TP runs as collective matmuls (layout option tp_overlap):
+        the all-gather before a layer's first matmuls and the reduce-scatter after its last one
+        become rings of collective-permutes, each step overlapping a transfer with the matmul
+        of the chunk in hand (`gather_apply`, `reduce_apply`)."""
+        return (self.overlap and not self.global_view and bool(self.option("tp_overlap"))
+                and bool(self.axes("act_seq")))
+
+    def whole_sequences(self) -> Comm:
+        """This view for a layer that is handed whole sequences (no collective matmuls)."""
+        return dataclasses.replace(self, overlap=False)
+
+    def layer_input(self, x):
+        """What an attention or dense FFN layer takes from the residual stream: whole sequences,
+        or under tp_overlap the sequence shard itself (its first matmuls gather it)."""
+        return x if self.tp_overlap else self.gather_seq(x)
+
+    def gather_apply(self, x, fn):
+        """fn (token-wise: matmuls) over whole sequences of a layer input x (`layer_input`).
+        Under tp_overlap x [B, S/t, D] is this device's shard: at step i the device applies fn
+        to the chunk of shard me - i while passing that chunk on, so t - 1 collective-permutes
+        overlap t partial matmuls; the outputs land at their sequence offsets."""
+        if not self.tp_overlap:
+            return fn(x)
+        t, me, n = self.size("act_seq"), self.index("act_seq"), x.shape[1]
+        out, chunk = None, x
+        for i in range(t):
+            ahead = self.ppermute(chunk, "act_seq", shift=1) if i < t - 1 else None
+            y = fn(chunk)
+            if out is None:
+                out = vary_like(jax.tree.map(
+                    lambda a: jnp.zeros((a.shape[0], n * t, *a.shape[2:]), a.dtype), y),
+                    *jax.tree.leaves(y))
+            start = (me - i) % t * n
+            out = jax.tree.map(
+                lambda o, a, s=start: jax.lax.dynamic_update_slice_in_dim(o, a, s, axis=1), out, y)
+            chunk = ahead
+        return out
+
+    def reduce_apply(self, u, fn, *logical: str):
+        """fn(u) (token-wise, giving partial sums [B, S, D] over the shards of `logical`) summed
+        by `reduce_out`. Under tp_overlap, a ring: the device starts the sum of sequence chunk
+        me + 1, and at each of t - 1 steps passes its running sum to shard me - 1 and adds its
+        own part of the chunk that sum is bound for, ending with its own chunk [B, S/t, D]."""
+        if not self.tp_overlap:
+            return self.reduce_out(fn(u), *logical)
+        if self.axes(*logical) != self.axes("act_seq"):
+            raise ValueError(f"tp_overlap reduces over {self.axes('act_seq')}, the sequence "
+                             f"parallel axes, got {self.axes(*logical)}")
+        t, me = self.size("act_seq"), self.index("act_seq")
+        n = u.shape[1] // t
+
+        def part(i: int):  # this device's partial sum for the chunk of shard me + 1 + i
+            c = (me + 1 + i) % t * n
+            return fn(jax.lax.dynamic_slice_in_dim(u, c, n, axis=1))
+
+        acc = part(0)
+        for i in range(1, t):
+            acc = self.ppermute(acc, "act_seq", shift=-1) + part(i)
+        return acc
 
     def gather_seq(self, x):
         """Undo sequence parallelism before a layer that needs whole sequences."""

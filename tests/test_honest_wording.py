@@ -36,7 +36,10 @@ HW = load_hardware("h100-paper")
     ("ep:chunks=4@gspmd", []),
     ("tp-pp:schedule=1f1b", ["schedule=1f1b"]),
     ("tp-pp:schedule=1f1b,virtual=2@selective", ["schedule=1f1b", "virtual=2"]),
-    ("tp-pp:tp_overlap=true", ["tp_overlap=true"]),
+    ("tp-pp:sp=true,tp_overlap=true", []),  # runs: collective matmuls
+    ("tp-pp:tp_overlap=true", ["tp_overlap=true without sp"]),
+    ("tp-pp:tp=1,pp=2,tp_overlap=true", []),  # no tensor collectives to overlap
+    ("tp-pp:sp=true,tp_overlap=true,schedule=1f1b", ["schedule=1f1b"]),
 ])
 def test_the_mark_follows_each_option(label, options):
     assert priced_only_options(label) == options

@@ -54,11 +54,12 @@ def _check_request(args: argparse.Namespace) -> tuple[ModelConfig, Layout]:
     cfg, layout = model_and_layout(args)
     check_partitioner(layout, args.partitioner)  # before jax starts
     o = layout.options
-    if (o.get("schedule", Schedule.GPIPE) != Schedule.GPIPE or o.get("virtual", 1) > 1
-            or o.get("tp_overlap")):
-        raise ValueError(f"{layout.spec}: helix train runs the GPipe schedule without overlap; "
-                         f"schedule=1f1b, virtual=V and tp_overlap are priced by `helix project "
-                         f"--mode train` only")
+    if o.get("schedule", Schedule.GPIPE) != Schedule.GPIPE or o.get("virtual", 1) > 1:
+        raise ValueError(f"{layout.spec}: helix train runs the GPipe schedule; schedule=1f1b "
+                         f"and virtual=V are priced by `helix project --mode train` only")
+    if o.get("tp_overlap") and o.get("tp", 1) > 1 and not o.get("sp"):
+        raise ValueError(f"{layout.spec}: tp_overlap=true runs sequence parallelism's "
+                         f"collectives as collective matmuls; add sp=true")
     files.output_dir(args.checkpoint_dir, "--checkpoint-dir")
     files.output_file(args.log, "--log")
     files.output_dir(args.profile, "--profile")

@@ -392,9 +392,11 @@ class Attention(nnx.Module):
         return comm.constrain(out, *(KV_AXES if kv else QKV_AXES))
 
     def _project(self, h: Array, comm: Comm, positions: Array) -> tuple[Array, Array, Array]:
-        """q [B, S, h, d/m], k, v [B, S, g, d/m] of the tokens h [B, S, D] at `positions` [S]."""
-        q, k, v = (self._in(h, w, b, comm, kv=w != "wq")
-                   for w, b in (("wq", "bq"), ("wk", "bk"), ("wv", "bv")))
+        """q [B, S, h, d/m], k, v [B, S, g, d/m] of the tokens h [B, S, D] at `positions` [S]
+        (h a `comm.layer_input`: under tp_overlap a sequence shard, gathered by the matmuls)."""
+        q, k, v = comm.gather_apply(h, lambda c: tuple(
+            self._in(c, w, b, comm, kv=w != "wq")
+            for w, b in (("wq", "bq"), ("wk", "bk"), ("wv", "bv"))))
         if hasattr(self, "q_norm"):  # RMS over the whole head dim: summed over its shards
             reduce = lambda t: comm.psum(t, "head_dim")  # noqa: E731
             q, k = self.q_norm(q, reduce), self.k_norm(k, reduce)
@@ -406,8 +408,9 @@ class Attention(nnx.Module):
 
     def _out(self, o: Array, comm: Comm) -> Array:
         o = comm.constrain(o, *QKV_AXES)
-        partial = jnp.einsum("bshk,hkD->bsD", o, self.wo[...].astype(o.dtype))
-        out = comm.reduce_out(partial, "heads", "head_dim")
+        wo = self.wo[...].astype(o.dtype)
+        out = comm.reduce_apply(o, lambda c: jnp.einsum("bshk,hkD->bsD", c, wo),
+                                "heads", "head_dim")
         return out + self.bo[...].astype(o.dtype) if hasattr(self, "bo") else out
 
     def _kv_parallel(self, h: Array, comm: Comm) -> Array:
@@ -451,7 +454,8 @@ class Attention(nnx.Module):
     def __call__(self, h: Array, comm: Comm) -> Array:  # h: [B, S, D] -> [B, S, D]
         if comm.axes("kv_seq"):
             return self._kv_parallel(h, comm)
-        q, k, v = self._project(h, comm, context.positions(h.shape[1], comm))
+        n = h.shape[1] * (comm.size("act_seq") if comm.tp_overlap else 1)  # whole sequences
+        q, k, v = self._project(h, comm, context.positions(n, comm))
         blocks = dict(causal=self.causal, q_block=self.blocks[0], kv_block=self.blocks[1])
 
         def core(q, k, v):

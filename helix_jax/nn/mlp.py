@@ -54,9 +54,13 @@ class MLP(nnx.Module):
         return out + getattr(self, b)[...].astype(h.dtype) if hasattr(self, b) else out
 
     def __call__(self, h: jax.Array, comm: Comm) -> jax.Array:  # h: [B, S, D] -> [B, S, D]
-        up = self._in(h, "w3", "b3") if self.ffn == "swiglu" else None
-        u = hidden(self.ffn, self._in(h, "w1", "b1"), up)
-        u = comm.constrain(u, "batch", None, "mlp")  # the hidden layer where its weights are
-        partial = u @ self.w2[...].astype(h.dtype)  # a partial sum over the `mlp` shards
-        out = comm.reduce_out(partial, "mlp")
+        """h is `comm.layer_input`: whole sequences, or under tp_overlap the sequence shard that
+        the first matmuls gather chunk by chunk (and the output is then that shard's)."""
+        def first(c: jax.Array) -> jax.Array:  # token-wise: the hidden layer of tokens c
+            up = self._in(c, "w3", "b3") if self.ffn == "swiglu" else None
+            return hidden(self.ffn, self._in(c, "w1", "b1"), up)
+
+        u = comm.constrain(comm.gather_apply(h, first), "batch", None, "mlp")  # [B, S, F/t]
+        w2 = self.w2[...].astype(h.dtype)
+        out = comm.reduce_apply(u, lambda c: c @ w2, "mlp")  # partial sums over `mlp`, summed
         return out + self.b2[...].astype(h.dtype) if hasattr(self, "b2") else out

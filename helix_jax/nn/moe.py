@@ -114,7 +114,7 @@ class MoE(nnx.Module):
         y, dropped = apply_experts(h, expert_idx, weights, experts, comm, n_experts=self.n_experts,
                                    capacity_factor=self.capacity_factor)
         if hasattr(self, "shared"):  # always on, computed densely beside the routed experts
-            y = y + self.shared(h, comm)
+            y = y + self.shared(h, comm.whole_sequences())
         return y, self.stats(logits, expert_idx, dropped, (B, S), comm)
 
     def experts(self, x: Array, comm: Comm) -> Array:

@@ -36,12 +36,12 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array, comm: Comm) -> tuple[jax.Array, Stats]:  # x: [B, S, D]
         x = comm.residual(x)
-        x = comm.residual(x + self.attn(comm.gather_seq(self.ln1(x)), comm))
-        h = comm.gather_seq(self.ln2(x))
-        if hasattr(self, "moe"):
-            y, stats = self.moe(h, comm)
+        x = comm.residual(x + self.attn(comm.layer_input(self.ln1(x)), comm))
+        h = self.ln2(x)
+        if hasattr(self, "moe"):  # routing needs whole sequences: no collective matmuls
+            y, stats = self.moe(comm.gather_seq(h), comm)
         else:
-            y, stats = self.mlp(h, comm), {}
+            y, stats = self.mlp(comm.layer_input(h), comm), {}
         return comm.residual(x + y), stats
 
 

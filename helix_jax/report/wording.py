@@ -1,8 +1,10 @@
 """Words every report computes instead of typing: the mark on a layout that only the cost model
 runs, and the verb of a comparison, chosen from the numbers it compares.
 
-`helix train` runs GPipe with one model chunk per stage and no TP overlap; `schedule=1f1b`,
-`virtual=V` (V > 1) and `tp_overlap=true` exist only as formulas in the cost model. Every table
+`helix train` runs GPipe with one model chunk per stage, and `tp_overlap=true` under sequence
+parallelism as collective matmuls; `schedule=1f1b`, `virtual=V` (V > 1) and `tp_overlap=true`
+without `sp=true` (tp > 1: its all-reduces stay whole) exist only as formulas in the cost model.
+Every table
 that recommends such a layout puts `PRICED_ONLY` beside its numbers and `PRICED_ONLY_NOTE` under
 the table (`priced_only_options` reads the layout's options, the same test `helix train` refuses
 them by).
@@ -16,9 +18,10 @@ from helix_jax.enums import Schedule
 
 PRICED_ONLY = "†"
 PRICED_ONLY_NOTE = (f"{PRICED_ONLY} priced only: the runtime does not run this schedule/overlap "
-                    "yet (`helix train` runs GPipe with virtual=1 and no TP overlap, and refuses "
-                    "schedule=1f1b, virtual=V > 1 and tp_overlap=true), so a marked number is the "
-                    "cost model's formula, not a program helix_jax runs.")
+                    "yet (`helix train` runs GPipe with virtual=1 and overlaps TP only under "
+                    "sp=true, and refuses schedule=1f1b, virtual=V > 1 and tp_overlap=true "
+                    "without sp), so a marked number is the cost model's formula, not a "
+                    "program helix_jax runs.")
 TIE = 1e-3  # two numbers within 0.1% of each other are level
 
 
@@ -38,8 +41,8 @@ def priced_only_options(label: str) -> list[str]:
         out.append(f"schedule={o['schedule']}")
     if o.get("virtual", 1) > 1:
         out.append(f"virtual={o['virtual']}")
-    if o.get("tp_overlap"):
-        out.append("tp_overlap=true")
+    if o.get("tp_overlap") and o.get("tp", 1) > 1 and not o.get("sp"):
+        out.append("tp_overlap=true without sp")
     return out
 
 

@@ -6,6 +6,7 @@ hardware constants each term uses (with their sources). `project` (whole program
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 
 from helix_jax.analysis.costmodel.formulas import forward_flops_per_token
@@ -31,7 +32,10 @@ def build_sharded(cfg: ModelConfig, layout: Layout, batch_chunks: int, remat: st
     """The sharded model (ValueError when this chunking does not fit the batch), with its
     ordinary attention as the blockwise scan: the roofline prices the attention core as one
     fused GPU kernel, and the scan's program holds no whole score matrix that such a kernel
-    never writes (XLA:CPU's library call would; `projection.attention_kernel_note`)."""
+    never writes (XLA:CPU's library call would; `projection.attention_kernel_note`). Without
+    `tp_overlap`: the program keeps sequence parallelism's all-gathers and reduce-scatters, which
+    the overlap rule then prices as hidden behind the stage's matmuls (the runtime's collective
+    matmuls move the same bytes as t - 1 permutes of a chunk)."""
     from helix_jax.devices import devices_for
     from helix_jax.model import Sharded
 
@@ -39,6 +43,8 @@ def build_sharded(cfg: ModelConfig, layout: Layout, batch_chunks: int, remat: st
     if len(devices) < layout.devices:
         raise RuntimeError(f"{layout.spec} needs {layout.devices} devices; jax has "
                            f"{len(devices)}. Run through `helix project` (it sets up host devices).")
+    if layout.options.get("tp_overlap"):
+        layout = dataclasses.replace(layout, options={**layout.options, "tp_overlap": False})
     return Sharded.build(cfg, layout, devices=devices, batch_chunks=batch_chunks, remat=remat,
                          partitioner=partitioner, attention_kernel=AttentionKernel.BLOCKWISE)
 
