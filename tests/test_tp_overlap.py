@@ -74,3 +74,16 @@ def test_helix_train_runs_it_with_the_same_losses():
     refused = helix_here(base + ["tp-pp:tp=2,pp=2,microbatches=2,tp_overlap=true"])
     assert refused.returncode != 0 and "add sp=true" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_a_whole_program_projection_says_it_prices_the_plain_collectives():
+    from helix_jax.analysis.costmodel.hardware import HARDWARE
+    from helix_jax.analysis.costmodel.project import project
+
+    cfg = resolve_model("tiny-dense")
+    r = project(cfg, parse_layout("tp-pp:tp=4,pp=1,sp=true,tp_overlap=true"),
+                HARDWARE["dgx-h100"]).to_dict()
+    assert "priced exposed" in r["compiled"] and "collective matmuls" in r["compiled"]
+    plain = project(cfg, parse_layout("tp-pp:tp=4,pp=1,sp=true"), HARDWARE["dgx-h100"]).to_dict()
+    assert r["projected"]["step_seconds"] == plain["projected"]["step_seconds"]
+    assert "tp_overlap" not in plain["compiled"]

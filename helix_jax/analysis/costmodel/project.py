@@ -243,7 +243,10 @@ def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled,
         batch_chunks=sharded.batch_chunks, accumulation_steps=accumulation,
         tokens_per_step=cfg.batch * cfg.seq,
         compiled=f"the whole {mode} program of all {layout.devices} devices"
-                 + (", partitioned by XLA (gspmd)" if sharded.partitioner == "gspmd" else ""),
+                 + (", partitioned by XLA (gspmd)" if sharded.partitioner == "gspmd" else "")
+                 + ("; tp_overlap=true compiled as the plain sequence-parallel collectives and "
+                    "priced exposed (the runtime runs them as collective matmuls)"
+                    if layout.options.get("tp_overlap") and layout.size("act_seq") > 1 else ""),
         extended_by_formula=[],
         flops_per_device=flops["flops"], flops_note=flops_note(flops),
         model_flops_per_token=model_flops_per_token(cfg, mode), mfu_convention=mfu_convention(mode),
