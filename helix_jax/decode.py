@@ -158,15 +158,16 @@ def generate(sharded: Sharded, params, prompt: jax.Array, n_new: int) -> Generat
     if not cfg.vocab:
         raise ValueError(f"{cfg.name} has no vocabulary: --generate needs a model file with "
                          f"vocab > 0")
-    if n_new < 1 or prompt.shape[1] + n_new > cfg.seq:
+    if n_new < 1:
+        raise ValueError(f"--generate {n_new}: generate at least one token")
+    if prompt.shape[1] + n_new > cfg.seq:
         raise ValueError(f"prompt ({prompt.shape[1]}) + --generate {n_new} is more than "
-                         f"--seq {cfg.seq} (or N < 1); raise --seq or generate fewer tokens")
+                         f"--seq {cfg.seq}; raise --seq or generate fewer tokens")
     params = serving_params(sharded, params)
-    fn = generate_fn(sharded, prompt.shape[1], n_new)
-    start = time.perf_counter()
-    compiled = fn.lower(params, sharded.init_cache(cfg.seq), prompt).compile()
-    compile_s = time.perf_counter() - start
     cache = sharded.init_cache(cfg.seq)
+    start = time.perf_counter()
+    compiled = generate_fn(sharded, prompt.shape[1], n_new).lower(params, cache, prompt).compile()
+    compile_s = time.perf_counter() - start
     start = time.perf_counter()
     tokens = jax.device_get(compiled(params, cache, prompt))  # the one host sync
     return Generated(np.asarray(tokens), time.perf_counter() - start, compile_s)
