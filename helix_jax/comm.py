@@ -56,8 +56,9 @@ class Comm:
     # Activation recompute in the backward pass: "none", "selective" (the attention core) or
     # "full" (each layer's forward); read by the modules through this view of the run.
     remat: str = "none"
-    # Ordinary attention as one library call ("fused") or the blockwise scan ("blockwise": what
-    # the cost model compiles); see nn/fused_attention.py.
+    # Ordinary attention as one library call ("fused"), the blockwise scan ("blockwise": what
+    # the cost model compiles) or the faster of the two on the backend ("auto");
+    # see nn/fused_attention.py.
     attention_kernel: str = "auto"
     # False for layers that take whole sequences inside a sequence-parallel block (a MoE layer's
     # shared experts): they run their collectives as usual even under tp_overlap.
