@@ -64,14 +64,14 @@ def _losses(out: str) -> list[str]:
 
 def test_helix_train_runs_it_with_the_same_losses():
     base = ["train", "--model", "tiny-llama", "--steps", "3", "--no-progress", "--layout"]
-    spec = "tp-pp:tp=2,pp=2,sp=true,microbatches=2"
+    spec = "tp-pp:tp=2,pp=1,sp=true,microbatches=2"
     plain = helix_here(base + [spec])
     overlap = helix_here(base + [spec + ",tp_overlap=true"])
     assert plain.returncode == 0 and overlap.returncode == 0, overlap.stderr
     assert len(_losses(plain.stdout)) == 3
     for a, b in zip(_losses(plain.stdout), _losses(overlap.stdout), strict=True):
         assert float(a) == pytest.approx(float(b), rel=1e-5)
-    refused = helix_here(base + ["tp-pp:tp=2,pp=2,microbatches=2,tp_overlap=true"])
+    refused = helix_here(base + ["tp-pp:tp=2,pp=1,microbatches=2,tp_overlap=true"])
     assert refused.returncode != 0 and "add sp=true" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
 
