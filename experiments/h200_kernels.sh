@@ -16,5 +16,5 @@ for b in 1 8; do
   timeout 150 python3 -m helix_jax.cli decode --model llama3-8b --layout single --batch $b \
       --seq 2048 --prompt-len 1920 --dtype bfloat16 --generate 64 | tail -6
 done
-echo "== train tiny-llama in bf16 (the library call's backward inside the layer scan)"
-timeout 60 python3 -m helix_jax.cli train --model tiny-llama --dtype bfloat16 --steps 3 | tail -3
+echo "== train tiny-llama in bf16 on single (the library call's backward inside the layer scan)"
+timeout 60 python3 -m helix_jax.cli train --model tiny-llama --layout single --dtype bfloat16 --steps 3 | tail -3
