@@ -14,9 +14,7 @@ Writes gpu_kernels.json and gpu_kernels.md.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
@@ -25,20 +23,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from experiments._cli import parse_args  # noqa: E402
+from helix_jax.calibrate import measure_matmuls, measure_memory, median_seconds  # noqa: E402
 from helix_jax.nn.attention import attend  # noqa: E402
 from helix_jax.nn.fused_attention import fused_attend, implementation  # noqa: E402
 from helix_jax.report.provenance import generated_by, markdown_header  # noqa: E402
-
-
-def median_seconds(fn, *args, repeat: int) -> float:
-    """Median wall time of fn(*args) after one warm-up call (compile + run)."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def attention_rows(shape: tuple[int, int, int, int, int], block: int, repeat: int) -> list[dict]:
@@ -64,8 +52,8 @@ def attention_rows(shape: tuple[int, int, int, int, int], block: int, repeat: in
         out = fwd(q, k, v).astype(jnp.float32)
         err = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
         hlo = fwd.lower(q, k, v).compile().as_text()
-        t_fwd = median_seconds(fwd, q, k, v, repeat=repeat)
-        t_bwd = median_seconds(grad, q, k, v, repeat=repeat)
+        t_fwd = median_seconds(lambda: fwd(q, k, v), warmup=1, repeat=repeat)
+        t_bwd = median_seconds(lambda: grad(q, k, v), warmup=1, repeat=repeat)
         rows.append({"shape": f"B={B} S={S} H={H} G={G} d={d}", "way": name,
                      "implementation": implementation(q, k, False) if "fused" in name else "",
                      "cudnn_in_program": "cudnn" in hlo.lower(),
@@ -79,16 +67,11 @@ def attention_rows(shape: tuple[int, int, int, int, int], block: int, repeat: in
 
 
 def ceilings(n_bytes: int, n: int, repeat: int) -> dict:
-    """HBM: a device-to-device copy of n_bytes (read + write counted); matrix rate: an n x n x n
-    bf16 matmul on random data."""
-    x = jax.random.normal(jax.random.key(1), (n_bytes // 4,), jnp.float32)
-    copy = jax.jit(lambda x: x * 1.0000001)  # one read and one write of every element
-    t_copy = median_seconds(copy, x, repeat=repeat)
-    a, b = (jax.random.normal(jax.random.key(s), (n, n)).astype(jnp.bfloat16) for s in (2, 3))
-    mm = jax.jit(lambda a, b: a @ b)
-    t_mm = median_seconds(mm, a, b, repeat=repeat)
-    return {"copy_bytes": n_bytes, "hbm_bytes_per_s": 2 * n_bytes / t_copy,
-            "matmul_n": n, "matmul_flops_per_s": 2 * n ** 3 / t_mm}
+    """HBM: an elementwise pass over n_bytes (read + write counted); matrix rate: an n x n x n
+    bf16 matmul on random data (`helix calibrate`'s two measurements)."""
+    return {"copy_bytes": n_bytes, "hbm_bytes_per_s": measure_memory(n_bytes, 1, repeat),
+            "matmul_n": n, "matmul_flops_per_s": measure_matmuls(
+                "bfloat16", {"large": (n, n, n)}, 1, repeat)["large"]}
 
 
 def markdown(report: dict) -> str:
@@ -97,7 +80,7 @@ def markdown(report: dict) -> str:
              f"{report['device']}. Median of {report['repeat']} runs after "
              f"a warm-up; bf16; causal grouped-query attention; TFLOP/s count the visible half of "
              f"QKᵀ and PV (forward + backward as 3.5 x the forward's FLOPs).\n",
-             f"- HBM, device-to-device copy of {c['copy_bytes'] / 1e9:.1f} GB: "
+             f"- HBM, an elementwise pass over {c['copy_bytes'] / 1e9:.1f} GB: "
              f"{c['hbm_bytes_per_s'] / 1e12:.2f} TB/s (read + write)",
              f"- bf16 matmul {c['matmul_n']}³: {c['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s\n",
              "| shape | way | cuDNN in program | forward ms | TFLOP/s | fwd+bwd ms | TFLOP/s | "
