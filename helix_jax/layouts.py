@@ -211,6 +211,13 @@ def expert_ranks(dp: int, cp: int, ep: int) -> int:
     return ep // cp
 
 
+def overlap_without_sp(layout: Layout) -> bool:
+    """tp_overlap=true on tensor-parallel collectives that sequence parallelism does not split:
+    priced as hidden, but the runtime runs collective matmuls only under sp=true."""
+    o = layout.options
+    return bool(o.get("tp_overlap")) and o.get("tp", 1) > 1 and not o.get("sp")
+
+
 def _tp_pp(**opts) -> Layout:
     cp, ep = opts["cp"], opts["ep"]
     e = expert_ranks(opts["dp"], cp, ep)

@@ -16,7 +16,7 @@ from helix_jax.commands.args import (
 from helix_jax.config import ModelConfig
 from helix_jax.enums import Schedule
 from helix_jax.gspmd import check_partitioner
-from helix_jax.layouts import Layout
+from helix_jax.layouts import Layout, overlap_without_sp
 
 
 def add_parser(sub: Any) -> None:
@@ -57,7 +57,7 @@ def _check_request(args: argparse.Namespace) -> tuple[ModelConfig, Layout]:
     if o.get("schedule", Schedule.GPIPE) != Schedule.GPIPE or o.get("virtual", 1) > 1:
         raise ValueError(f"{layout.spec}: helix train runs the GPipe schedule; schedule=1f1b "
                          f"and virtual=V are priced by `helix project --mode train` only")
-    if o.get("tp_overlap") and o.get("tp", 1) > 1 and not o.get("sp"):
+    if overlap_without_sp(layout):
         raise ValueError(f"{layout.spec}: tp_overlap=true runs sequence parallelism's "
                          f"collectives as collective matmuls; add sp=true")
     files.output_dir(args.checkpoint_dir, "--checkpoint-dir")

@@ -33,15 +33,16 @@ def layout_spec(label: str) -> str:
 def priced_only_options(label: str) -> list[str]:
     """The options of `label`'s layout that only the cost model prices (empty when the runtime
     runs the layout as priced): what makes its numbers priced-only."""
-    from helix_jax.layouts import parse_layout
+    from helix_jax.layouts import overlap_without_sp, parse_layout
 
-    o = parse_layout(layout_spec(label)).options
+    layout = parse_layout(layout_spec(label))
+    o = layout.options
     out = []
     if o.get("schedule", Schedule.GPIPE) != Schedule.GPIPE:
         out.append(f"schedule={o['schedule']}")
     if o.get("virtual", 1) > 1:
         out.append(f"virtual={o['virtual']}")
-    if o.get("tp_overlap") and o.get("tp", 1) > 1 and not o.get("sp"):
+    if overlap_without_sp(layout):
         out.append("tp_overlap=true without sp")
     return out
 
