@@ -6,7 +6,7 @@ stages), and the per-device parameters that the memory formula rests on."""
 import pytest
 
 from helix_jax import resolve_model
-from helix_jax.analysis.costmodel.compose import project_composed
+from helix_jax.analysis.costmodel.compose import project_composed, stage_variants
 from helix_jax.analysis.costmodel.hardware import HARDWARE
 from helix_jax.analysis.costmodel.project import check_projection, project
 from helix_jax.layouts import parse_layout
@@ -53,13 +53,67 @@ def test_a_context_group_past_the_budget_is_compiled_smaller_and_extended():
 
 
 def test_uneven_stages_are_composed_from_the_heaviest_and_refused_by_the_runtime():
+    """3 layers on 2 stages, the embedding and loss counted as a layer each (Megatron-Core's
+    split): 5 slots in chunks of 3 and 2, so each stage holds 2 layers and one end."""
     cfg = resolve_model("tiny-llama").replace(n_layers=3, batch=8)
     layout = parse_layout("tp-pp:tp=2,pp=2,dp=2,microbatches=2")
     d = project(cfg, layout, HW, mode="train").to_dict()
-    assert "(2 layers" in d["compiled"]
-    assert any("uneven stages: 3 layers" in e for e in d["extended_by_formula"])
+    assert "(2 layers, with embedding" in d["compiled"]
+    assert any("uneven stages: 3 layers and the embedding and loss" in e
+               for e in d["extended_by_formula"])
     with pytest.raises(ValueError, match="n_layers=3 is not divisible"):
         layout.validate(cfg)  # what `helix train` checks: the runtime splits layers evenly
+
+
+@pytest.mark.parametrize("layers, spec, variants", [
+    (16, "tp-pp:pp=4,virtual=1", [(4, True)]),  # even: the last stage, n_layers / pp
+    (4, "tp-pp:pp=3,virtual=1", [(2, False), (1, True)]),  # 6 slots: 2 per stage
+    (4, "tp-pp:pp=3,virtual=2", [(2, False), (1, True)]),  # 6 slots in 6 chunks of 1
+    (4, "tp-pp:pp=2,virtual=3", [(2, True)]),  # 6 chunks: both stages hold an end
+    (126, "tp-pp:pp=8,virtual=8", [(16, False), (15, True)]),  # Llama 3.1 405B: 128 slots
+])
+def test_uneven_stage_variants_count_the_embedding_and_loss_as_layers(layers, spec, variants):
+    cfg = resolve_model("tiny-llama").replace(n_layers=layers)
+    assert stage_variants(cfg, parse_layout(spec)) == variants
+    # no vocabulary: the heaviest stage of the most even split
+    assert stage_variants(cfg.replace(vocab=0, n_layers=4), parse_layout(spec)) == [
+        (-(-4 // (parse_layout(spec).options["pp"] * parse_layout(spec).options["virtual"]))
+         * parse_layout(spec).options["virtual"], True)]
+
+
+def test_a_middle_stage_is_compiled_without_the_model_ends_and_the_slower_sets_the_pace():
+    """4 layers on 3 stages: a middle stage of 2 layers (no embedding, no head) and the last of 1
+    layer with the head are both compiled, and the composed step runs at the slower."""
+    cfg = resolve_model("tiny-llama").replace(n_layers=4, batch=8, seq=32)
+    layout = parse_layout("tp-pp:tp=2,pp=3,dp=2,microbatches=4,schedule=1f1b")
+    d = project_composed(cfg, layout, HW).to_dict()
+    line = next(e for e in d["extended_by_formula"] if e.startswith("uneven stages"))
+    assert "2 layers, a middle stage: no embedding or head:" in line
+    assert "1 layers, with embedding, LM head and loss:" in line
+    middle, last = (float(t.split(": ")[-1].removesuffix(" ms"))
+                    for t in line.split("per microbatch ")[1].split("; the slowest")[0].split("; "))
+    assert d["projected"]["microbatch_seconds"] * 1e3 == pytest.approx(max(middle, last),
+                                                                       rel=1e-3)
+    assert ("(2 layers, a middle stage" in d["compiled"]) == (middle >= last)
+
+
+def test_context_parallelism_composes_with_interleaved_1f1b():
+    """cp 2 with pp 2 x virtual 2: the stage compiles its two context ranks (the ring read off
+    it), the schedule is interleaved (M + (p - 1) / V microbatch times) and the memory holds
+    the in-flight microbatches of the seq / cp tokens a rank keeps."""
+    cfg = resolve_model("tiny-llama").replace(n_layers=4, batch=8, seq=64, q_block=16,
+                                              kv_block=16)
+    layout = parse_layout("tp-pp:tp=2,pp=2,cp=2,dp=2,microbatches=4,schedule=1f1b,virtual=2")
+    d = project_composed(cfg, layout, HW).to_dict()
+    assert "cp=2" in d["compiled"] and "4 devices" in d["compiled"]
+    assert any("interleaved x2: 4.5 microbatch times" in e for e in d["extended_by_formula"])
+    p = d["projected"]
+    assert p["pipeline_seconds"] == pytest.approx(4.5 * p["microbatch_seconds"])
+    assert any(r["op"] == "collective-permute" for r in d["collectives"])  # the K/V ring
+    one = project_composed(cfg, parse_layout(
+        "tp-pp:tp=2,pp=2,cp=2,dp=2,microbatches=4,schedule=1f1b"), HW).to_dict()
+    assert one["memory"]["activations_in_flight_bytes"] < d["memory"][
+        "activations_in_flight_bytes"]  # interleaving keeps more microbatches in flight
 
 
 def test_an_expert_group_past_the_budget_is_a_one_line_error_before_compiling():

@@ -1,13 +1,21 @@
 """Training steps of layouts too large (or too pipelined) to compile whole, composed from the
 program of one pipeline stage on one data replica.
 
-What is compiled: the forward + backward of one stage (its heaviest: ceil(n_layers / (pp V)) V
-layers when the layers do not fall evenly, with embedding, final norm, LM head and loss) for one
+What is compiled: the forward + backward of one stage (n_layers / pp layers with embedding, final
+norm, LM head and loss; see `stage_variants` when the layers do not fall evenly) for one
 microbatch, on the tensor-parallel mesh of one data replica (`tp-pp:tp=T,pp=1`), with its context-
 parallel ranks (`cp=C`) and, with `ep=K`, the data ranks of one expert-parallel group, so the ring,
 the K/V gathers and the expert all-to-alls are read off the program; and the optimizer update of
 that stage's shard. What is extended by formula:
 
+  uneven       layers that do not divide into pp x V model chunks are split as Megatron-Core
+               splits them with account_for_embedding_in_pipeline_split and
+               account_for_loss_in_pipeline_split (what NeMo's Llama 3.1 405B recipe sets: 126
+               layers + 2 = 128 slots, 2 per chunk over 8 x 8): the embedding and the loss each
+               take one layer's slot, so a middle stage holds V ceil((L + 2) / (pp V)) layers and
+               the last stage one layer fewer with the LM head and loss. Both are compiled (the
+               middle one without embedding and head) and the slower sets the pace; without a
+               vocabulary, V ceil(L / (pp V)) layers.
   schedule     gpipe and 1f1b: (M + p - 1) microbatch times; 1f1b with virtual=V (interleaved):
                (M + (p - 1)/V) microbatch times. The bubble fraction is (p - 1)/M (or (p - 1)/(V M)).
   sends        2 M V activation sends (forward) / gradient sends (backward) per stage, each of
@@ -141,21 +149,41 @@ class _Stage:
     tensor_seconds: float  # the microbatch's collectives but the once-per-step gradient sums
     update_seconds: float  # the AdamW update of this stage's shard, before the dp split
     cp_compiled: int  # the context-parallel ranks compiled (cp unless the budget is passed)
+    ends: bool = True  # with the embedding, LM head and loss (a middle stage has none)
+
+    def what(self) -> str:
+        """The stage in words: its layers and whether it holds the model's ends."""
+        ends = ("with embedding, LM head and loss" if self.ends
+                else "a middle stage: no embedding or head")
+        return f"{self.cfg.n_layers} layers, {ends}"
 
     def describe(self, micro: int) -> str:
         """What was compiled, in words (the projection's `compiled`)."""
-        return (f"forward + backward of one stage ({self.cfg.n_layers} layers, with embedding, "
-                f"LM head and loss) for one microbatch of {micro} sequences of {self.cfg.seq} "
+        return (f"forward + backward of one stage ({self.what()}) for one microbatch of {micro} "
+                f"sequences of {self.cfg.seq} "
                 f"positions on {self.layout.devices} devices of one data replica (with its "
                 f"context ranks and one expert-parallel group) "
                 f"({self.layout.spec}), and its AdamW update")
 
 
-def stage_layers(cfg: ModelConfig, layout: Layout) -> int:
-    """Layers of the heaviest pipeline stage: V model chunks of ceil(n_layers / (pp V)) layers."""
+def stage_variants(cfg: ModelConfig, layout: Layout) -> list[tuple[int, bool]]:
+    """The stages a composed step compiles, as (layers, with embedding + LM head + loss): the last
+    stage of an even split (n_layers / pp). With layers that do not divide into pp x V chunks,
+    Megatron-Core's split that counts the embedding and the loss as a layer each (module doc):
+    chunks of c = ceil((L + 2) / (pp V)) slots, chunk 0 starting with the embedding and the last
+    ending with the loss; stage s holds chunks s, s + pp, ...: with pp >= 3 a middle stage (V c
+    layers, neither end) and the last (V c - 1 layers and the head); with pp = 2 both stages
+    hold an end (V c - 1 layers). Without a vocabulary, V ceil(L / (pp V)) layers."""
     o = layout.options
-    chunks = o["pp"] * o["virtual"]
-    return -(-cfg.n_layers // chunks) * o["virtual"]
+    pp, v = o["pp"], o["virtual"]
+    if cfg.n_layers % (pp * v) == 0:
+        return [(cfg.n_layers // pp, True)]
+    if not cfg.vocab:
+        return [(-(-cfg.n_layers // (pp * v)) * v, True)]
+    full = -(-(cfg.n_layers + 2) // (pp * v)) * v
+    if pp >= 3:
+        return [(full, False), (full - 1, True)]
+    return [(full - (3 - pp), True)]
 
 
 def compiled_cp(layout: Layout, budget: int = MAX_WHOLE_DEVICES) -> int:
@@ -183,15 +211,17 @@ def _scaled_attention(compute: dict, factor: float) -> dict:
 
 def _compile_stage(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str,
                    progress: Callable[[str], None] | None, compiler: Compiler,
-                   budget: int) -> _Stage:
-    """Compile one stage's forward + backward for one microbatch and its update, and price them."""
+                   budget: int, variant: tuple[int, bool] | None = None) -> _Stage:
+    """Compile one stage's forward + backward for one microbatch and its update, and price them;
+    `variant` (layers, with the model's ends) is one of `stage_variants` (default: the first)."""
     o = layout.options
     tp, cp, ep = o["tp"], o.get("cp", 1), o.get("ep", 1)
     micro = cfg.batch // o["dp"] // o["microbatches"]
     cp_c = compiled_cp(layout, budget)
     data = expert_ranks(o["dp"], cp, ep)  # the data ranks of one expert-parallel group
-    stage_cfg = cfg.replace(n_layers=stage_layers(cfg, layout), batch=micro * data,
-                            seq=cfg.seq * cp_c // cp)
+    layers, ends = variant or stage_variants(cfg, layout)[0]
+    stage_cfg = cfg.replace(n_layers=layers, batch=micro * data, seq=cfg.seq * cp_c // cp,
+                            **({} if ends else {"vocab": 0}))
     spec = f"tp-pp:tp={tp},pp=1,sp={str(o['sp']).lower()},microbatches=1"
     if cp_c > 1:
         spec += f",cp={cp_c},attention={o.get('attention', 'ring')}"
@@ -221,7 +251,7 @@ def _compile_stage(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str,
     t_update = compute_time(update.as_text(), hw, elem, f32_as_model_dtype=False)["seconds"]
     return _Stage(stage_cfg, stage_layout, sharded, hlo, read_memory(grad), compute, priced,
                   busy, busy + exposed, exposed,
-                  tensor + scale * priced["context_seconds"], t_update, cp_c)
+                  tensor + scale * priced["context_seconds"], t_update, cp_c, ends)
 
 
 def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str = "none",
@@ -236,7 +266,9 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
     tp, pp, dp, cp, ep = o["tp"], o["pp"], o["dp"], o.get("cp", 1), o.get("ep", 1)
     M, V, schedule = o["microbatches"], o["virtual"], o["schedule"]
     micro = cfg.batch // dp // M
-    stage = _compile_stage(cfg, layout, hw, remat, progress, compiler, budget)
+    stages = [_compile_stage(cfg, layout, hw, remat, progress, compiler, budget, v)
+              for v in stage_variants(cfg, layout)]
+    stage = max(stages, key=lambda st: st.microbatch_seconds)  # the slowest sets the pace
     replicas = dp * cp  # ranks holding the same dense parameters; experts: replicas / ep
     elem, t_mb = DTYPE_BYTES[cfg.dtype], stage.microbatch_seconds
 
@@ -258,7 +290,8 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
     exposed_dp = (overlap_exposed(t_rs, backward_window(t_mb), floor)
                   + overlap_exposed(t_ag, forward_window(t_mb), floor))
     step = t_pipe + t_p2p + exposed_dp + t_update
-    memory = _composed_memory(cfg, layout, hw, stage, (dense_local, experts_local), remat)
+    memory = _composed_memory(cfg, layout, hw, stage, (dense_local, experts_local), remat,
+                              max(st.cfg.n_layers for st in stages))
     tokens = cfg.batch * cfg.seq
     priced, (total, active) = stage.priced, param_counts(cfg)
     return Projection(
@@ -268,7 +301,7 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
         mesh=layout.axis_sizes, batch=cfg.batch, seq=cfg.seq, dtype=cfg.dtype, batch_chunks=1,
         accumulation_steps=M, microbatch_size=micro, tokens_per_step=tokens,
         compiled=stage.describe(micro),
-        extended_by_formula=_extensions(cfg, layout, stage) + [
+        extended_by_formula=_extensions(cfg, layout, stages, stage) + [
             f"{schedule} schedule{' interleaved x' + str(V) if V > 1 else ''}: {chunks_time:g} "
             f"microbatch times (bubble {(pp - 1) / (V * M):.1%} of the ideal)",
             f"{sends} pipeline sends of {send_bytes / 1e6:.1f} MB per device",
@@ -338,14 +371,15 @@ def model_state_bytes(params_local: float, elem: int, dp: int) -> float:
 
 
 def _composed_memory(cfg: ModelConfig, layout: Layout, hw: Hardware, stage: _Stage,
-                     params_local: tuple[int, int], remat: str) -> dict:
+                     params_local: tuple[int, int], remat: str, layers: int) -> dict:
     """Memory per device by formula (module doc), with its parts and why it fits or not.
-    `params_local`: (dense, expert) parameters this device holds."""
+    `params_local`: (dense, expert) parameters this device holds; `layers`: the most any
+    stage holds."""
     o = layout.options
     tp, pp, dp, M = o["tp"], o["pp"], o["dp"], o["microbatches"]
     cp, ep = o.get("cp", 1), o.get("ep", 1)
     micro = cfg.batch // dp // M
-    act = activation_bytes_per_layer(cfg, micro, tp, o["sp"], remat, cp) * stage.cfg.n_layers
+    act = activation_bytes_per_layer(cfg, micro, tp, o["sp"], remat, cp) * layers
     flight = in_flight(o["schedule"], pp, M, o["virtual"])
     dense, experts = params_local
     elem = DTYPE_BYTES[cfg.dtype]
@@ -402,17 +436,27 @@ def as_tp_pp(layout: Layout) -> Layout:
                      f"{MAX_WHOLE_DEVICES} devices")
 
 
-def _extensions(cfg: ModelConfig, layout: Layout, stage: _Stage) -> list[str]:
+def _extensions(cfg: ModelConfig, layout: Layout, stages: list[_Stage],
+                pace: _Stage) -> list[str]:
     """What the composition extends by formula beyond the compiled stage: uneven stages, a
     context-parallel group larger than compiled."""
     o, out = layout.options, []
-    if cfg.n_layers % (o["pp"] * o["virtual"]):
-        out.append(f"uneven stages: {cfg.n_layers} layers over pp x virtual = "
-                   f"{o['pp'] * o['virtual']} model chunks; the heaviest stage "
-                   f"({stage.cfg.n_layers} layers) is compiled and sets the pace")
-    if stage.cp_compiled < o.get("cp", 1):
-        out.append(f"context parallelism compiled at cp={stage.cp_compiled} on "
-                   f"{stage.cfg.seq} positions, extended to cp={o.get('cp', 1)}: attention x "
-                   f"{o.get('cp', 1) / stage.cp_compiled:g}, context traffic x "
-                   f"{(o.get('cp', 1) - 1) / (stage.cp_compiled - 1):g}")
+    chunks = o["pp"] * o["virtual"]
+    if cfg.n_layers % chunks:
+        if cfg.vocab:
+            times = "; ".join(f"{st.what()}: {st.microbatch_seconds * 1e3:.4g} ms"
+                              for st in stages)
+            out.append(f"uneven stages: {cfg.n_layers} layers and the embedding and loss "
+                       f"counted as a layer each (Megatron-Core's account_for_embedding/"
+                       f"loss_in_pipeline_split) over pp x virtual = {chunks} model chunks; "
+                       f"per microbatch {times}; the slowest ({pace.what()}) sets the pace")
+        else:
+            out.append(f"uneven stages: {cfg.n_layers} layers over pp x virtual = {chunks} "
+                       f"model chunks; the heaviest stage ({pace.cfg.n_layers} layers) is "
+                       f"compiled and sets the pace")
+    if pace.cp_compiled < o.get("cp", 1):
+        out.append(f"context parallelism compiled at cp={pace.cp_compiled} on "
+                   f"{pace.cfg.seq} positions, extended to cp={o.get('cp', 1)}: attention x "
+                   f"{o.get('cp', 1) / pace.cp_compiled:g}, context traffic x "
+                   f"{(o.get('cp', 1) - 1) / (pace.cp_compiled - 1):g}")
     return out
