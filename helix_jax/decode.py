@@ -7,8 +7,10 @@ pass's and can be checked the same way. Both are one program (`Sharded.step_fn`,
 a position), compiled once per shape before anything is timed: time to first token is the
 prefill, the per-token latency each decode step's, timed with `block_until_ready`.
 
-Both run with the weights a server keeps and the projection prices: copies in the model's dtype
-(`serving_params`; the float32 masters stay with training). Greedy generation (`generate`) is one
+Both run with the weights a server keeps and the projection prices: copies in the model's dtype,
+or with `--weights float8` float8_e4m3fn matmul weights with per-output-channel scales,
+dequantised at each matmul (`serving_params`, nn/float8.py; the float32 masters stay with
+training). Greedy generation (`generate`) is one
 program: the prefill, then a `lax.fori_loop` of decode steps and argmaxes on the device, so the
 host waits once per call, not once per token.
 """
@@ -25,6 +27,7 @@ import numpy as np
 
 from helix_jax import options
 from helix_jax.model import Sharded
+from helix_jax.nn.float8 import operand
 
 
 @dataclass
@@ -65,7 +68,7 @@ def compile_decode(sharded: Sharded, prompt_len: int, step=None) -> tuple:
                                     sharding=x_sharding)
 
     start = time.perf_counter()
-    params = sharded.abstract_params(jnp.dtype(cfg.dtype))
+    params = sharded.abstract_serving_params()
     pos = jax.ShapeDtypeStruct((), jnp.int32)
     prefill = step.lower(params, caches, x(prompt_len), pos).compile()
     one = step.lower(params, caches, x(1), pos).compile()
@@ -100,14 +103,10 @@ def run_decode(sharded: Sharded, params, x: jax.Array, prompt_len: int,
 
 
 def serving_params(sharded: Sharded, params):
-    """The parameters in the model's dtype, on their shards (a no-op for a float32 model): the
-    weights a prefill or decode step reads, as the decode projection prices them."""
-    dt = jnp.dtype(sharded.cfg.dtype)
-    if all(a.dtype == dt for a in jax.tree.leaves(params)):
-        return params
-    cast = jax.jit(lambda p: jax.tree.map(lambda a: a.astype(dt), p),
-                   out_shardings=sharded.param_shardings)
-    return cast(params)
+    """The parameters in the model's dtype (a no-op for a float32 model), or under float8
+    weights quantised, on their shards: the weights a prefill or decode step reads, as the
+    decode projection prices them (`Sharded.serving_params`)."""
+    return sharded.serving_params(params)
 
 
 def generate_fn(sharded: Sharded, prompt_len: int, n_new: int):
@@ -117,7 +116,7 @@ def generate_fn(sharded: Sharded, prompt_len: int, n_new: int):
     step = sharded.step_fn()
 
     def next_token(params, h: jax.Array) -> jax.Array:  # h [B, T, D] -> [B] int32
-        w = params["head"]["w"].astype(jnp.float32)
+        w = operand(params["head"]["w"], jnp.float32)
         return jnp.argmax(h[:, -1].astype(jnp.float32) @ w, axis=-1).astype(jnp.int32)
 
     def run(params, cache, prompt):

@@ -31,6 +31,15 @@ class Partitioner(StrEnum):
     GSPMD = "gspmd"
 
 
+class Weights(StrEnum):
+    """How a prefill, decode or forward program takes its weights: copies in the model's dtype,
+    or weight-only FP8 (float8_e4m3fn matmul weights with per-output-channel scales,
+    nn/float8.py). Serving only: training keeps float32 masters."""
+
+    MODEL = "model"
+    FLOAT8 = "float8"
+
+
 class Core(StrEnum):
     """How attention runs when the head dimension is split (helix m > 1)."""
 

@@ -9,7 +9,12 @@ PartitionSpecs. Two partitioners run the same modules:
   gspmd      the modules run on whole arrays under `jax.jit` with the layout's parameter and input
              shardings and sharding constraints at the points the modules name (`Comm.constrain`);
              XLA's SPMD partitioner chooses every collective. Pipelines (their schedule is
-             hand-written) and the KV-cache steps (prefill, decode) stay shard_map."""
+             hand-written) and the KV-cache steps (prefill, decode) stay shard_map.
+
+What a prefill or decode step (and a forward with `weights="float8"`) reads are the serving
+weights (`serving_params`): copies in the model's dtype, or with `weights="float8"` the matmul
+weights as float8_e4m3fn values and per-output-channel scales (nn/float8.py), sharded by the
+same logical axes (`serving_specs`)."""
 
 from __future__ import annotations
 
@@ -26,9 +31,10 @@ from jax.sharding import PartitionSpec as P
 
 from helix_jax.comm import Comm
 from helix_jax.config import ModelConfig
-from helix_jax.enums import AttentionKernel, Remat, choices
+from helix_jax.enums import AttentionKernel, Remat, Weights, choices
 from helix_jax.gspmd import check_partitioner
 from helix_jax.layouts import Layout
+from helix_jax.nn import float8
 from helix_jax.nn.stats import combine_stats
 from helix_jax.nn.transformer import Transformer
 from helix_jax.parallel import context
@@ -99,12 +105,16 @@ class Sharded:
     remat: str = "none"  # activation recompute in training: none | selective | full
     partitioner: str = "shard_map"  # shard_map (hand-written collectives) | gspmd (XLA's)
     attention_kernel: str = "auto"  # ordinary attention: auto | fused call | blockwise scan
+    weights: str = "model"  # serving weights: the model's dtype | float8 (nn/float8.py)
 
     @classmethod
     def build(cls, cfg: ModelConfig, layout: Layout, devices=None,
               batch_chunks: int = 1, remat: str = "none",
-              partitioner: str = "shard_map", attention_kernel: str = "auto") -> Sharded:
+              partitioner: str = "shard_map", attention_kernel: str = "auto",
+              weights: str = "model") -> Sharded:
         layout.validate(cfg)
+        if weights not in tuple(Weights):
+            raise ValueError(f"weights={weights!r} is not one of {', '.join(Weights)}")
         if remat not in REMAT:
             raise ValueError(f"remat={remat!r} is not one of {', '.join(REMAT)}")
         check_partitioner(layout, partitioner)
@@ -113,7 +123,7 @@ class Sharded:
             raise ValueError(f"attention_kernel={attention_kernel!r} is not one of "
                              f"{', '.join(AttentionKernel)}")
         sharded = cls(cfg, layout, layout.make_mesh(devices), batch_chunks, remat, partitioner,
-                      attention_kernel)
+                      attention_kernel, weights)
         rows = cfg.batch // layout.size(*sharded.rest_axes) if sharded.rest_axes else cfg.batch
         if batch_chunks < 1 or rows % batch_chunks:
             shards = layout.size(*sharded.rest_axes) if sharded.rest_axes else 1
@@ -170,6 +180,41 @@ class Sharded:
     @property
     def param_shardings(self) -> Params:
         return jax.tree.map(lambda s: NamedSharding(self.mesh, s), self.param_specs)
+
+    @property
+    def serving_specs(self) -> Params:
+        """The serving weights' specs: the parameters' own, or under float8 each matmul weight's
+        as Float8Weight(q=its spec, scale=the spec of its output channels)."""
+        if self.weights == Weights.MODEL:
+            return self.param_specs
+        return _spec_tree(float8.served_axes(logical_axes(self.cfg)), self.layout.pspec)
+
+    @property
+    def serving_shardings(self) -> Params:
+        return jax.tree.map(lambda s: NamedSharding(self.mesh, s), self.serving_specs)
+
+    def _serve(self, params: Params) -> Params:
+        """float32 masters -> the serving weights (the model's dtype, or float8)."""
+        dt = jnp.dtype(self.cfg.dtype)
+        if self.weights == Weights.FLOAT8:
+            return float8.quantize_params(params, logical_axes(self.cfg), dt)
+        return jax.tree.map(lambda a: a.astype(dt), params)
+
+    def serving_params(self, params: Params) -> Params:
+        """The weights a prefill or decode step reads, on their shards, from the float32 masters:
+        copies in the model's dtype, or float8 (a no-op for weights that are served already, such
+        as a float32 model's masters)."""
+        served = jax.tree.leaves(self.abstract_serving_params())
+        if len(jax.tree.leaves(params)) == len(served) and all(
+                a.dtype == s.dtype for a, s in zip(jax.tree.leaves(params), served)):
+            return params
+        return jax.jit(self._serve, out_shardings=self.serving_shardings)(params)
+
+    def abstract_serving_params(self) -> Params:
+        """`serving_params` as ShapeDtypeStructs with their shardings (nothing allocated)."""
+        shapes = jax.eval_shape(self._serve, param_shapes(self.cfg))
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            shapes, self.serving_shardings)
 
     @property
     def x_spec(self) -> P:
@@ -283,7 +328,8 @@ class Sharded:
         return out.reshape(x.shape[0], *out.shape[3:]), combine_stats(stats)
 
     def forward_fn(self, per_replica: bool = False):
-        """(params, x) -> (y, stats), jit-compiled; y [B, S, D] in the compute dtype.
+        """(params, x) -> (y, stats), jit-compiled; y [B, S, D] in the compute dtype. The
+        parameters are the float32 masters, or under float8 weights the serving weights.
 
         `per_replica`: the parameters come as `replica_copies` (a leading axis, one copy per data
         replica): the gradient w.r.t. them is then each replica's own, not yet summed, so a
@@ -320,7 +366,7 @@ class Sharded:
                             self.replica_axes, is_leaf=lambda s: isinstance(s, P))
 
     def _param_in_specs(self, per_replica: bool) -> Params:
-        return self._replica_specs() if per_replica else self.param_specs
+        return self._replica_specs() if per_replica else self.serving_specs
 
     def replica_copies(self, params: Params) -> Params:
         """Each parameter broadcast to [replicas, ...], one copy per data replica it is replicated
@@ -428,13 +474,14 @@ class Sharded:
 
     def step_fn(self):
         """(params, cache, x [B, T, D] or tokens [B, T], pos) -> (y [B, T, D], cache, stats):
-        T new tokens at positions pos.., the cache updated in place (donated)."""
+        T new tokens at positions pos.., the cache updated in place (donated); params are the
+        serving weights (`serving_params`)."""
         if self.gspmd:
             raise ValueError(f"{self.layout.spec}: prefill and decode steps run under "
                              f"--partitioner shard_map only")
         cache_specs = {"k": self.cache_spec, "v": self.cache_spec}
         body = jax.shard_map(self.local_step, mesh=self.mesh,
-                             in_specs=(self.param_specs, cache_specs, self.step_input_spec, P()),
+                             in_specs=(self.serving_specs, cache_specs, self.step_input_spec, P()),
                              out_specs=(P(*self.step_input_spec[:1], None, None), cache_specs,
                                         self.stats_specs))
         return jax.jit(body, donate_argnums=(1,))
@@ -461,8 +508,11 @@ class Sharded:
         return jnp.dtype(jnp.int32 if self.cfg.vocab else self.cfg.dtype)
 
     def abstract_inputs(self) -> tuple[Params, jax.ShapeDtypeStruct]:
-        """Parameters and input as ShapeDtypeStructs with shardings: compile without allocating."""
-        return self.abstract_params(), self.abstract_input()
+        """A forward's parameters (as `forward_fn` takes them) and input as ShapeDtypeStructs
+        with shardings: compile without allocating."""
+        params = (self.abstract_serving_params() if self.weights == Weights.FLOAT8
+                  else self.abstract_params())
+        return params, self.abstract_input()
 
 
 SMALL_INIT_BYTES = 1 << 28  # 256 MiB of float32 masters: drawn on one device, then placed

@@ -31,7 +31,7 @@ from flax import nnx
 from helix_jax.comm import Comm, vary_like
 from helix_jax.config import ModelConfig
 from helix_jax.nn.fused_attention import fused_attend, use_fused
-from helix_jax.nn.mlp import normal
+from helix_jax.nn.mlp import normal, operand
 from helix_jax.nn.norm import RMSNorm
 from helix_jax.parallel import context
 
@@ -380,14 +380,14 @@ class Attention(nnx.Module):
             return t
         local_q = t.shape[axis] * self.group // comm.size("heads")  # query heads on this shard
         first = comm.index("heads") * local_q // self.group
-        return jax.lax.dynamic_slice_in_dim(t, first, 1, axis=axis)
+        return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, first, 1, axis=axis), t)
 
     def _in(self, h: Array, w: str, b: str, comm: Comm, kv: bool) -> Array:
         weight, bias = getattr(self, w)[...], getattr(self, b)[...] if hasattr(self, b) else None
         if kv:
             weight = self._own_kv_heads(weight, comm, 1)
             bias = None if bias is None else self._own_kv_heads(bias, comm, 0)
-        out = jnp.einsum("bsD,Dhk->bshk", h, weight.astype(h.dtype))
+        out = jnp.einsum("bsD,Dhk->bshk", h, operand(weight, h.dtype))
         out = out if bias is None else out + bias.astype(h.dtype)
         return comm.constrain(out, *(KV_AXES if kv else QKV_AXES))
 
@@ -408,7 +408,7 @@ class Attention(nnx.Module):
 
     def _out(self, o: Array, comm: Comm) -> Array:
         o = comm.constrain(o, *QKV_AXES)
-        wo = self.wo[...].astype(o.dtype)
+        wo = operand(self.wo[...], o.dtype)
         out = comm.reduce_apply(o, lambda c: jnp.einsum("bshk,hkD->bsD", c, wo),
                                 "heads", "head_dim")
         return out + self.bo[...].astype(o.dtype) if hasattr(self, "bo") else out

@@ -16,6 +16,7 @@ from flax import nnx
 
 from helix_jax.comm import Comm
 from helix_jax.config import ModelConfig
+from helix_jax.nn.float8 import operand
 
 
 def normal(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> jax.Array:
@@ -50,7 +51,7 @@ class MLP(nnx.Module):
                 self.b3 = nnx.Param(jnp.zeros((F,), jnp.float32), out_sharding=("mlp",))
 
     def _in(self, h: jax.Array, w: str, b: str) -> jax.Array:
-        out = h @ getattr(self, w)[...].astype(h.dtype)
+        out = h @ operand(getattr(self, w)[...], h.dtype)
         return out + getattr(self, b)[...].astype(h.dtype) if hasattr(self, b) else out
 
     def __call__(self, h: jax.Array, comm: Comm) -> jax.Array:  # h: [B, S, D] -> [B, S, D]
@@ -61,6 +62,6 @@ class MLP(nnx.Module):
             return hidden(self.ffn, self._in(c, "w1", "b1"), up)
 
         u = comm.constrain(comm.gather_apply(h, first), "batch", None, "mlp")  # [B, S, F/t]
-        w2 = self.w2[...].astype(h.dtype)
+        w2 = operand(self.w2[...], h.dtype)
         out = comm.reduce_apply(u, lambda c: c @ w2, "mlp")  # partial sums over `mlp`, summed
         return out + self.b2[...].astype(h.dtype) if hasattr(self, "b2") else out
