@@ -33,10 +33,11 @@ def compile_program(sharded: Sharded, mode: str) -> Any:
 
 def compile_step(sharded: Sharded, mode: str) -> Any:
     """The prefill (all `seq` positions at 0) or one decode step (one position at seq - 1, the
-    cache holding seq positions), with 16-bit parameter copies (what a server keeps)."""
+    cache holding seq positions), with the weights a server keeps: 16-bit copies, or under
+    float8 weights the float8 values and scales (`Sharded.abstract_serving_params`)."""
     cfg = sharded.cfg
     dt = jnp.dtype(cfg.dtype)
-    params = sharded.abstract_params(dt)
+    params = sharded.abstract_serving_params()
     cache_sd = jax.ShapeDtypeStruct(sharded.cache_shape(cfg.seq), dt,
                                     sharding=NamedSharding(sharded.mesh, sharded.cache_spec))
     T = cfg.seq if mode == "prefill" else 1

@@ -34,7 +34,7 @@ from helix_jax.analysis.costmodel.compose import (
 from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES, expected_comm_bytes
 from helix_jax.analysis.costmodel.hardware import Hardware
 from helix_jax.analysis.costmodel.projection import Projection, Timing
-from helix_jax.analysis.costmodel.roofline import compute_time
+from helix_jax.analysis.costmodel.roofline import compute_time, float8_upcast_bytes
 from helix_jax.analysis.costmodel.sites import collective_sites
 from helix_jax.analysis.costmodel.terms import (
     analysed_config,
@@ -55,7 +55,7 @@ from helix_jax.analysis.hlo.compiled import read_memory
 from helix_jax.analysis.hlo.flops import matmul_flops
 from helix_jax.config import ModelConfig
 from helix_jax.counts import param_counts
-from helix_jax.enums import Mode, choices
+from helix_jax.enums import Mode, Weights, choices
 from helix_jax.gspmd import check_partitioner as check_layout
 from helix_jax.layouts import Layout
 
@@ -178,11 +178,18 @@ def _under(partitioner: str) -> str:
     return "" if partitioner == "shard_map" else f" under {partitioner}"
 
 
-def check_projection(cfg: ModelConfig, layout: Layout, mode: str, partitioner: str) -> None:
-    """A ValueError, before any compiling, for a mode, layout or partitioner that cannot be
-    projected together (the gspmd partitioner runs whole forward and training programs only)."""
+def check_projection(cfg: ModelConfig, layout: Layout, mode: str, partitioner: str,
+                     weights: str = Weights.MODEL) -> None:
+    """A ValueError, before any compiling, for a mode, layout, partitioner or weight format that
+    cannot be projected together (the gspmd partitioner runs whole forward and training programs
+    only; float8 weights are priced for the serving steps, prefill and decode)."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    if weights not in tuple(Weights):
+        raise ValueError(f"weights {weights!r} is not one of {', '.join(Weights)}")
+    if weights == Weights.FLOAT8 and mode not in (Mode.PREFILL, Mode.DECODE):
+        raise ValueError(f"--weights float8 is priced for serving: use --mode prefill or decode "
+                         f"(got --mode {mode}), or drop --weights")
     layout.validate(cfg, even_stages=not is_composed(layout, mode))
     check_layout(layout, partitioner)
     if is_composed(layout, mode):
@@ -201,14 +208,15 @@ def check_projection(cfg: ModelConfig, layout: Layout, mode: str, partitioner: s
 def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | None = None,
             progress: Callable[[str], None] | None = None, mode: str = "forward",
             remat: str = "none", partitioner: str = "shard_map",
-            compiler: Compiler = DIRECT) -> Projection:
+            compiler: Compiler = DIRECT, weights: str = Weights.MODEL) -> Projection:
     """The full read-out and projection of `cfg` on `layout` priced on `hw` (see module doc).
     `partitioner` "gspmd" compiles the same model with XLA choosing the collectives
     (helix_jax/model.py): forward and whole training steps only. `compiler` compiles the
-    programs (`analysis.compiler`; the planner passes its cache)."""
-    check_projection(cfg, layout, mode, partitioner)
+    programs (`analysis.compiler`; the planner passes its cache). `weights` "float8" serves
+    float8 weights (prefill and decode only; nn/float8.py)."""
+    check_projection(cfg, layout, mode, partitioner, weights)
     if mode in ("prefill", "decode"):
-        return project_step(cfg, layout, hw, mode, compiler)
+        return project_step(cfg, layout, hw, mode, compiler, weights)
     if is_composed(layout, mode):
         return project_composed(cfg, layout, hw, remat=remat, progress=progress,
                                 compiler=compiler)
@@ -263,6 +271,15 @@ def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled,
         bytes_per_element=DTYPE_BYTES[cfg.dtype])
 
 
+def _weights_text(weights: str, weight_bytes: float, dtype: str) -> str:
+    """The HBM floor's weight term in words."""
+    if weights == Weights.FLOAT8:
+        return (f"float8 weights ({weight_bytes / 1e9:.2f} GB: float8_e4m3fn matmul weights with "
+                f"float32 per-output-channel scales; embedding, norms, biases and router in "
+                f"{dtype})")
+    return "16-bit weights"
+
+
 def _fits_why(cfg: ModelConfig, hw: Hardware, memory: dict, mode: str, accumulation: int,
               batch_chunks: int) -> str:
     """Why a whole program fits or not: its memory against the capacity, by part."""
@@ -278,22 +295,26 @@ def _fits_why(cfg: ModelConfig, hw: Hardware, memory: dict, mode: str, accumulat
 
 
 def hbm_floor_parts(sharded) -> tuple[float, float]:
-    """Bytes a step must read from HBM at least, per device: (its 16-bit weights, its KV cache).
-    The cache counts what the device holds: K/V heads replicated over head shards count once
-    per shard that holds them."""
+    """Bytes a step must read from HBM at least, per device: (its weights, its KV cache). The
+    weights are what the device stores of the step's parameters (`abstract_serving_params`):
+    16-bit copies, or under float8 weights one byte per matmul weight plus its float32 scales
+    and the rest in the model's dtype. The cache counts what the device holds: K/V heads
+    replicated over head shards count once per shard that holds them."""
     import math
 
-    from helix_jax.analysis.costmodel.compose import local_parameter_count
+    import jax
 
     cfg = sharded.cfg
     elem = DTYPE_BYTES[cfg.dtype]
     cache = math.prod(sharded.cache_shape(cfg.seq)) * 2 * elem
     shards = sharded.layout.size(*sharded.cache_axes)
-    return local_parameter_count(sharded) * elem, cache / shards
+    weights = sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize
+                  for a in jax.tree.leaves(sharded.abstract_serving_params()))
+    return weights, cache / shards
 
 
 def hbm_floor_bytes(sharded) -> float:
-    """Bytes a step must read from HBM at least, per device: its 16-bit weights and its KV cache."""
+    """Bytes a step must read from HBM at least, per device: its weights and its KV cache."""
     return sum(hbm_floor_parts(sharded))
 
 
@@ -304,13 +325,17 @@ def hbm_floor_seconds(sharded, hbm_bytes_per_s: float) -> float:
 
 
 def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
-                 compiler: Compiler = DIRECT) -> Projection:
+                 compiler: Compiler = DIRECT, weights: str = Weights.MODEL) -> Projection:
     """A prefill of `cfg.seq` positions or one decode step at context `cfg.seq`: compiled, read,
-    priced; the step is never faster than reading its weights and cache from HBM."""
-    sharded = build_sharded(analysed_config(cfg), layout, 1)
+    priced; the step is never faster than reading its weights and cache from HBM. `weights`:
+    16-bit copies ("model") or float8 weights, compiled and floored as stored."""
+    sharded = build_sharded(analysed_config(cfg), layout, 1, weights=weights)
     compiled = compiler.step(sharded, mode)
     hlo = compiled.as_text()
     memory = read_memory(compiled)
+    copies = float8_upcast_bytes(hlo)  # XLA:CPU's 16-bit copies of float8 weights
+    memory = {**memory, "temp_bytes": memory["temp_bytes"] - copies,
+              "total_bytes": memory["total_bytes"] - copies}
     from helix_jax.nn.attention import block_size
 
     T = cfg.seq if mode == "prefill" else 1
@@ -320,6 +345,7 @@ def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
     priced = price_collectives(hlo, cfg, layout, hw)
     weight_bytes, cache_bytes = hbm_floor_parts(sharded)
     floor_bytes = weight_bytes + cache_bytes
+    stored = _weights_text(weights, weight_bytes, cfg.dtype)
     floor = hbm_floor_seconds(sharded, hw.hbm_bytes_per_s)
     stages = layout.size("layers")
     busy = compute["seconds"] + priced["seconds"]
@@ -334,12 +360,13 @@ def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
         model=cfg.name, layout=layout.spec, hardware=hw.name, mode=mode,
         partitioner=sharded.partitioner, remat=sharded.remat, devices=layout.devices,
         mesh=layout.axis_sizes, batch=cfg.batch, seq=cfg.seq, context=cfg.seq, dtype=cfg.dtype,
-        batch_chunks=1, accumulation_steps=1, tokens_per_step=tokens,
+        weights=weights, batch_chunks=1, accumulation_steps=1, tokens_per_step=tokens,
         compiled=(f"the {mode} step of all {layout.devices} devices: "
                   + (f"{cfg.seq} positions into an empty cache" if mode == "prefill" else
                      f"one new position against a cache of {cfg.seq}")),
-        extended_by_formula=[f"HBM floor: 16-bit weights + KV cache = {floor_bytes / 1e9:.2f} "
-                             f"GB per device at {hw.hbm_bytes_per_s / 1e12:.2f} TB/s"
+        extended_by_formula=[f"HBM floor: {stored} + KV cache = "
+                             f"{floor_bytes / 1e9:.2f} GB per device at "
+                             f"{hw.hbm_bytes_per_s / 1e12:.2f} TB/s"
                              + (f", read by each of {stages} pipeline stages in turn"
                                 if stages > 1 else "")],
         flops_per_device=flops["flops"], flops_note=flops_note(flops),
@@ -348,7 +375,9 @@ def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
         memory_bytes_per_device=memory["total_bytes"], memory=memory,
         fits=memory["total_bytes"] <= hw.hbm_capacity_bytes,
         fits_why=(f"{memory['total_bytes'] / 1e9:.1f} GB per device against "
-                  f"{hw.hbm_capacity_bytes / 1e9:.0f} GB (weights, KV cache, temporaries)"),
+                  f"{hw.hbm_capacity_bytes / 1e9:.0f} GB (weights, KV cache, temporaries"
+                  + (f"; XLA:CPU's 16-bit copies of the float8 weights, {copies / 1e9:.2f} GB, "
+                     f"left out" if copies else "") + ")"),
         collectives=priced["rows"], collective_sites=collective_sites(hlo, layout, hw),
         comm_bytes_per_device=priced["comm"], comm_bytes_by_op=priced["by_op"],
         expected_comm_bytes_by_op={},

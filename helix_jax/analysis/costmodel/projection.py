@@ -37,7 +37,7 @@ class Timing:
     ring_hidden_seconds: float | None = None
     # KV-cache steps (prefill, decode): the HBM floor of reading weights and cache
     hbm_floor_seconds: float | None = None
-    hbm_floor_weight_bytes: float | None = None  # per device: 16-bit weights ...
+    hbm_floor_weight_bytes: float | None = None  # per device: weights as stored ...
     hbm_floor_cache_bytes: float | None = None  # ... and the KV cache it holds
     hbm_bound: bool | None = None
     ttft_ms: float | None = None
@@ -101,6 +101,7 @@ class Projection:
     bytes_per_element: int
     # path-specific (None where it does not apply)
     context: int | None = None  # KV-cache steps: the cache length
+    weights: str = "model"  # KV-cache steps: the stored weights, "model" (dtype) or "float8"
     microbatch_size: int | None = None  # composed steps: sequences per pipeline microbatch
     # the attention kernel: priced, compiled for the projection, and run by the runtime
     attention_kernel: dict[str, str] = field(default_factory=dict)

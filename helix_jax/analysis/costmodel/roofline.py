@@ -20,6 +20,13 @@ the converts and transposes XLA:CPU puts around a dot (its op_name ends in `dot_
 reads the operands as they are), the elementwise work inside the attention core (a fused,
 flash-style kernel keeps it on chip: op_name under `attention_core`), and matmul operands that
 XLA:CPU widened to f32 (bytes are counted at the model's element size).
+
+Float8 weights (`--weights float8`, nn/float8.py) add two more: XLA:CPU cannot slice float8
+arrays, so it converts each stacked float8 weight whole to f16 (a kernel that only converts a
+float8 array), and it dequantises each weight in a kernel of its own (ops under `DEQUANT_SCOPE`)
+before the matmul. A GPU's weight-only FP8 GEMM does that in its prologue: both are left out, and
+the matmul reads such a weight at one byte per element plus one float32 scale per output column
+(elements / K), where a 16-bit weight costs two bytes per element.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from helix_jax.analysis.hlo.flops import OP_NAME, dims_attr
 from helix_jax.analysis.hlo.memo import per_program
 from helix_jax.analysis.hlo.module import HloModule, Instruction, array_bytes, parse_arrays, parse_module
 from helix_jax.nn.attention import ATTENTION_SCOPE
+from helix_jax.nn.float8 import DEQUANT_SCOPE
 
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional",
          "call", "after-all", "partition-id", "replica-id", "opt-barrier", "add-dependency",
@@ -189,6 +197,48 @@ def _is_layout_only(prog: _Program, ins: Instruction) -> bool:
     return ins.opcode == "fusion" and all(i.opcode in _LAYOUT_OPS for i in prog.body(ins))
 
 
+def _is_dequantize(prog: _Program, ins: Instruction) -> bool:
+    """A kernel that dequantises a float8 weight (its body runs under `DEQUANT_SCOPE`)."""
+    body = prog.body(ins) if ins.opcode == "fusion" else [ins]
+    return any(DEQUANT_SCOPE in prog.op_name(i) for i in body)
+
+
+def _is_float8_upcast(prog: _Program, ins: Instruction) -> bool:
+    """A kernel that only converts or moves a float8 array (XLA:CPU's upcast of the float8
+    weights it cannot slice; a GPU slices them as they are)."""
+    return _is_layout_only(prog, ins) and any(
+        d.startswith("f8") for arrays in prog.mod.operand_arrays(ins) for d, _ in arrays)
+
+
+def float8_upcast_bytes(hlo_text: str) -> int:
+    """Bytes of the 16-bit copies XLA:CPU makes of float8 arrays before the program's loops
+    (`_is_float8_upcast` kernels of the entry computation): all live while the layers run, so
+    they sit in the temporaries of a CPU program, where a GPU program has none."""
+    prog = _Program(hlo_text)
+    return sum(_result_bytes(i) for i in prog.mod.computations.get(prog.mod.entry, [])
+               if _is_float8_upcast(prog, i))
+
+
+def _dequantized_elements(prog: _Program, ins: Instruction, by_name: dict[str, Instruction],
+                          dequant: set[str]) -> int:
+    """Elements of the operands of the matmul kernel `ins` that a dequantisation kernel made
+    (through layout-only kernels): the float8 weights it reads."""
+    total = 0
+    for name, _ in ins.operands:
+        source = name
+        while source in by_name and source not in dequant:
+            producer = by_name[source]
+            if not _is_layout_only(prog, producer) or len(producer.operands) != 1:
+                break
+            source = producer.operands[0][0]
+        if source in dequant:
+            total += sum(math.prod(d) for _, d in parse_arrays(by_name[name].shape))
+    return total
+
+
+F32_SCALE_BYTES = 4  # one float32 scale per output column of a float8 weight
+
+
 def _is_store(prog: _Program, ins: Instruction) -> bool:
     """A kernel that only stores a value into a loop's stacked buffer (`lax.scan` saving an
     activation for the backward pass): on a GPU the value's producer writes it in place. Scalar
@@ -291,6 +341,8 @@ def kernel_shapes(hlo_text: str, elem_bytes: int,
         runs, _ = prog.runs.get(comp, (1, True))
         found: dict[str, KernelShape] = {}
         dot_inputs = {n for i in instrs if _dot_of(prog, i) is not None for n, _ in i.operands}
+        by_name = {i.name: i for i in instrs}
+        dequant = {i.name for i in instrs if _dot_of(prog, i) is None and _is_dequantize(prog, i)}
         flat = flats[comp]
         attention_loop = comp in scoring
         for ins in instrs:
@@ -303,13 +355,16 @@ def kernel_shapes(hlo_text: str, elem_bytes: int,
             if dot is None and (op.endswith("dot_general") or attention or attention_loop
                                 or _touches_blocks(prog, ins, score_blocks)
                                 or (ins.name in dot_inputs and _is_layout_only(prog, ins))
-                                or _is_store(prog, ins)):
+                                or _is_store(prog, ins) or ins.name in dequant
+                                or _is_float8_upcast(prog, ins)):
                 continue  # CPU plumbing around a dot, or fused into the attention kernel
             if dot is not None:
                 b, m, n, k = gemm_shape(prog.mod, dot)
+                f8 = _dequantized_elements(prog, ins, by_name, dequant)  # float8 weights read
+                moved = (b * (m * k + k * n + m * n) - f8) * elem_bytes
                 found[ins.name] = KernelShape(
                     ins.name, "attention" if attention else "matmul", runs, 2.0 * b * m * n * k,
-                    float(b * (m * k + k * n + m * n) * elem_bytes), (b, m, n, k))
+                    float(moved + f8 * (1 + F32_SCALE_BYTES / k)), (b, m, n, k))
                 continue
             found[ins.name] = KernelShape(ins.name, "memory", runs, 0.0, _io_bytes(prog, ins))
         out += _fuse_memory_kernels(prog, comp, found)

@@ -28,14 +28,15 @@ def analysed_config(cfg: ModelConfig) -> ModelConfig:
 
 
 def build_sharded(cfg: ModelConfig, layout: Layout, batch_chunks: int, remat: str = "none",
-                  partitioner: str = "shard_map"):
+                  partitioner: str = "shard_map", weights: str = "model"):
     """The sharded model (ValueError when this chunking does not fit the batch), with its
     ordinary attention as the blockwise scan: the roofline prices the attention core as one
     fused GPU kernel, and the scan's program holds no whole score matrix that such a kernel
     never writes (XLA:CPU's library call would; `projection.attention_kernel_note`). Without
     `tp_overlap`: the program keeps sequence parallelism's all-gathers and reduce-scatters, which
     the overlap rule then prices as hidden behind the stage's matmuls (the runtime's collective
-    matmuls move the same bytes as t - 1 permutes of a chunk)."""
+    matmuls move the same bytes as t - 1 permutes of a chunk). `weights`: what a prefill or
+    decode step reads (`Sharded.weights`)."""
     from helix_jax.devices import devices_for
     from helix_jax.model import Sharded
 
@@ -46,7 +47,8 @@ def build_sharded(cfg: ModelConfig, layout: Layout, batch_chunks: int, remat: st
     if layout.options.get("tp_overlap"):
         layout = dataclasses.replace(layout, options={**layout.options, "tp_overlap": False})
     return Sharded.build(cfg, layout, devices=devices, batch_chunks=batch_chunks, remat=remat,
-                         partitioner=partitioner, attention_kernel=AttentionKernel.BLOCKWISE)
+                         partitioner=partitioner, attention_kernel=AttentionKernel.BLOCKWISE,
+                         weights=weights)
 
 
 def _is_ring_step(c, ring: set[frozenset[int]]) -> bool:

@@ -222,6 +222,8 @@ class ProgramCache:
                         "mesh": list(layout.mesh_shape), "batch_chunks": sharded.batch_chunks,
                         "remat": remat,
                         "partitioner": sharded.partitioner,
+                        # float8 serving weights only: other keys stay as they were
+                        **({"weights": sharded.weights} if sharded.weights != "model" else {}),
                         "args": [repr(a) for a in args],
                         "kwargs": {k: repr(v) for k, v in sorted(kwargs.items())},
                         "code": self._program_code, **self._versions})
