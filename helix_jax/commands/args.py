@@ -6,15 +6,16 @@ from __future__ import annotations
 import argparse
 
 from helix_jax.config import DTYPES, ModelConfig, resolve_model
-from helix_jax.enums import Mode, Partitioner, choices
+from helix_jax.enums import Mode, Partitioner, Weights, choices
 from helix_jax.layouts import Layout, parse_layout
 
 BOTH = "both"  # `--partitioner both`: compile both partitioners and compare them
 
 
-def model_args(p: argparse.ArgumentParser, default_model: str, layout: bool = True) -> None:
-    """The model, its run shape and (unless `layout` is false) the layout: what every command
-    that builds a model takes."""
+def model_args(p: argparse.ArgumentParser, default_model: str, layout: bool = True,
+               weights: bool = True) -> None:
+    """The model, its run shape, (unless `layout` is false) the layout and (unless `weights` is
+    false) the weight format: what every command that builds a model takes."""
     p.add_argument("--model", default=default_model,
                    help=f"model preset (default: {default_model}; `helix models` lists them)")
     p.add_argument("--model-file", metavar="FILE.toml",
@@ -37,6 +38,12 @@ def model_args(p: argparse.ArgumentParser, default_model: str, layout: bool = Tr
     p.add_argument("--capacity-factor", type=float, help="MoE: expert capacity factor (default 1.25)")
     p.add_argument("--normalize-top-k", action="store_true", default=None,
                    help="MoE: renormalise the chosen experts' probabilities")
+    if weights:
+        p.add_argument("--weights", default=Weights.MODEL.value, choices=choices(Weights),
+                       help="the weights a forward, prefill or decode reads: model (copies in "
+                       "the model's dtype, default) or float8 (weight-only FP8: float8_e4m3fn "
+                       "matmul weights with per-output-channel scales, dequantised at each "
+                       "matmul); serving only: forward, decode, project --mode prefill|decode")
 
 
 def layout_arg(p: argparse.ArgumentParser) -> None:
@@ -103,10 +110,22 @@ def model_and_layout(args: argparse.Namespace,
                      validate: bool = True) -> tuple[ModelConfig, Layout]:
     """The config and layout the arguments name, checked against each other (unless the caller
     checks them itself: a projection lets a composed pipeline's layers fall unevenly)."""
+    serving_weights(args)
     cfg, layout = config(args), parse_layout(args.layout)
     if validate:
         layout.validate(cfg)
     return cfg, layout
+
+
+def serving_weights(args: argparse.Namespace) -> str:
+    """The weight format `--weights` names. Training shares the model options but keeps float32
+    master weights: float8 there is refused before any work."""
+    weights = getattr(args, "weights", Weights.MODEL)
+    if weights == Weights.FLOAT8 and getattr(args, "command", None) == "train":
+        raise ValueError("--weights float8 is weight-only FP8 for serving (helix forward, decode, "
+                         "project --mode prefill|decode); helix train keeps float32 master "
+                         "weights: drop --weights")
+    return weights
 
 
 def context_as_seq(args: argparse.Namespace) -> None:

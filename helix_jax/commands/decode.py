@@ -10,6 +10,7 @@ from typing import Any
 from helix_jax import distributed, files, options
 from helix_jax.commands.args import hf_weights_checked, model_and_layout, model_args
 from helix_jax.config import ModelConfig
+from helix_jax.enums import Weights
 from helix_jax.layouts import Layout
 
 
@@ -58,22 +59,26 @@ def _decode(args: argparse.Namespace, cfg: ModelConfig, layout: Layout) -> int:
     from helix_jax import npz
     from helix_jax.decode import compile_decode, generate, run_decode
     from helix_jax.memory_check import WAY_OUT, check_fits, host_copies
+    from helix_jax.nn.float8 import dequantize_params
     from helix_jax.report.console import print_decode, print_generated
 
-    sharded = M.Sharded.build(cfg, layout)
+    sharded = M.Sharded.build(cfg, layout, weights=args.weights)
     programs = compile_decode(sharded, args.prompt_len)  # abstract: nothing allocated yet
     check_fits(list(programs[:2]), sharded.mesh, f"decode of {cfg.name} on {layout.spec}",
                WAY_OUT, host_extra=host_copies(cfg, M.param_shapes(cfg) if args.out else None))
     params = sharded.load_hf(args.hf) if args.hf else sharded.init(args.seed)
+    if args.weights == Weights.FLOAT8:  # quantised once, for the decode and the generation
+        params = sharded.serving_params(params)
     x_host = M.random_input(cfg, args.seed)
     x = distributed.global_array(np.asarray(x_host).astype(sharded.input_dtype),
                                  sharded.input_sharding)
     result = run_decode(sharded, params, x, args.prompt_len, programs=programs)
     if not distributed.is_main():
         return 0
-    print_decode(cfg, layout, args.prompt_len, result)
-    if args.out:
-        npz.save(args.out, cfg, distributed.to_host(params), x_host, result.output)
+    print_decode(cfg, layout, args.prompt_len, result, weights=args.weights)
+    if args.out:  # float8: the weights the run computed with, q · scale
+        npz.save(args.out, cfg, dequantize_params(distributed.to_host(params)), x_host,
+                 result.output)
         print(f"wrote    {args.out}")
     if args.generate:
         gen = generate(sharded, params, x[:, :args.prompt_len], args.generate)

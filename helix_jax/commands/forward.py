@@ -15,6 +15,7 @@ from helix_jax.commands.args import (
     partitioner_arg,
 )
 from helix_jax.config import ModelConfig
+from helix_jax.enums import Weights
 from helix_jax.gspmd import check_partitioner
 from helix_jax.layouts import Layout
 
@@ -68,9 +69,10 @@ def _forward(args: argparse.Namespace, cfg: ModelConfig, layout: Layout, arrays:
     from helix_jax import model as M
     from helix_jax import npz
     from helix_jax.memory_check import WAY_OUT, check_fits, host_copies
+    from helix_jax.nn.float8 import dequantize_params
     from helix_jax.report.console import print_forward
 
-    sharded = M.Sharded.build(cfg, layout, partitioner=args.partitioner)
+    sharded = M.Sharded.build(cfg, layout, partitioner=args.partitioner, weights=args.weights)
     if arrays is not None:
         host_params = npz.flat_to_params(arrays, M.param_shapes(cfg), f"--params {args.params}")
     start = time.perf_counter()  # compiled for abstract arguments: nothing allocated yet
@@ -80,6 +82,8 @@ def _forward(args: argparse.Namespace, cfg: ModelConfig, layout: Layout, arrays:
                host_extra=host_copies(cfg, M.param_shapes(cfg) if args.out else None))
     params = (sharded.place(host_params) if arrays is not None
               else sharded.load_hf(args.hf) if args.hf else sharded.init(args.seed))
+    if args.weights == Weights.FLOAT8:  # the forward reads the stored float8 weights
+        params = sharded.serving_params(params)
     x_host = M.random_input(cfg, args.seed)  # the same on every process
     x = distributed.global_array(np.asarray(x_host).astype(sharded.input_dtype),
                                  sharded.input_sharding)
@@ -87,12 +91,12 @@ def _forward(args: argparse.Namespace, cfg: ModelConfig, layout: Layout, arrays:
     (y, stats), first_s, times = _timed(forward, params, x, args.repeat, args.profile)
     y, stats = distributed.to_host((y, stats))
     y = y.astype(np.float32)
-    host_params = distributed.to_host(params) if args.out else None
+    host_params = dequantize_params(distributed.to_host(params)) if args.out else None
     if not distributed.is_main():
         return 0  # process 0 prints and writes
     print_forward(cfg, layout, partitioner=args.partitioner, platform=jax.devices()[0].platform,
                   hosts=distributed.describe(), input_shape=tuple(x.shape), output=y, stats=stats,
-                  first_s=compile_s + first_s, times=times)
+                  first_s=compile_s + first_s, times=times, weights=args.weights)
     if args.out:
         npz.save(args.out, cfg, host_params, x_host, y)
         print(f"wrote    {args.out}")

@@ -20,7 +20,7 @@ def add_parser(sub: Any) -> None:
     """`helix plan` and its options."""
     p = sub.add_parser("plan", help="which layout should I use? every legal layout for N "
                        "devices compiled (pruned by cheap bounds first), priced and ranked")
-    model_args(p, "paper-dense", layout=False)
+    model_args(p, "paper-dense", layout=False, weights=False)
     add_plan_args(p)
     p.set_defaults(func=run)
 

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from helix_jax.devices import ensure_host_devices
 
     check_step(cfg, layout, args.mode,
-               Partitioner.GSPMD if args.partitioner == BOTH else args.partitioner)
+               Partitioner.GSPMD if args.partitioner == BOTH else args.partitioner, args.weights)
     from helix_jax.analysis.planner.cache import use_fast_codegen
     from helix_jax.limits import MAX_WHOLE_DEVICES
 
@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         from helix_jax.report.console import print_projection
 
         result = project(cfg, layout, hw, batch_chunks=chunks, mode=args.mode, remat=args.remat,
-                         progress=_progress, partitioner=args.partitioner).to_dict()
+                         progress=_progress, partitioner=args.partitioner,
+                         weights=args.weights).to_dict()
         print_projection(result)
     if args.json:
         with files.atomic_output(args.json) as tmp:

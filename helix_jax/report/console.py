@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from helix_jax.config import PRESETS, ModelConfig
-from helix_jax.enums import Mode, Partitioner
+from helix_jax.enums import Mode, Partitioner, Weights
 from helix_jax.layouts import LAYOUTS, Layout
 from helix_jax.units import gb
 
@@ -71,7 +71,7 @@ def _warn_non_finite(output: Any) -> None:
 
 def print_forward(cfg: ModelConfig, layout: Layout, *, partitioner: str, platform: str,
                   hosts: str, input_shape: tuple, output: Any, stats: dict, first_s: float,
-                  times: list[float]) -> None:
+                  times: list[float], weights: str = "model") -> None:
     """`helix forward`: model, layout, mesh, shapes, MoE drops per layer and the timing (`hosts`:
     the processes the mesh spans, `distributed.describe()`)."""
     import numpy as np
@@ -80,6 +80,7 @@ def print_forward(cfg: ModelConfig, layout: Layout, *, partitioner: str, platfor
     print(f"model    {cfg.name}: {cfg.n_layers} layers, {cfg.n_heads}x{cfg.head_dim} heads, "
           f"D {cfg.d_model}, F {cfg.d_ff}" + (f", {cfg.n_experts} experts top-{cfg.top_k}"
                                               if cfg.is_moe else "") + f", {cfg.dtype}")
+    _print_weights(weights)
     print(f"layout   {layout.spec}" + (f" (partitioner {partitioner}: XLA chose the "
                                            f"collectives)" if partitioner == Partitioner.GSPMD
                                            else ""))
@@ -100,15 +101,25 @@ def print_forward(cfg: ModelConfig, layout: Layout, *, partitioner: str, platfor
     _warn_non_finite(output)
 
 
-def print_decode(cfg: ModelConfig, layout: Layout, prompt_len: int, run: Any) -> None:
+def print_decode(cfg: ModelConfig, layout: Layout, prompt_len: int, run: Any,
+                 weights: str = "model") -> None:
     """`helix decode`: time to first token and per-token latency (`run`: a `decode.DecodeRun`)."""
     steps = cfg.seq - prompt_len
     print(f"model    {cfg.name} on {layout.describe()}, batch {cfg.batch}, context {cfg.seq}")
+    _print_weights(weights)
     print(f"prefill  {prompt_len} positions: time to first token {run.ttft_s * 1e3:.1f} ms "
           f"(compiled both programs in {run.compile_s:.1f} s before timing)")
     print(f"decode   {steps} steps: per token median {run.median_s * 1e3:.2f} ms, p90 "
           f"{run.p90_s * 1e3:.2f} ms = {cfg.batch / run.median_s:,.0f} tokens/s")
     _warn_non_finite(run.output)
+
+
+def _print_weights(weights: str) -> None:
+    """The line of a run with float8 weights (nothing for the model's own dtype)."""
+    if weights == Weights.FLOAT8:
+        print("weights  float8: float8_e4m3fn matmul weights with float32 per-output-channel "
+              "scales, dequantised at each matmul (embedding, norms, biases and router in the "
+              "model's dtype)")
 
 
 def print_generated(prompt: list, gen) -> None:
@@ -197,7 +208,9 @@ def print_projection(r: dict) -> None:
     console = Console(width=None if sys.stdout.isatty() else 110)
     mesh = " x ".join(f"{a}={n}" for a, n in r["mesh"].items())
     console.print(f"[bold]{r['model']}[/] on [bold]{r['layout']}[/] \\[{mesh}], batch {r['batch']} x "
-                  f"seq {r['seq']} {r['dtype']}, priced on {r['hardware']}; "
+                  f"seq {r['seq']} {r['dtype']}"
+                  + (", float8 weights" if r.get("weights") == Weights.FLOAT8 else "")
+                  + f", priced on {r['hardware']}; "
                   f"batch_chunks={r['batch_chunks']}; intra-node axes: "
                   f"{', '.join(r['intra_node_axes']) or 'none'}")
     mode = r.get("mode", Mode.FORWARD)
