@@ -154,6 +154,15 @@ class Comm:
         n = self.size(*logical)
         return jax.lax.ppermute(x, axes, [(i, i + 1) for i in range(n - 1)])
 
+    def rotate(self, x, logical: str, by: int):
+        """Send each shard `by` places along the logical axis, the last wrapping round to the
+        first (a pipeline's next stage is `by=1`, its previous one `by=-1`)."""
+        axes = self.axes(logical)
+        if not axes:
+            return x
+        n = self.size(logical)
+        return jax.lax.ppermute(x, axes, [(i, (i + by) % n) for i in range(n)])
+
     def reduce_out(self, partial, *logical: str):
         """Sum a [B, S, D] partial result over the shards of `logical`.
 

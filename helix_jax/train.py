@@ -26,6 +26,8 @@ from jax.sharding import PartitionSpec as P
 
 from helix_jax.config import ModelConfig
 from helix_jax.model import Sharded, param_shapes
+from helix_jax.scheduled_grads import loss_and_grads_fn
+from helix_jax.enums import Schedule
 
 AUX_LOSS_WEIGHT = 0.01
 TEACHER_SEED = 1234
@@ -112,10 +114,30 @@ def _loss(sharded: Sharded, params, inputs, targets, per_replica: bool = False):
     else:
         y, stats = sharded.forward_fn(per_replica)(params, inputs)
         main = jnp.mean(jnp.square(y.astype(jnp.float32) - targets.astype(jnp.float32)))
+    return _with_metrics(cfg, main, stats)
+
+
+def _with_metrics(cfg, main, stats):
+    """(the training loss, its metrics) from the mean loss and the per-layer stats."""
     aux = jnp.mean(stats["aux_loss"]) if cfg.is_moe else jnp.float32(0)
     metrics = {"ce" if cfg.vocab else "mse": main, "aux_loss": aux,
                **{k: jnp.sum(v) for k, v in stats.items() if k in ("dropped", "routed")}}
     return main + AUX_LOSS_WEIGHT * aux, metrics
+
+
+def _grad_fn(sharded: Sharded, per_replica: bool):
+    """(params, inputs, targets) -> ((loss, metrics), gradients) of one batch chunk: autodiff
+    of the forward pass, or for a 1F1B layout the gradient its schedule takes."""
+    if (sharded.layout.options.get("schedule") == Schedule.ONE_F_ONE_B
+            and sharded.layout.mesh_axes("layers")):
+        fn = loss_and_grads_fn(sharded, per_replica, AUX_LOSS_WEIGHT)
+
+        def scheduled(p, x, t):
+            (main, stats), grads = fn(p, x, t)
+            return _with_metrics(sharded.cfg, main, stats), grads
+        return scheduled
+    return jax.value_and_grad(lambda p, x, t: _loss(sharded, p, x, t, per_replica),
+                              has_aux=True)
 
 
 def accumulation_steps(sharded: Sharded) -> int:
@@ -155,8 +177,7 @@ def train_step_fn(sharded: Sharded, tx: optax.GradientTransformation):
         return jax.lax.dynamic_index_in_dim(a, i, axis=1, keepdims=False)
 
     def step(params, opt_state, inputs, targets):
-        grad_fn = jax.value_and_grad(lambda p, x, t: _loss(inner, p, x, t, per_replica),
-                                     has_aux=True)
+        grad_fn = _grad_fn(inner, per_replica)
         wrt = inner.replica_copies(params) if per_replica else params
         if k == 1:
             (loss, metrics), grads = grad_fn(wrt, inputs, targets)

@@ -128,24 +128,41 @@ class Transformer(nnx.Module):
         """Tokens [B, S] or embeddings (sequence-sharded under sequence parallelism) -> final
         hidden states [B, S/K, D] of this device's part of the sequence, and stats. Under context
         parallelism (K shards) a device embeds its own chunks of the whole input."""
+        x = self.embed_input(x, comm)
+        if comm.axes("layers"):
+            from helix_jax.parallel.pipeline import gpipe
+            x, stats = gpipe(self.run_layers, x, comm)
+        else:
+            x, stats = self.run_layers(x, comm)
+        return self.final_norm(x, comm), stats
+
+    def embed_input(self, x: jax.Array, comm: Comm) -> jax.Array:
+        """The model's input -> the residual stream entering the (main stack of) layers: this
+        device's tokens embedded, after the leading dense layers if any."""
+        x = self.local_slab(x, comm)
         parts = comm.size("act_seq")
-        if comm.axes(context.AXIS):  # the whole input on every shard: keep this shard's chunks
-            x = context.select(x, comm)
-            if x.ndim == 3 and parts > 1:  # embeddings: and this device's sequence slab of them
-                n = x.shape[1] // parts
-                x = jax.lax.dynamic_slice_in_dim(x, comm.index("act_seq") * n, n, axis=1)
         S = x.shape[1] // parts if x.ndim == 2 else x.shape[1]  # this device's tokens
         own = context.positions(S * parts, comm)
         own = jax.lax.dynamic_slice_in_dim(own, comm.index("act_seq") * S, S)
         x = comm.residual(self._embed(x, comm, own))
         if hasattr(self, "dense_layers"):  # leading dense layers (no pipeline: Layout.validate)
             x, _ = self.run_layers(x, comm, self.dense_layers)
-        if comm.axes("layers"):
-            from helix_jax.parallel.pipeline import gpipe
-            x, stats = gpipe(self.run_layers, x, comm)
-        else:
-            x, stats = self.run_layers(x, comm)
-        return comm.residual(gather_fsdp(self.final_ln, comm)(comm.residual(x))), stats
+        return x
+
+    @staticmethod
+    def local_slab(x: jax.Array, comm: Comm) -> jax.Array:
+        """Under context parallelism (the whole input on every shard) this shard's chunks, and of
+        embeddings [B, S, D] its sequence slab: what it holds of an input, or of a target."""
+        parts = comm.size("act_seq")
+        if comm.axes(context.AXIS):
+            x = context.select(x, comm)
+            if x.ndim == 3 and parts > 1:
+                n = x.shape[1] // parts
+                x = jax.lax.dynamic_slice_in_dim(x, comm.index("act_seq") * n, n, axis=1)
+        return x
+
+    def final_norm(self, x: jax.Array, comm: Comm) -> jax.Array:
+        return comm.residual(gather_fsdp(self.final_ln, comm)(comm.residual(x)))
 
     def run_layers(self, x: jax.Array, comm: Comm, stack: nnx.Module | None = None
                    ) -> tuple[jax.Array, Stats]:
