@@ -17,8 +17,9 @@ lookup, and the tied head), learned positions, norm scales, biases and the MoE r
 `operand(w, dtype)` is where every layer takes a weight into a matmul: a cast, or for a
 `Float8Weight` `q.astype(dtype) * scale`, written at the dot's operand so that XLA fuses it into
 the operand's producer. On a GPU that is the prologue of a weight-only FP8 GEMM (the weights
-cross HBM in one byte each); on a CPU it is an upcast before an ordinary matmul. The compute
-stays in the model's dtype: only the stored weights change.
+cross HBM in one byte each), which is how the projection prices it (not yet timed on a GPU
+here); on a CPU it is an upcast before an ordinary matmul. The compute stays in the model's
+dtype: only the stored weights change.
 
 Rounding to e4m3 (3 mantissa bits) moves a value by at most 2^-4 of itself, or by 2^-10 · scale
 below e4m3's normal range (|W| < 2^-6 · scale); that is the round-trip bound the tests check.

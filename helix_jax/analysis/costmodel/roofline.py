@@ -24,9 +24,10 @@ XLA:CPU widened to f32 (bytes are counted at the model's element size).
 Float8 weights (`--weights float8`, nn/float8.py) add two more: XLA:CPU cannot slice float8
 arrays, so it converts each stacked float8 weight whole to f16 (a kernel that only converts a
 float8 array), and it dequantises each weight in a kernel of its own (ops under `DEQUANT_SCOPE`)
-before the matmul. A GPU's weight-only FP8 GEMM does that in its prologue: both are left out, and
-the matmul reads such a weight at one byte per element plus one float32 scale per output column
-(elements / K), where a 16-bit weight costs two bytes per element.
+before the matmul. A fused weight-only FP8 GEMM on a GPU does that in its prologue: both are
+left out, and the matmul reads such a weight at one byte per element plus one float32 scale per
+output column (elements / K), where a 16-bit weight costs two bytes per element (priced, not
+yet timed on a GPU).
 """
 
 from __future__ import annotations
