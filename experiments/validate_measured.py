@@ -1,5 +1,6 @@
-"""How close are the projections to measured training steps? Published step times against
-`helix project --mode train`, and against the naive constant-MFU model.
+"""How close are the projections to measured training steps and decode latencies? Published
+step times against `helix project --mode train` (and the naive constant-MFU model), and published
+inter-token latencies against `helix project --mode decode` (and a naive HBM-floor model).
 
 Rows (measured step time in seconds, and where it was published):
   Korthikanti et al. 2022 (arXiv 2205.05198), Table 5: DGX A100 80 GB, seq 2048, vocab 51,200,
@@ -12,9 +13,30 @@ Rows (measured step time in seconds, and where it was published):
       "Communication overlapped" is modelled as the layout option tp_overlap=true (Transformer
       Engine overlaps the tensor-parallel collectives with the GEMMs) on top of the data-parallel
       overlap every projection assumes; Korthikanti et al.'s 2022 runs had no such overlap.
+      Where TP > 1 that overlap implies sequence parallelism (sp=true): Megatron-LM refuses
+      --tp-comm-overlap without --sequence-parallel (megatron/training/arguments.py, "Tensor
+      parallel communication/GEMM overlap can happen only when sequence parallelism is enabled").
+  NVIDIA DGX Cloud benchmarking recipes (NeMo / Megatron-Core, DGX H100, bf16, step time as
+      published), as NeMo's recipes run them: 1F1B with the given virtual stages, sequence
+      parallelism and TP communication overlap wherever TP > 1, the distributed optimizer, no
+      activation recompute, micro-batch 1:
+      Llama 3.1 8B (seq 8192; 8 GPUs, TP 1, PP 1, CP 2, DP 4, GBS 128): 12.27 s;
+      Llama 3.1 70B (seq 8192; 64 GPUs, TP 4, PP 4, CP 2, VP 5, DP 2, GBS 128): 14.66 s;
+      Llama 3.1 405B (seq 8192; 512 GPUs, TP 8, PP 8, CP 2, VP 8, DP 4, GBS 256; its 126 layers
+      split with the embedding and loss counted as a layer each, 128 / 64 = 2 per chunk): 19.78 s;
+      GPT-3 175B (seq 2048, the Korthikanti shape; 128 GPUs, TP 4, PP 8, VP 12, DP 4, GBS 256):
+      8.309 s.
 
-For each row: the projection (what was compiled, what was extended by formula), the error, and the
-error of the constant-MFU model, which prices every row at the mean MFU of the *other* rows.
+Decode rows: NVIDIA NIM 1.8.0 benchmark of Llama-3.3-70B-Instruct (the Llama 3.1 70B shape) on
+  2 x H100 80 GB SXM, FP8 weights, TP 2, 5,000 input / 500 output tokens: inter-token latency
+  18.58 / 21.83 / 38.75 / 59.73 ms at concurrency 1 / 5 / 25 / 50 (the decode batch), at a mean
+  context of about 5,250 tokens. Each is held against one decode step at that batch and context;
+  the naive model divides the step's HBM floor (weights and KV cache read once) by the mean
+  achieved fraction floor / measured of the *other* rows.
+
+For each training row: the projection (what was compiled, what was extended by formula), the
+error, and the error of the constant-MFU model, which prices every row at the mean MFU of the
+*other* rows. Each row is one `helix project` command, printed in validation.md.
 Writes results/validation.{json,md,png}.
 
     python experiments/validate_measured.py [--out results]
@@ -46,6 +68,8 @@ from _cli import parse_args  # noqa: E402  (re-exported for experiments/sensitiv
 MODELS = Path(__file__).resolve().parent / "models"
 KORTHIKANTI = "Korthikanti et al. 2022, Table 5 (arXiv 2205.05198)"
 MEGATRON = "Megatron-LM README, weak scaling (Megatron-Core r0.8.0)"
+DGXC = "NVIDIA DGX Cloud benchmarking recipe (NeMo / Megatron-Core)"
+NIM = "NVIDIA NIM 1.8.0 benchmark (Llama-3.3-70B-Instruct, 2 x H100 80 GB, FP8 weights, TP 2)"
 
 ROWS = [
     dict(label="22B full recompute", source=KORTHIKANTI, model="korthikanti-22b",
@@ -61,18 +85,50 @@ ROWS = [
          layout="tp-pp:tp=8,pp=8,dp=1,microbatches=64,schedule=1f1b,virtual=3,sp=true",
          hardware="dgx-a100", batch=64, seq=2048, dtype="float16", remat="selective",
          measured=13.75),
+    # Megatron-LM's weak-scaling runs overlap TP communication, which Megatron allows only with
+    # sequence parallelism (module doc): sp=true wherever TP > 1 (Megatron turns it off at TP 1).
     dict(label="1.7B", source=MEGATRON, model="megatron-1.7b",
          layout="tp-pp:tp=1,pp=1,dp=48,microbatches=4,tp_overlap=true", hardware="dgx-h100",
          batch=192, seq=4096, dtype="bfloat16", remat="none", measured=0.45),
     dict(label="16B", source=MEGATRON, model="megatron-16b",
-         layout="tp-pp:tp=4,pp=1,dp=48,microbatches=4,tp_overlap=true", hardware="dgx-h100",
-         batch=192, seq=4096, dtype="bfloat16", remat="none", measured=0.85),
+         layout="tp-pp:tp=4,pp=1,dp=48,microbatches=4,sp=true,tp_overlap=true",
+         hardware="dgx-h100", batch=192, seq=4096, dtype="bfloat16", remat="none", measured=0.85),
     dict(label="70B", source=MEGATRON, model="megatron-70b",
-         layout="tp-pp:tp=8,pp=2,dp=48,microbatches=8,schedule=1f1b,tp_overlap=true", hardware="dgx-h100",
-         batch=384, seq=4096, dtype="bfloat16", remat="none", measured=2.18),
+         layout="tp-pp:tp=8,pp=2,dp=48,microbatches=8,schedule=1f1b,sp=true,tp_overlap=true",
+         hardware="dgx-h100", batch=384, seq=4096, dtype="bfloat16", remat="none", measured=2.18),
     dict(label="177B", source=MEGATRON, model="megatron-177b",
-         layout="tp-pp:tp=8,pp=6,dp=48,microbatches=24,schedule=1f1b,tp_overlap=true", hardware="dgx-h100",
-         batch=1152, seq=4096, dtype="bfloat16", remat="none", measured=5.26),
+         layout="tp-pp:tp=8,pp=6,dp=48,microbatches=24,schedule=1f1b,sp=true,tp_overlap=true",
+         hardware="dgx-h100", batch=1152, seq=4096, dtype="bfloat16", remat="none",
+         measured=5.26),
+    # NeMo's recipes: micro-batch 1, so microbatches = GBS / DP; 1F1B (at PP 1 Megatron's
+    # no-pipelining schedule, one microbatch in flight, which 1f1b at pp=1 is).
+    dict(label="Llama 3.1 8B", source=DGXC, model="llama3.1-8b",
+         layout="tp-pp:tp=1,pp=1,cp=2,dp=4,microbatches=32,schedule=1f1b", hardware="dgx-h100",
+         batch=128, seq=8192, dtype="bfloat16", remat="none", measured=12.27),
+    dict(label="Llama 3.1 70B", source=DGXC, model="llama3.1-70b",
+         layout=("tp-pp:tp=4,pp=4,cp=2,dp=2,microbatches=64,schedule=1f1b,virtual=5,sp=true,"
+                 "tp_overlap=true"),
+         hardware="dgx-h100", batch=128, seq=8192, dtype="bfloat16", remat="none",
+         measured=14.66),
+    dict(label="Llama 3.1 405B", source=DGXC, model="llama3.1-405b",
+         layout=("tp-pp:tp=8,pp=8,cp=2,dp=4,microbatches=64,schedule=1f1b,virtual=8,sp=true,"
+                 "tp_overlap=true"),
+         hardware="dgx-h100", batch=256, seq=8192, dtype="bfloat16", remat="none",
+         measured=19.78),
+    dict(label="GPT-3 175B", source=DGXC, model="korthikanti-175b",
+         layout=("tp-pp:tp=4,pp=8,dp=4,microbatches=64,schedule=1f1b,virtual=12,sp=true,"
+                 "tp_overlap=true"),
+         hardware="dgx-h100", batch=256, seq=2048, dtype="bfloat16", remat="none",
+         measured=8.309),
+]
+
+# Decode: one decode step of the batch at the mean context (5,000 prompt + 500 / 2 generated).
+DECODE_CONTEXT = 5250
+DECODE_ROWS = [
+    dict(label=f"Llama-3.3-70B, concurrency {b}", source=NIM, model="llama3.1-70b",
+         layout="tp-pp:tp=2,pp=1,microbatches=1", hardware="dgx-h100", batch=b,
+         context=DECODE_CONTEXT, dtype="bfloat16", weights="float8", measured_ms=ms)
+    for b, ms in ((1, 18.58), (5, 21.83), (25, 38.75), (50, 59.73))
 ]
 
 
@@ -80,6 +136,16 @@ def command(row: dict) -> str:
     return (f"helix project --model-file experiments/models/{row['model']}.toml --layout "
             f"\"{row['layout']}\" --hardware {row['hardware']} --mode train --batch {row['batch']} "
             f"--seq {row['seq']} --dtype {row['dtype']} --remat {row['remat']}")
+
+
+def configuration(row: dict) -> str:
+    """The row's published configuration in the recipes' terms (TP, PP, VP, CP, DP, MBS, GBS,
+    recompute), read from its layout."""
+    o = parse_layout(row["layout"]).options
+    mbs = row["batch"] // o["dp"] // o["microbatches"]
+    return (f"TP {o['tp']}, PP {o['pp']}, VP {o['virtual']}, CP {o.get('cp', 1)}, DP {o['dp']}, "
+            f"MBS {mbs}, GBS {row['batch']}, SP {'on' if o['sp'] else 'off'}, "
+            f"recompute {row['remat']}")
 
 
 def run_row(row: dict) -> dict:
@@ -91,7 +157,8 @@ def run_row(row: dict) -> dict:
     seconds = time.perf_counter() - start
     flops = model_flops_per_token(cfg, "train") * cfg.batch * cfg.seq
     measured_mfu = flops / (row["measured"] * layout.devices * hw.peak_flops_per_s)
-    return {**row, "command": command(row), "devices": layout.devices,
+    return {**row, "command": command(row), "configuration": configuration(row),
+            "devices": layout.devices,
             "projected_step_s": p["projected"]["step_seconds"],
             "error": p["projected"]["step_seconds"] / row["measured"] - 1,
             "projected_mfu": p["projected"]["mfu"], "measured_mfu": measured_mfu,
@@ -99,6 +166,43 @@ def run_row(row: dict) -> dict:
             "fits": p["fits"], "memory_gb": p["memory_bytes_per_device"] / 1e9,
             "compiled": p["compiled"], "extended_by_formula": p["extended_by_formula"],
             "breakdown": p["projected"], "analysis_seconds": seconds}
+
+
+def weights_option() -> bool:
+    """Whether `helix project` prices weights stored in float8 (`--weights float8`)."""
+    import inspect
+
+    return "weights" in inspect.signature(project).parameters
+
+
+def decode_command(row: dict, fp8: bool) -> str:
+    return (f"helix project --model-file experiments/models/{row['model']}.toml --layout "
+            f"\"{row['layout']}\" --hardware {row['hardware']} --mode decode --batch "
+            f"{row['batch']} --context {row['context']} --dtype {row['dtype']}"
+            + (f" --weights {row['weights']}" if fp8 else ""))
+
+
+def run_decode_row(row: dict) -> dict:
+    """One decode step at the row's batch and context, priced (weights in float8 where `helix
+    project` can price them, else at the model's 16 bits, which the row then says)."""
+    cfg = load_model_file(MODELS / f"{row['model']}.toml").replace(
+        batch=row["batch"], seq=row["context"], dtype=row["dtype"])
+    layout, hw = parse_layout(row["layout"]), load_hardware(row["hardware"])
+    fp8 = weights_option()
+    start = time.perf_counter()
+    kwargs = {"weights": row["weights"]} if fp8 else {}
+    p = project(cfg, layout, hw, mode="decode", **kwargs).to_dict()
+    seconds = time.perf_counter() - start
+    step_ms = p["projected"]["step_seconds"] * 1e3
+    return {**row, "command": decode_command(row, fp8), "devices": layout.devices,
+            "weights_priced": row["weights"] if fp8 else row["dtype"],
+            "projected_ms": step_ms, "error": step_ms / row["measured_ms"] - 1,
+            "floor_ms": p["projected"]["hbm_floor_seconds"] * 1e3,
+            "floor_weight_bytes": p["projected"]["hbm_floor_weight_bytes"],
+            "floor_cache_bytes": p["projected"]["hbm_floor_cache_bytes"],
+            "fits": p["fits"], "memory_gb": p["memory_bytes_per_device"] / 1e9,
+            "compiled": p["compiled"], "breakdown": p["projected"],
+            "analysis_seconds": seconds}
 
 
 def constant_mfu(rows: list[dict]) -> None:
@@ -112,6 +216,16 @@ def constant_mfu(rows: list[dict]) -> None:
         r["constant_mfu_error"] = r["constant_mfu_step_s"] / r["measured"] - 1
 
 
+def floor_fraction(rows: list[dict]) -> None:
+    """Each decode row at its HBM floor over the mean achieved fraction (floor / measured) of
+    the other rows (leave-one-out)."""
+    for i, r in enumerate(rows):
+        others = [q["floor_ms"] / q["measured_ms"] for j, q in enumerate(rows) if j != i]
+        r["naive_fraction"] = statistics.mean(others)
+        r["naive_ms"] = r["floor_ms"] / r["naive_fraction"]
+        r["naive_error"] = r["naive_ms"] / r["measured_ms"] - 1
+
+
 def summary(rows: list[dict]) -> dict:
     errs = [abs(r["error"]) for r in rows]
     base = [abs(r["constant_mfu_error"]) for r in rows]
@@ -121,32 +235,78 @@ def summary(rows: list[dict]) -> dict:
             "constant_mfu_worst_abs_error": max(base), "rows": len(rows)}
 
 
+def decode_summary(rows: list[dict]) -> dict:
+    errs = [abs(r["error"]) for r in rows]
+    base = [abs(r["naive_error"]) for r in rows]
+    return {"median_abs_error": statistics.median(errs), "worst_abs_error": max(errs),
+            "naive_median_abs_error": statistics.median(base),
+            "naive_worst_abs_error": max(base), "rows": len(rows),
+            "weights_priced": sorted({r["weights_priced"] for r in rows})}
+
+
 def markdown(report: dict) -> str:
     s = report["summary"]
-    lines = ["# How accurate are the projections? Measured training steps", "",
+    lines = ["# How accurate are the projections? Measured training steps and decode latency", "",
              markdown_header(report["generated_by"]), "",
+             "## Training steps", "",
              (f"Over {s['rows']} published measurements the projected step time is off by "
               f"{pct(s['median_abs_error'])} at the median and {pct(s['worst_abs_error'])} at "
               f"worst; the constant-MFU model (each row at the mean MFU of the others) is off by "
               f"{pct(s['constant_mfu_median_abs_error'])} at the median and "
               f"{pct(s['constant_mfu_worst_abs_error'])} at worst."), "",
-             "| row | source | hardware | layout | remat | measured s | projected s | error | "
-             "constant-MFU s | its error | measured MFU | projected memory GB (fits) |",
+             "| row | source | hardware | configuration | layout | measured s | projected s | "
+             "error | constant-MFU s | its error | measured MFU | projected memory GB (fits) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(
-            f"| {r['label']} | {r['source']} | {r['hardware']} | `{r['layout']}` | {r['remat']} | "
-            f"{r['measured']:.2f} | {r['projected_step_s']:.2f} | {r['error']:+.1%} | "
-            f"{r['constant_mfu_step_s']:.2f} | {r['constant_mfu_error']:+.1%} | "
-            f"{pct(r['measured_mfu'])} | {r['memory_gb']:.0f} ({num(r['fits'])}) |")
+            f"| {r['label']} | {r['source']} | {r['hardware']} | {r['configuration']} | "
+            f"`{r['layout']}` | {r['measured']:.2f} | {r['projected_step_s']:.2f} | "
+            f"{r['error']:+.1%} | {r['constant_mfu_step_s']:.2f} | "
+            f"{r['constant_mfu_error']:+.1%} | {pct(r['measured_mfu'])} | "
+            f"{r['memory_gb']:.0f} ({num(r['fits'])}) |")
     lines += ["", "Each projection compiles the program named below and extends the rest by "
               "formula (docs/cost-model.md); every hardware constant is in the profile with its "
               "source (`helix_jax/analysis/costmodel/hardware.py`). The Megatron-LM rows assume "
-              "micro-batch 1, which its README does not state.", ""]
+              "micro-batch 1, which its README does not state; they overlap TP communication, "
+              "which Megatron-LM runs only with sequence parallelism, so TP > 1 has sp=true. The "
+              "GPT-3 175B row is the Korthikanti 175B shape (vocabulary 51,200). Memory is the "
+              "composed formula's (docs/cost-model.md, section 6), which errs high. For the "
+              "Llama 3.1 8B configuration NeMo 24.12's performance summary lists 12,273 "
+              "tokens/s/GPU at FP8 (a 10.68 s step); the BF16 step given here, 12.27 s, is then "
+              "1.15x the FP8 one, where the 70B configuration's is 1.36x (14.66 s against 10.75 s "
+              "from NeMo 24.12's 1,524 tokens/s/GPU).", ""]
     for r in report["rows"]:
         lines.append(f"- **{r['label']}** (`{r['command']}`): compiled {r['compiled']}"
                      + ("; extended by formula: " + "; ".join(r["extended_by_formula"])
                         if r["extended_by_formula"] else "") + ".")
+    if report.get("decode"):
+        d = report["decode_summary"]
+        lines += ["", "## Decode: per-token latency", "",
+                  (f"Over {d['rows']} published inter-token latencies the projected decode step "
+                   f"is off by {pct(d['median_abs_error'])} at the median and "
+                   f"{pct(d['worst_abs_error'])} at worst; the naive model (the step's HBM floor "
+                   f"over the mean achieved fraction of the other rows) is off by "
+                   f"{pct(d['naive_median_abs_error'])} at the median and "
+                   f"{pct(d['naive_worst_abs_error'])} at worst. Weights priced as "
+                   f"{', '.join(d['weights_priced'])}."), "",
+                  "| row | batch | context | measured ITL ms | projected step ms | error | "
+                  "HBM floor ms | naive ms | its error | projected memory GB (fits) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in report["decode"]:
+            lines.append(
+                f"| {r['label']} | {r['batch']} | {r['context']:,} | {r['measured_ms']:.2f} | "
+                f"{r['projected_ms']:.2f} | {r['error']:+.1%} | {r['floor_ms']:.2f} | "
+                f"{r['naive_ms']:.2f} | {r['naive_error']:+.1%} | {r['memory_gb']:.0f} "
+                f"({num(r['fits'])}) |")
+        lines += ["", f"Source: {NIM}, 5,000 input / 500 output tokens; the concurrency is the "
+                  "decode batch and the mean context is 5,000 + 500 / 2 tokens. At concurrency "
+                  "above 1 a served request's inter-token latency also holds the prefills of "
+                  "the requests that join the batch while it decodes (in-flight batching), which "
+                  "one decode step does not.", ""]
+        for r in report["decode"]:
+            lines.append(f"- **{r['label']}** (`{r['command']}`): compiled {r['compiled']}; "
+                         f"HBM floor {r['floor_weight_bytes'] / 1e9:.1f} GB of weights + "
+                         f"{r['floor_cache_bytes'] / 1e9:.1f} GB of KV cache per device.")
     lines += ["", "![validation](validation.png)"]
     return "\n".join(lines) + "\n"
 
@@ -156,7 +316,7 @@ def chart(report: dict, path: Path) -> None:
 
     rows = report["rows"]
     cats = [r["label"].replace(" ", "\n", 1) for r in rows]
-    bar_chart(path, [
+    panels = [
         BarPanel("step time: measured, projected, constant MFU", cats,
                  {"measured": [r["measured"] for r in rows],
                   "projected (helix project --mode train)": [r["projected_step_s"] for r in rows],
@@ -165,8 +325,21 @@ def chart(report: dict, path: Path) -> None:
         BarPanel("|error| against the measurement", cats,
                  {"projected": [100 * abs(r["error"]) for r in rows],
                   "constant MFU": [100 * abs(r["constant_mfu_error"]) for r in rows]},
-                 "|error|, % of the measured step (signs in validation.md)")],
-        "Projected training steps against published measurements", ncols=2)
+                 "|error|, % of the measured step (signs in validation.md)")]
+    dec = report.get("decode") or []
+    if dec:
+        dcats = [f"batch {r['batch']}" for r in dec]
+        panels += [
+            BarPanel("decode (Llama-3.3-70B, 2 x H100): inter-token latency", dcats,
+                     {"measured (NIM)": [r["measured_ms"] for r in dec],
+                      "projected (helix project --mode decode)": [r["projected_ms"] for r in dec],
+                      "naive (HBM floor / mean fraction)": [r["naive_ms"] for r in dec]},
+                     "ms per token"),
+            BarPanel("decode |error| against the measurement", dcats,
+                     {"projected": [100 * abs(r["error"]) for r in dec],
+                      "naive": [100 * abs(r["naive_error"]) for r in dec]},
+                     "|error|, % of the measured ITL")]
+    bar_chart(path, panels, "Projections against published measurements", ncols=2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,8 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     for row in tqdm(ROWS, desc="validate", unit="row", disable=not args.progress):
         rows.append(run_row(row))
     constant_mfu(rows)
+    decode = [run_decode_row(row) for row in tqdm(DECODE_ROWS, desc="decode", unit="row",
+                                                  disable=not args.progress)]
+    floor_fraction(decode)
     report = {"generated_by": generated_by("python experiments/validate_measured.py"),
-              "summary": summary(rows), "rows": rows}
+              "summary": summary(rows), "rows": rows,
+              "decode_summary": decode_summary(decode), "decode": decode}
     (out / "validation.json").write_text(json.dumps(report, indent=1) + "\n")
     chart(report, out / "validation.png")
     (out / "validation.md").write_text(markdown(report))
@@ -189,6 +366,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['constant_mfu_error']:+.1%})")
     print(f"median |error| {pct(s['median_abs_error'])}, worst {pct(s['worst_abs_error'])}; "
           f"constant MFU median {pct(s['constant_mfu_median_abs_error'])}")
+    for r in decode:
+        print(f"  {r['label']:<32} measured {r['measured_ms']:6.2f} ms  projected "
+              f"{r['projected_ms']:6.2f} ms  ({r['error']:+.1%}; naive {r['naive_error']:+.1%})")
+    d = report["decode_summary"]
+    print(f"decode median |error| {pct(d['median_abs_error'])}, worst "
+          f"{pct(d['worst_abs_error'])}; naive median {pct(d['naive_median_abs_error'])}")
     print(f"wrote {out / 'validation.json'}, validation.md, validation.png")
     return 0
 

@@ -40,3 +40,24 @@ def test_readme_links_exist():
     assert {"docs/layouts.md", "docs/cost-model.md", "docs/jax-notes.md"} <= set(links)
     missing = [link for link in links if not (ROOT / link).exists()]
     assert not missing, f"README links to missing files: {missing}"
+
+
+def test_validation_block_reports_the_decode_table_when_there_is_one():
+    """A made-up report (not the committed one): the training rows, and with a decode table its
+    summary and one line per row; without one, none."""
+    row = dict(label="7B", source="Some paper, Table 1", hardware="dgx-h100", measured=2.0,
+               projected_step_s=2.2, error=0.1, constant_mfu_error=-0.2)
+    train = {"summary": dict(rows=1, median_abs_error=0.1, worst_abs_error=0.1,
+                             constant_mfu_median_abs_error=0.2, constant_mfu_worst_abs_error=0.2),
+             "rows": [row]}
+    plain = readme.validation_block(train)
+    assert "| 7B (Some paper) | dgx-h100 | 2.00 | 2.20 | +10.0% | -20.0% |" in plain
+    assert "Decode" not in plain
+    dec = dict(batch=25, context=5250, measured_ms=40.0, projected_ms=30.0, error=-0.25,
+               naive_error=0.125)
+    text = readme.validation_block({**train, "decode": [dec], "decode_summary": dict(
+        rows=1, median_abs_error=0.25, worst_abs_error=0.25, naive_median_abs_error=0.125,
+        naive_worst_abs_error=0.125, weights_priced=["float8"])})
+    assert text.startswith(plain)
+    assert "off by 25.0% at the median" in text and "weights priced as float8" in text
+    assert "| 25 | 5,250 | 40.00 | 30.00 | -25.0% | +12.5% |" in text

@@ -106,9 +106,23 @@ def validation_block(report: dict) -> str:
              "| measured row | hardware | measured s | projected s | error | constant MFU error |",
              "|---|---|---|---|---|---|"]
     for r in report["rows"]:
-        lines.append(f"| {r['label']} ({r['source'].split(',')[0]}) | {r['hardware']} | "
-                     f"{r['measured']:.2f} | {r['projected_step_s']:.2f} | {r['error']:+.1%} | "
-                     f"{r['constant_mfu_error']:+.1%} |")
+        lines.append(f"| {r['label']} ({r['source'].split(',')[0].split(' (')[0]}) | "
+                     f"{r['hardware']} | {r['measured']:.2f} | {r['projected_step_s']:.2f} | "
+                     f"{r['error']:+.1%} | {r['constant_mfu_error']:+.1%} |")
+    if report.get("decode"):
+        d = report["decode_summary"]
+        lines += ["", f"Decode: over {d['rows']} published inter-token latencies (NVIDIA NIM, "
+                  f"Llama-3.3-70B on 2 x H100, TP 2) the projected decode step is off by "
+                  f"{d['median_abs_error']:.1%} at the median and {d['worst_abs_error']:.1%} at "
+                  f"worst (weights priced as {', '.join(d['weights_priced'])}); the naive model "
+                  f"(HBM floor over the mean achieved fraction of the others) by "
+                  f"{d['naive_median_abs_error']:.1%} and {d['naive_worst_abs_error']:.1%}.", "",
+                  "| decode batch | context | measured ITL ms | projected ms | error | "
+                  "naive error |", "|---|---|---|---|---|---|"]
+        for r in report["decode"]:
+            lines.append(f"| {r['batch']} | {r['context']:,} | {r['measured_ms']:.2f} | "
+                         f"{r['projected_ms']:.2f} | {r['error']:+.1%} | "
+                         f"{r['naive_error']:+.1%} |")
     return "\n".join(lines)
 
 
