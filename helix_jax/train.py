@@ -25,9 +25,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from helix_jax.config import ModelConfig
+from helix_jax.enums import Schedule
 from helix_jax.model import Sharded, param_shapes
 from helix_jax.scheduled_grads import loss_and_grads_fn
-from helix_jax.enums import Schedule
 
 AUX_LOSS_WEIGHT = 0.01
 TEACHER_SEED = 1234

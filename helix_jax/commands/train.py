@@ -14,7 +14,6 @@ from helix_jax.commands.args import (
     partitioner_arg,
 )
 from helix_jax.config import ModelConfig
-from helix_jax.enums import Schedule
 from helix_jax.gspmd import check_partitioner
 from helix_jax.layouts import Layout, overlap_without_sp
 
@@ -53,10 +52,6 @@ def _check_request(args: argparse.Namespace) -> tuple[ModelConfig, Layout]:
     starts."""
     cfg, layout = model_and_layout(args)
     check_partitioner(layout, args.partitioner)  # before jax starts
-    o = layout.options
-    if o.get("schedule", Schedule.GPIPE) != Schedule.GPIPE or o.get("virtual", 1) > 1:
-        raise ValueError(f"{layout.spec}: helix train runs the GPipe schedule; schedule=1f1b "
-                         f"and virtual=V are priced by `helix project --mode train` only")
     if overlap_without_sp(layout):
         raise ValueError(f"{layout.spec}: tp_overlap=true runs sequence parallelism's "
                          f"collectives as collective matmuls; add sp=true")
