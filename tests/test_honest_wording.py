@@ -34,12 +34,12 @@ HW = load_hardware("h100-paper")
     ("tp-pp:schedule=gpipe,virtual=1,tp_overlap=false@none", []),
     ("dp", []),
     ("ep:chunks=4@gspmd", []),
-    ("tp-pp:schedule=1f1b", ["schedule=1f1b"]),
-    ("tp-pp:schedule=1f1b,virtual=2@selective", ["schedule=1f1b", "virtual=2"]),
+    ("tp-pp:schedule=1f1b", []),  # runs: parallel.one_f_one_b
+    ("tp-pp:schedule=1f1b,virtual=2@selective", []),
     ("tp-pp:sp=true,tp_overlap=true", []),  # runs: collective matmuls
     ("tp-pp:tp_overlap=true", ["tp_overlap=true without sp"]),
     ("tp-pp:tp=1,pp=2,tp_overlap=true", []),  # no tensor collectives to overlap
-    ("tp-pp:sp=true,tp_overlap=true,schedule=1f1b", ["schedule=1f1b"]),
+    ("tp-pp:tp_overlap=true,schedule=1f1b,virtual=2", ["tp_overlap=true without sp"]),
 ])
 def test_the_mark_follows_each_option(label, options):
     assert priced_only_options(label) == options
@@ -48,7 +48,7 @@ def test_the_mark_follows_each_option(label, options):
 
 
 def test_mark_why_marks_the_leading_label_once():
-    label = "tp-pp:schedule=1f1b@none"
+    label = "tp-pp:tp_overlap=true@none"
     why = f"{label}: compute 8.6 s of its 10 s step; tp-pp@none loses 9 s"
     marked = mark_why(why, label)
     assert marked.startswith(f"{label}{PRICED_ONLY}: ") and marked.count(PRICED_ONLY) == 1
@@ -86,9 +86,9 @@ def test_readme_block_marks_priced_only_layouts_and_says_measured_only_for_measu
     plain = readme_block(_plan_report("tp-pp:tp=2@none", "tp-pp:tp=1@none"))
     assert PRICED_ONLY not in plain and PRICED_ONLY_NOTE not in plain
     assert "measured 0.45 s, projected 0.5 s;" in plain and "published 0.5" not in plain
-    marked = readme_block(_plan_report("tp-pp:tp=2,schedule=1f1b@none", "tp-pp:tp=1@none"))
+    marked = readme_block(_plan_report("tp-pp:tp=2,tp_overlap=true@none", "tp-pp:tp=1@none"))
     assert f"| 2{PRICED_ONLY} | 500,000{PRICED_ONLY} |" in marked
-    assert f"schedule=1f1b@none{PRICED_ONLY}: compute" in marked
+    assert f"tp_overlap=true@none{PRICED_ONLY}: compute" in marked
     assert f"best found 0.4 s{PRICED_ONLY}" in marked and marked.endswith(PRICED_ONLY_NOTE)
     assert "projected 0.5 s;" in marked  # the published layout runs as priced: no mark
 
@@ -112,7 +112,7 @@ def test_the_answer_flips_with_the_numbers():
     for mode in ("forward", "training", "decode"):
         assert f"**yes**: 2,000,000 against 1,000,000 {mode} tokens/s" in wins
         assert f"**no**: 1,000,000 against 2,000,000 {mode} tokens/s" in loses
-    base = _row("tp-pp", "tp-pp:schedule=1f1b", 1e6, fits=False)
+    base = _row("tp-pp", "tp-pp:tp_overlap=true", 1e6, fits=False)
     cell = mode_cell(_row("helix", "helix", 2e6), base, "training", "80 GB")
     assert f"1,000,000{PRICED_ONLY} training tokens/s" in cell
     assert cell.endswith("`tp-pp` does not fit 80 GB")

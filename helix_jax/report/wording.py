@@ -1,27 +1,23 @@
 """Words every report computes instead of typing: the mark on a layout that only the cost model
 runs, and the verb of a comparison, chosen from the numbers it compares.
 
-`helix train` runs GPipe with one model chunk per stage, and `tp_overlap=true` under sequence
-parallelism as collective matmuls; `schedule=1f1b`, `virtual=V` (V > 1) and `tp_overlap=true`
-without `sp=true` (tp > 1: its all-reduces stay whole) exist only as formulas in the cost model.
-Every table
-that recommends such a layout puts `PRICED_ONLY` beside its numbers and `PRICED_ONLY_NOTE` under
-the table (`priced_only_options` reads the layout's options, the same test `helix train` refuses
-them by).
+`helix train` runs every schedule the cost model prices (GPipe, 1F1B, interleaved 1F1B) and
+`tp_overlap=true` under sequence parallelism as collective matmuls; `tp_overlap=true` without
+`sp=true` (tp > 1: its all-reduces stay whole) exists only as a formula, for published
+configurations that state it (the planner never proposes it). A table that shows such a layout
+puts `PRICED_ONLY` beside its numbers and `PRICED_ONLY_NOTE` under the table
+(`priced_only_options` reads the layout's options, the same test `helix train` refuses them by).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from helix_jax.enums import Schedule
-
 PRICED_ONLY = "†"
-PRICED_ONLY_NOTE = (f"{PRICED_ONLY} priced only: the runtime does not run this schedule/overlap "
-                    "yet (`helix train` runs GPipe with virtual=1 and overlaps TP only under "
-                    "sp=true, and refuses schedule=1f1b, virtual=V > 1 and tp_overlap=true "
-                    "without sp), so a marked number is the cost model's formula, not a "
-                    "program helix_jax runs.")
+PRICED_ONLY_NOTE = (f"{PRICED_ONLY} priced only: the runtime does not run this overlap (`helix "
+                    "train` overlaps TP as collective matmuls only under sp=true and refuses "
+                    "tp_overlap=true without sp), so a marked number is the cost model's "
+                    "formula, not a program helix_jax runs.")
 TIE = 1e-3  # two numbers within 0.1% of each other are level
 
 
@@ -36,15 +32,7 @@ def priced_only_options(label: str) -> list[str]:
     from helix_jax.layouts import overlap_without_sp, parse_layout
 
     layout = parse_layout(layout_spec(label))
-    o = layout.options
-    out = []
-    if o.get("schedule", Schedule.GPIPE) != Schedule.GPIPE:
-        out.append(f"schedule={o['schedule']}")
-    if o.get("virtual", 1) > 1:
-        out.append(f"virtual={o['virtual']}")
-    if overlap_without_sp(layout):
-        out.append("tp_overlap=true without sp")
-    return out
+    return ["tp_overlap=true without sp"] if overlap_without_sp(layout) else []
 
 
 def priced_only_mark(label: str | None) -> str:

@@ -9,7 +9,9 @@ For each layout kind, every factorisation of N into its mesh axes and `dp=K` dat
   tp-pp     tp x pp x dp, with sp where tp > 1. Forward: microbatches among the divisors of the
             per-replica batch and the node placement where pp > 1. Training steps composed from
             one stage (pp > 1 or dp > 1): microbatches among the divisors, schedule gpipe / 1f1b,
-            virtual stages among the divisors of the stage's layers, tp_overlap where tp > 1.
+            virtual stages among the divisors of the stage's layers, tp_overlap where tp > 1 and sp
+            (what `helix train` runs: collective matmuls replace sequence parallelism's
+            collectives).
   ep        ep x dp (MoE), chunks 1, 2, 4, 8 in forward and training
   kvp       kvp x tp x dp with kvp > 1
 
@@ -142,6 +144,8 @@ def _tp_pp_specs(cfg: ModelConfig, tp: int, pp: int, dp: int, mode: str,
                 for v in virtuals:
                     for overlap in (("false", "true") if tp > 1 else ("false",)):
                         for sp in sps:
+                            if overlap == "true" and sp == "false":
+                                continue  # collective matmuls are sp's collectives: not run
                             out.append(f"{base},microbatches={M},sp={sp},schedule={schedule},"
                                        f"virtual={v},tp_overlap={overlap}")
         return out
