@@ -52,3 +52,27 @@ def test_grouped_query_attention_is_found_where_xla_dropped_its_metadata(spec):
                for line in text.splitlines())  # the case this guards
     total = 4 * cfg.batch * cfg.seq * cfg.seq * cfg.n_heads * cfg.head_dim
     assert _attention_flops(text, cfg, sharded.layout) == total / sharded.layout.devices
+
+
+def test_the_fused_kernel_keeps_its_score_blocks_on_chip():
+    """FlashAttention never writes the [q_block, kv_block] scores to HBM, so an attention dot
+    moves only its query, key/value and output tiles: at Llama's head dim 128 and 1,024-position
+    blocks every attention kernel is bound by its FLOPs at the fused-attention rate, and a faster
+    rate makes attention faster in proportion (priced as writing and reading its score block,
+    each dot was bound by HBM whatever the rate)."""
+    import dataclasses
+
+    cfg = resolve_model("llama3-8b").replace(n_layers=1, seq=4096, batch=1, vocab=0,
+                                             causal=False)
+    sharded = Sharded.build(cfg, parse_layout("single"))
+    text = sharded.forward_fn().lower(*sharded.abstract_inputs()).compile().as_text()
+    hw, blocks = HARDWARE["dgx-h100"], score_blocks(cfg, sharded.layout)
+
+    def attention(h):
+        return [k for k in kernels(text, h, 2, blocks) if k.kind == "attention"]
+
+    assert attention(hw) and all(k.seconds == pytest.approx(k.flops / hw.attention_flops_per_s)
+                                 for k in attention(hw))
+    faster = dataclasses.replace(hw, attention_flops_per_s=740e12)
+    seconds = [sum(k.seconds * k.runs for k in attention(h)) for h in (hw, faster)]
+    assert seconds[1] == pytest.approx(seconds[0] * 600 / 740)

@@ -7,7 +7,10 @@ often as its computation runs (loop trip counts applied, as for FLOPs). Its time
     other kernels     bytes read and written / HBM bandwidth
 
 `rate` is the profile's achieved rate of large matmuls (`flops_per_s`), or of a fused attention
-kernel (`attention_flops_per_s`) for the dots inside the attention core. The quantization
+kernel (`attention_flops_per_s`) for the dots inside the attention core. An attention dot's bytes
+leave out its score block ([q_block, kv_block] scores or probabilities, `score_blocks`): a flash
+kernel keeps those on chip and never writes them to HBM (Dao et al. 2022, FlashAttention), so it
+reads only its query, key and value tiles and writes its output tile. The quantization
 efficiency is NVIDIA's tile x wave model of a GEMM: output tiles of `mm_tile` elements, one tile
 per SM at a time, so a GEMM whose tiles do not fill the last wave of `sm_count` SMs, or whose
 dimensions are not multiples of the tile, wastes the rest. A GEMM with fewer output tiles than
@@ -273,6 +276,16 @@ def _touches_blocks(prog: _Program, ins: Instruction, blocks: set[tuple[int, ...
                or (flat and len(d) == 2 and (0, *d) in blocks) for _, d in arrays)
 
 
+def _score_elements(prog: _Program, dot: Instruction, blocks: set[tuple[int, ...]],
+                    flat: bool) -> int:
+    """Elements of the dot's operands and result that are attention score blocks (what a flash
+    kernel keeps on chip); the same shape test as `_touches_blocks`."""
+    arrays = parse_arrays(dot.shape) + [ops[0] for ops in prog.mod.operand_arrays(dot)[:2]]
+    return sum(math.prod(d) for _, d in arrays
+               if (len(d) >= 3 and tuple(d[-2:]) in blocks)
+               or (flat and len(d) == 2 and (0, *d) in blocks))
+
+
 def _flat_scores(prog: _Program, instrs: list[Instruction], blocks) -> bool:
     """Whether a computation is a blockwise attention body whose score blocks are plain matrices
     (one sequence and one K/V head per device): every dot in it touches a score block. A layer's
@@ -362,7 +375,8 @@ def kernel_shapes(hlo_text: str, elem_bytes: int,
             if dot is not None:
                 b, m, n, k = gemm_shape(prog.mod, dot)
                 f8 = _dequantized_elements(prog, ins, by_name, dequant)  # float8 weights read
-                moved = (b * (m * k + k * n + m * n) - f8) * elem_bytes
+                on_chip = _score_elements(prog, dot, score_blocks, flat) if attention else 0
+                moved = (b * (m * k + k * n + m * n) - f8 - on_chip) * elem_bytes
                 found[ins.name] = KernelShape(
                     ins.name, "attention" if attention else "matmul", runs, 2.0 * b * m * n * k,
                     float(moved + f8 * (1 + F32_SCALE_BYTES / k)), (b, m, n, k))
