@@ -315,7 +315,7 @@ def chart(report: dict, path: Path) -> None:
     from helix_jax.report.plots import BarPanel, bar_chart
 
     rows = report["rows"]
-    cats = [r["label"].replace(" ", "\n", 1) for r in rows]
+    cats = [r["label"].replace(" ", "\n") for r in rows]
     panels = [
         BarPanel("step time: measured, projected, constant MFU", cats,
                  {"measured": [r["measured"] for r in rows],
