@@ -112,8 +112,9 @@ def test_context_parallelism_composes_with_interleaved_1f1b():
     assert any(r["op"] == "collective-permute" for r in d["collectives"])  # the K/V ring
     one = project_composed(cfg, parse_layout(
         "tp-pp:tp=2,pp=2,cp=2,dp=2,microbatches=4,schedule=1f1b"), HW).to_dict()
-    assert one["memory"]["activations_in_flight_bytes"] < d["memory"][
-        "activations_in_flight_bytes"]  # interleaving keeps more microbatches in flight
+    # the executed interleaved table holds p stage-microbatches of chunks, as 1F1B does
+    assert one["memory"]["activations_in_flight_bytes"] == d["memory"][
+        "activations_in_flight_bytes"]
 
 
 def test_an_expert_group_past_the_budget_is_a_one_line_error_before_compiling():

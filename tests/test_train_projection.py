@@ -220,8 +220,8 @@ def test_hardware_profiles_carry_sources_and_round_trip(tmp_path):
      "--remat full applies to --mode train only"),
     (["project", "--model", "tiny-dense", "--layout", "tp-pp:virtual=2"],
      "virtual=2 .interleaved stages. needs schedule=1f1b"),
-    (["train", "--model", "tiny-dense", "--layout", "tp-pp:tp=4,pp=2,schedule=1f1b"],
-     "helix train runs the GPipe schedule"),
+    (["train", "--model", "tiny-dense", "--layout", "tp-pp:tp=4,pp=2,tp_overlap=true"],
+     "as collective matmuls; add sp=true"),
     (["project", "--model", "tiny-dense", "--layout", "helix", "--json", "/no/such/dir/x.json"],
      "folder /no/such/dir does not exist"),
 ])

@@ -52,6 +52,7 @@ that stage's shard. What is extended by formula:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,7 @@ from helix_jax.config import ModelConfig
 from helix_jax.counts import param_counts
 from helix_jax.layouts import Layout, expert_ranks, parse_layout
 from helix_jax.limits import MAX_WHOLE_DEVICES
+from helix_jax.parallel.schedule import build as schedule_table
 
 
 def is_composed(layout: Layout, mode: str) -> bool:
@@ -125,11 +127,18 @@ def activation_bytes_per_layer(cfg: ModelConfig, micro: int, tp: int, sp: bool,
 
 
 def in_flight(schedule: str, pp: int, microbatches: int, virtual: int) -> float:
-    """Microbatches whose activations the first stage holds at once."""
+    """Microbatches whose activations the first stage holds at once: all M under GPipe; under
+    1F1B what the schedule `helix train` runs holds (`parallel.schedule`: min(p, M), and with V
+    chunks per stage at most p stage-microbatches of chunks, fewer than the min(p, M) ·
+    (1 + (p − 1)/(pV)) of Megatron's interleaved warm-up)."""
     if schedule == "gpipe":
         return microbatches
-    base = min(pp, microbatches)
-    return base * (1 + (pp - 1) / (pp * virtual)) if virtual > 1 else base
+    return _table_in_flight(pp, microbatches, virtual)
+
+
+@functools.lru_cache(maxsize=256)
+def _table_in_flight(pp: int, microbatches: int, virtual: int) -> float:
+    return max(schedule_table(pp, microbatches, virtual).in_flight()) / virtual
 
 
 @dataclass
