@@ -401,7 +401,7 @@ def _start(trainer: Trainer, checkpoint_dir: str | None, resume: bool, check_mem
     """Compile the step (and check the host can hold it), then restore the newest intact
     checkpoint or initialize: (checkpoints or None, (params, opt_state), first step, the step
     resumed from or None). Checkpoints are closed again if anything fails."""
-    from helix_jax.checkpoint import CORRUPT_SUFFIX, Checkpoints
+    from helix_jax.checkpoint import CORRUPT_SUFFIX, CheckpointError, Checkpoints
 
     sharded, tc = trainer.sharded, trainer.tc
     exists = bool(checkpoint_dir) and Path(checkpoint_dir).expanduser().is_dir()
@@ -412,6 +412,11 @@ def _start(trainer: Trainer, checkpoint_dir: str | None, resume: bool, check_mem
             raise ValueError(f"--checkpoint-dir {checkpoint_dir} already holds checkpoints "
                              f"(newest: step {newest}); pass --resume to continue from it, or "
                              f"choose an empty folder")
+        if resume and newest is not None:  # another model's checkpoint: refused before compiling
+            try:
+                _check_compatible(ckpts.read_meta(newest), sharded.cfg, checkpoint_dir)
+            except CheckpointError:
+                pass  # a damaged newest step: restore_newest reports it and tries older ones
         if not (resume and newest is not None and newest >= tc.steps):  # work left: compile
             compiled = trainer.compile()
             if check_memory:
