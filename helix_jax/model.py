@@ -19,9 +19,7 @@ same logical axes (`serving_specs`)."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from helix_jax import params as param_tree
 from helix_jax.comm import Comm
 from helix_jax.config import ModelConfig
 from helix_jax.enums import AttentionKernel, Remat, Weights, choices
@@ -38,8 +37,8 @@ from helix_jax.nn import float8
 from helix_jax.nn.stats import combine_stats
 from helix_jax.nn.transformer import Transformer
 from helix_jax.parallel import context
+from helix_jax.params import Params, graphdef, logical_axes, param_shapes
 
-Params = dict[str, Any]
 STAT_KEYS_MOE = ("dropped", "routed", "aux_loss", "z_loss")
 REMAT = choices(Remat)
 
@@ -47,40 +46,6 @@ REMAT = choices(Remat)
 def _entry(axes: tuple[str, ...]):
     """A PartitionSpec entry for one dimension split over `axes` (None when over none)."""
     return None if not axes else axes if len(axes) > 1 else axes[0]
-
-
-def _is_var(v) -> bool:
-    return isinstance(v, nnx.Variable)
-
-
-def _abstract(cfg: ModelConfig):
-    """graphdef, parameter shapes and logical axes of `cfg`'s model. The batch size shapes no
-    parameter, so configs that differ only in it share one entry: a training step's chunk (or a
-    pipeline's microbatch) does not build the model again while it is traced."""
-    return _abstract_of(cfg.replace(batch=1))
-
-
-@functools.lru_cache(maxsize=32)
-def _abstract_of(cfg: ModelConfig):
-    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(model)
-    logical = jax.tree.map(lambda v: tuple(v.get_metadata()["out_sharding"]), state, is_leaf=_is_var)
-    shapes = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), state, is_leaf=_is_var)
-    return graphdef, nnx.to_pure_dict(shapes), nnx.to_pure_dict(logical)
-
-
-def graphdef(cfg: ModelConfig):
-    return _abstract(cfg)[0]
-
-
-def param_shapes(cfg: ModelConfig) -> Params:
-    """The parameter tree as ShapeDtypeStructs (float32 master weights)."""
-    return _abstract(cfg)[1]
-
-
-def logical_axes(cfg: ModelConfig) -> Params:
-    """The parameter tree's logical axis names, e.g. ('layers', 'embed', 'heads', 'head_dim')."""
-    return _abstract(cfg)[2]
 
 
 def _spec_tree(tree, fn):
@@ -262,8 +227,8 @@ class Sharded:
         compilation serves every layout. A larger model is drawn directly in its shards, so it
         never sits whole on one device.
         """
-        if param_bytes(self.cfg) <= SMALL_INIT_BYTES:
-            return self.place(_init_on_one_device(self.cfg.replace(batch=1), seed))
+        if param_tree.param_bytes(self.cfg) <= SMALL_INIT_BYTES:
+            return self.place(param_tree.init_on_one_device(self.cfg.replace(batch=1), seed))
 
         def create():
             return nnx.to_pure_dict(nnx.state(Transformer(self.cfg, rngs=nnx.Rngs(seed))))
@@ -516,19 +481,6 @@ class Sharded:
 
 
 SMALL_INIT_BYTES = 1 << 28  # 256 MiB of float32 masters: drawn on one device, then placed
-
-
-def param_bytes(cfg: ModelConfig) -> int:
-    """Bytes of the float32 master parameters of `cfg`'s model."""
-    return sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(param_shapes(cfg)))
-
-
-@functools.lru_cache(maxsize=2)
-def _init_on_one_device(cfg: ModelConfig, seed: int) -> Params:
-    """A small model's parameters drawn on one device, as host arrays (placing host arrays on a
-    layout costs nothing to compile; resharding device arrays does). Callers only read them."""
-    create = jax.jit(lambda: nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(seed)))))
-    return jax.device_get(create())
 
 
 def _own_copy(params: Params) -> Params:

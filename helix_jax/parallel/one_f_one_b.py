@@ -75,145 +75,165 @@ def one_f_one_b(stage: Callable, head: Callable, layers, head_params, xs: Array,
     layers: this stage's layer stack [V·Lc, ...]; chunk c is layers [c·Lc, (c+1)·Lc).
     xs [M, ...]: the pipeline's input microbatches (read by stage 0).
     """
-    p, stage_ix = comm.size("layers"), comm.index("layers")
-    M, V = xs.shape[0], int(table.chunk.max()) + 1
-    n_local = jax.tree.leaves(layers)[0].shape[0]
-    Lc = n_local // V
-
-    def chunk(c):
-        return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, c * Lc, Lc), layers)
-
-    # Every stage's copy of the head's parameters typed as its own: a parameter shared by the
-    # stages would make autodiff sum its gradient over them inside the last stage's branch, a
-    # collective the other stages never join. The caller sums over the stages instead.
-    head_params = vary_like(head_params, stage_ix)
-    layers = vary_like(layers, stage_ix)
-    meta: dict = {}
-
-    def forward(params_c, h):
-        (out, pullback, stats) = jax.vjp(stage, params_c, h, has_aux=True)
-        leaves, treedef = jax.tree.flatten(pullback)
-        ids = {id(leaf): n for n, leaf in enumerate(jax.tree.leaves(params_c))}
-        kinds = tuple(ids.get(id(leaf)) for leaf in leaves)
-        if meta.setdefault("kinds", kinds) != kinds:
-            raise AssertionError("the stage's residuals changed between traces")
-        meta["treedef"], meta["aux"] = treedef, out[1]
-        return out, stats, [leaf for leaf, k in zip(leaves, kinds) if k is None]
-
-    def backward(params_c, stashed, cotangent):
-        params = jax.tree.leaves(params_c)
-        it = iter(stashed)
-        leaves = [params[k] if k is not None else next(it) for k in meta["kinds"]]
-        return jax.tree.unflatten(meta["treedef"], leaves)(cotangent)
-
-    def head_pullback(y, i):
-        loss, pullback = jax.vjp(lambda hp, h: head(hp, h, i), head_params, y)
-        d_head, ct = pullback(vary_like(jnp.ones_like(loss), loss))
-        return loss, ct, d_head
-
-    # A forward's input, typed as every forward sees it (the pipeline's input, or what the
-    # previous stage sent), so the residuals' types are the same in every trace: the pullback
-    # takes them back exactly as they were made.
-    x0 = vary_like(xs[0], stage_ix)
-    x0 = _vary_as(x0, jax.eval_shape(forward, chunk(0), x0)[0][0])
-    probe_out, probe_stats, probe_stash = jax.eval_shape(forward, chunk(0), x0)
-    masked = _permutes(lambda c, h: stage(c, h)[0], chunk(0), x0)
-    probe_head = jax.eval_shape(head_pullback, probe_out[0], 0)
-    refs = (x0, stage_ix)  # activations vary at least as the input and the stage do
-    zeros = lambda tree: jax.tree.map(lambda s: _typed_zeros(s, *refs), tree)  # noqa: E731
-    # gradients, losses and stats as their values do, and by stage (they are the stage's own)
-    zeros_s = lambda tree: jax.tree.map(lambda s: _typed_zeros(s, stage_ix), tree)  # noqa: E731
-    f32 = lambda tree: jax.tree.map(lambda a: a.astype(jnp.float32), tree)  # noqa: E731
-    K = table.stash_slots
-    y_struct = probe_out[0]
-
-    def stacked(n, struct):  # zeros [n, *struct.shape], typed like struct
-        z = jnp.zeros((n, *struct.shape), struct.dtype)
-        return _vary_as(vary_like(z, *refs), struct)
-
-    carry = dict(
-        recv_f=zeros(y_struct), recv_b=zeros(y_struct), head_ct=zeros(y_struct),
-        f_inbox=stacked(table.forward_inbox, y_struct),
-        b_inbox=stacked(table.backward_inbox, y_struct),
-        # (written at a slot that differs by stage, so typed by stage too)
-        stash=[_typed_zeros(jax.ShapeDtypeStruct((K + 1, *s.shape), s.dtype), stage_ix, s)
-               for s in probe_stash],
-        layer_grads=zeros_s(jax.eval_shape(f32, layers)),
-        head_grads=zeros_s(jax.eval_shape(f32, probe_head[2])),
-        input_grads=stacked(M + 1, jax.eval_shape(lambda a: a, x0)),
-        loss=zeros_s(probe_head[0]),
-        stats=jax.tree.map(lambda s: jnp.repeat(_typed_zeros(s, stage_ix), V, axis=0),
-                           probe_stats),
-    )
-
-    def no_head():
-        return zeros_s(probe_head[0]), zeros(probe_head[1]), zeros_s(probe_head[2])
-
-    def tick(carry, inputs):
-        t, rows = inputs
-        op, i, c, slot, inbox = (rows[stage_ix, n] for n in range(5))
-        f_inbox = jax.lax.dynamic_update_index_in_dim(
-            carry["f_inbox"], carry["recv_f"], t % table.forward_inbox, 0)
-        b_inbox = jax.lax.dynamic_update_index_in_dim(
-            carry["b_inbox"], carry["recv_b"], t % table.backward_inbox, 0)
-        last = (stage_ix == p - 1) & (c == V - 1)
-
-        def run_forward():
-            h = jnp.where(inbox < 0, xs[jnp.clip(i, 0, M - 1)], f_inbox[jnp.maximum(inbox, 0)])
-            h = vary_like(h, x0)
-            (y, aux), stats, stash = forward(chunk(c), h)
-            del aux  # its cotangent is 1: nothing of it travels
-            loss, ct, d_head = _cond(last, lambda: head_pullback(y, i), no_head, masked)
-            return y, stats, stash, loss, ct, f32(d_head)
-
-        def skip_forward():
-            return (zeros(y_struct), zeros_s(probe_stats),
-                    [_typed_zeros(s, stage_ix) for s in probe_stash],
-                    zeros_s(probe_head[0]), zeros(y_struct),
-                    zeros_s(jax.eval_shape(f32, probe_head[2])))
-
-        y, stats, stash, loss, ct, d_head = _cond(op == FORWARD, run_forward, skip_forward, masked)
-
-        def run_backward():
-            ct_y = jnp.where(inbox < 0, carry["head_ct"], b_inbox[jnp.maximum(inbox, 0)])
-            stashed = [buf[slot] for buf in carry["stash"]]
-            one = vary_like(jnp.ones((), probe_out[1].dtype), meta["aux"])
-            d_params, d_h = backward(chunk(c), stashed, (_vary_as(ct_y, y_struct), one))
-            return f32(d_params), d_h
-
-        def skip_backward():
-            return zeros_s(jax.eval_shape(f32, chunk(0))), zeros(y_struct)
-
-        d_params, d_h = _cond(op == BACKWARD, run_backward, skip_backward, masked)
-
-        new = dict(carry)
-        write = jnp.where(op == FORWARD, slot, K)
-        new["stash"] = [jax.lax.dynamic_update_index_in_dim(buf, v, write, 0)
-                        for buf, v in zip(carry["stash"], stash)]
-        new["head_ct"] = jnp.where(op == FORWARD, ct, carry["head_ct"])
-        new["loss"] = carry["loss"] + loss
-        new["head_grads"] = jax.tree.map(jnp.add, carry["head_grads"], d_head)
-        new["layer_grads"] = jax.tree.map(
-            lambda g, d: jax.lax.dynamic_update_slice_in_dim(
-                g, jax.lax.dynamic_slice_in_dim(g, c * Lc, Lc) + d, c * Lc, 0),
-            carry["layer_grads"], d_params)
-        new["stats"] = jax.tree.map(
-            lambda acc, v: jax.lax.dynamic_update_slice_in_dim(
-                acc, jax.lax.dynamic_slice_in_dim(acc, c * Lc, Lc) + v, c * Lc, 0),
-            carry["stats"], stats)
-        first = (op == BACKWARD) & (stage_ix == 0) & (c == 0)
-        new["input_grads"] = jax.lax.dynamic_update_index_in_dim(
-            carry["input_grads"], d_h, jnp.where(first, i, M), 0)
-        new["f_inbox"], new["b_inbox"] = f_inbox, b_inbox
-        new["recv_f"] = comm.rotate(y, "layers", 1)
-        new["recv_b"] = comm.rotate(d_h, "layers", -1)
-        return jax.tree.map(lambda a, ref: vary_like(a, ref), new, carry), None
-
-    rows = jnp.asarray(table.rows())
-    carry, _ = jax.lax.scan(tick, carry, (jnp.arange(table.ticks), rows))
+    run = _Run(stage, head, layers, head_params, xs, comm, table)
+    carry, _ = jax.lax.scan(run.tick, run.init_carry(),
+                            (jnp.arange(table.ticks), jnp.asarray(table.rows())))
+    M = xs.shape[0]
     stats = {k: v / M if k.endswith("_loss") else v for k, v in carry["stats"].items()}
     return Result(carry["loss"], carry["layer_grads"], carry["head_grads"],
                   carry["input_grads"][:M], stats)
+
+
+def _f32(tree):
+    return jax.tree.map(lambda a: a.astype(jnp.float32), tree)
+
+
+class _Run:
+    """One device's view of the schedule: its stage, the probed shapes and types of what a
+    forward makes, and the tick."""
+
+    def __init__(self, stage, head, layers, head_params, xs, comm: Comm, table: Table):
+        self.stage_fn, self.head_fn, self.xs, self.comm, self.table = stage, head, xs, comm, table
+        self.p, self.stage = comm.size("layers"), comm.index("layers")
+        self.M, self.V = xs.shape[0], int(table.chunk.max()) + 1
+        self.Lc = jax.tree.leaves(layers)[0].shape[0] // self.V
+        # Every stage's copy of the head's parameters typed as its own: a parameter shared by the
+        # stages would make autodiff sum its gradient over them inside the last stage's branch, a
+        # collective the other stages never join. The caller sums over the stages instead.
+        self.head_params = vary_like(head_params, self.stage)
+        self.layers = vary_like(layers, self.stage)
+        self.meta: dict = {}
+        # A forward's input, typed as every forward sees it (the pipeline's input, or what the
+        # previous stage sent), so the residuals' types are the same in every trace: the
+        # pullback takes them back exactly as they were made.
+        x0 = vary_like(xs[0], self.stage)
+        self.x0 = x0 = _vary_as(x0, jax.eval_shape(self.forward, self.chunk(0), x0)[0][0])
+        self.out, self.stats, self.stash = jax.eval_shape(self.forward, self.chunk(0), x0)
+        self.y = self.out[0]
+        self.head = jax.eval_shape(self.head_pullback, self.y, 0)
+        self.masked = _permutes(lambda c, h: stage(c, h)[0], self.chunk(0), x0)
+
+    # -- the stage's pieces ---------------------------------------------------------------
+
+    def chunk(self, c):
+        return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, c * self.Lc, self.Lc),
+                            self.layers)
+
+    def forward(self, params_c, h):
+        """The chunk on h under jax.vjp: (outputs, stats, the residuals to stash)."""
+        out, pullback, stats = jax.vjp(self.stage_fn, params_c, h, has_aux=True)
+        leaves, treedef = jax.tree.flatten(pullback)
+        ids = {id(leaf): n for n, leaf in enumerate(jax.tree.leaves(params_c))}
+        kinds = tuple(ids.get(id(leaf)) for leaf in leaves)  # a parameter: not stashed
+        if self.meta.setdefault("kinds", kinds) != kinds:
+            raise AssertionError("the stage's residuals changed between traces")
+        self.meta["treedef"], self.meta["aux"] = treedef, out[1]
+        return out, stats, [leaf for leaf, k in zip(leaves, kinds) if k is None]
+
+    def backward(self, params_c, stashed, cotangent):
+        params, it = jax.tree.leaves(params_c), iter(stashed)
+        leaves = [params[k] if k is not None else next(it) for k in self.meta["kinds"]]
+        return jax.tree.unflatten(self.meta["treedef"], leaves)(cotangent)
+
+    def head_pullback(self, y, i):
+        loss, pullback = jax.vjp(lambda hp, h: self.head_fn(hp, h, i), self.head_params, y)
+        d_head, ct = pullback(vary_like(jnp.ones_like(loss), loss))
+        return loss, ct, d_head
+
+    # -- zeros typed as the branches make them ---------------------------------------------
+
+    def zeros(self, tree):
+        """Activations: varying at least as the input and the stage do."""
+        return jax.tree.map(lambda s: _typed_zeros(s, self.x0, self.stage), tree)
+
+    def own(self, tree):
+        """Gradients, losses and stats: as their values vary, and by stage."""
+        return jax.tree.map(lambda s: _typed_zeros(s, self.stage), tree)
+
+    def stacked(self, n, struct):
+        return _typed_zeros(jax.ShapeDtypeStruct((n, *struct.shape), struct.dtype),
+                            self.x0, self.stage, struct)
+
+    def init_carry(self) -> dict:
+        t, K = self.table, self.table.stash_slots
+        return dict(
+            recv_f=self.zeros(self.y), recv_b=self.zeros(self.y), head_ct=self.zeros(self.y),
+            f_inbox=self.stacked(t.forward_inbox, self.y),
+            b_inbox=self.stacked(t.backward_inbox, self.y),
+            # (written at a slot that differs by stage, so typed by stage too)
+            stash=[_typed_zeros(jax.ShapeDtypeStruct((K + 1, *s.shape), s.dtype), self.stage, s)
+                   for s in self.stash],
+            layer_grads=self.own(jax.eval_shape(_f32, self.layers)),
+            head_grads=self.own(jax.eval_shape(_f32, self.head[2])),
+            input_grads=self.stacked(self.M + 1, jax.eval_shape(lambda a: a, self.x0)),
+            loss=self.own(self.head[0]),
+            stats=jax.tree.map(lambda s: jnp.repeat(_typed_zeros(s, self.stage), self.V, axis=0),
+                               self.stats))
+
+    # -- one tick ------------------------------------------------------------------------
+
+    def tick(self, carry, inputs):
+        t, rows = inputs
+        op, i, c, slot, inbox = (rows[self.stage, n] for n in range(5))
+        f_inbox = jax.lax.dynamic_update_index_in_dim(
+            carry["f_inbox"], carry["recv_f"], t % self.table.forward_inbox, 0)
+        b_inbox = jax.lax.dynamic_update_index_in_dim(
+            carry["b_inbox"], carry["recv_b"], t % self.table.backward_inbox, 0)
+        y, stats, stash, loss, ct, d_head = _cond(
+            op == FORWARD, lambda: self.run_forward(f_inbox, i, c, inbox), self.skip_forward,
+            self.masked)
+        d_params, d_h = _cond(
+            op == BACKWARD, lambda: self.run_backward(carry, b_inbox, c, slot, inbox),
+            self.skip_backward, self.masked)
+        new = dict(carry, f_inbox=f_inbox, b_inbox=b_inbox,
+                   recv_f=self.comm.rotate(y, "layers", 1),
+                   recv_b=self.comm.rotate(d_h, "layers", -1),
+                   head_ct=jnp.where(op == FORWARD, ct, carry["head_ct"]),
+                   loss=carry["loss"] + loss,
+                   head_grads=jax.tree.map(jnp.add, carry["head_grads"], d_head),
+                   layer_grads=self.add_at(carry["layer_grads"], d_params, c),
+                   stats=self.add_at(carry["stats"], stats, c))
+        write = jnp.where(op == FORWARD, slot, self.table.stash_slots)  # else the spare slot
+        new["stash"] = [jax.lax.dynamic_update_index_in_dim(buf, v, write, 0)
+                        for buf, v in zip(carry["stash"], stash)]
+        first = (op == BACKWARD) & (self.stage == 0) & (c == 0)
+        new["input_grads"] = jax.lax.dynamic_update_index_in_dim(
+            carry["input_grads"], d_h, jnp.where(first, i, self.M), 0)
+        return jax.tree.map(lambda a, ref: vary_like(a, ref), new, carry), None
+
+    def add_at(self, acc, chunk_values, c):
+        """`acc` [V·Lc, ...] with `chunk_values` [Lc, ...] added at chunk c."""
+        def add(a, v):
+            here = jax.lax.dynamic_slice_in_dim(a, c * self.Lc, self.Lc)
+            return jax.lax.dynamic_update_slice_in_dim(a, here + v, c * self.Lc, 0)
+        return jax.tree.map(add, acc, chunk_values)
+
+    def run_forward(self, f_inbox, i, c, inbox):
+        h = jnp.where(inbox < 0, self.xs[jnp.clip(i, 0, self.M - 1)],
+                      f_inbox[jnp.maximum(inbox, 0)])
+        (y, _), stats, stash = self.forward(self.chunk(c), vary_like(h, self.x0))
+        last = (self.stage == self.p - 1) & (c == self.V - 1)  # the aux loss's cotangent is 1
+        loss, ct, d_head = _cond(last, lambda: self.head_pullback(y, i), self.no_head,
+                                 self.masked)
+        return y, stats, stash, loss, ct, _f32(d_head)
+
+    def no_head(self):
+        return self.own(self.head[0]), self.zeros(self.head[1]), self.own(self.head[2])
+
+    def skip_forward(self):
+        return (self.zeros(self.y), self.own(self.stats),
+                [_typed_zeros(s, self.stage) for s in self.stash], self.own(self.head[0]),
+                self.zeros(self.y), self.own(jax.eval_shape(_f32, self.head[2])))
+
+    def run_backward(self, carry, b_inbox, c, slot, inbox):
+        ct_y = jnp.where(inbox < 0, carry["head_ct"], b_inbox[jnp.maximum(inbox, 0)])
+        stashed = [buf[slot] for buf in carry["stash"]]
+        one = vary_like(jnp.ones((), self.out[1].dtype), self.meta["aux"])
+        d_params, d_h = self.backward(self.chunk(c), stashed, (_vary_as(ct_y, self.y), one))
+        return _f32(d_params), d_h
+
+    def skip_backward(self):
+        return self.own(jax.eval_shape(_f32, self.chunk(0))), self.zeros(self.y)
 
 
 def _cond(pred, yes, no, masked: bool = False):

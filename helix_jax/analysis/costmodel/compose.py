@@ -310,14 +310,9 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
         mesh=layout.axis_sizes, batch=cfg.batch, seq=cfg.seq, dtype=cfg.dtype, batch_chunks=1,
         accumulation_steps=M, microbatch_size=micro, tokens_per_step=tokens,
         compiled=stage.describe(micro),
-        extended_by_formula=_extensions(cfg, layout, stages, stage) + [
-            f"{schedule} schedule{' interleaved x' + str(V) if V > 1 else ''}: {chunks_time:g} "
-            f"microbatch times (bubble {(pp - 1) / (V * M):.1%} of the ideal)",
-            f"{sends} pipeline sends of {send_bytes / 1e6:.1f} MB per device",
-            _data_line(layout, grad_bytes, experts_local * elem, dp_nodes),
-            f"memory: {memory['in_flight']:g} microbatches in flight, Korthikanti et al. "
-            f"activation formula",
-        ],
+        extended_by_formula=_extensions(cfg, layout, stages, stage) + _schedule_lines(
+            o, chunks_time, sends, send_bytes, memory["in_flight"],
+            _data_line(layout, grad_bytes, experts_local * elem, dp_nodes)),
         flops_per_device=matmul_flops(stage.hlo)["flops"] * (
             M + (pp - 1 if schedule == "gpipe" else 0)),
         flops_note="per stage: one microbatch's compiled FLOPs x microbatches",
@@ -346,6 +341,18 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
             tpot_ms=step / cfg.seq * 1e3),
         pricing=pricing_terms(hw), intra_node_axes=priced["intra_node_axes"],
         bytes_per_element=elem)
+
+
+def _schedule_lines(o: dict, chunks_time: float, sends: int, send_bytes: float,
+                    in_flight: float, data_line: str) -> list[str]:
+    """What the composed projection extends by formula: the schedule, its sends, the data-
+    parallel line, the memory."""
+    pp, V, M = o["pp"], o["virtual"], o["microbatches"]
+    return [f"{o['schedule']} schedule{' interleaved x' + str(V) if V > 1 else ''}: "
+            f"{chunks_time:g} microbatch times (bubble {(pp - 1) / (V * M):.1%} of the ideal)",
+            f"{sends} pipeline sends of {send_bytes / 1e6:.1f} MB per device", data_line,
+            f"memory: {in_flight:g} microbatches in flight, Korthikanti et al. activation "
+            f"formula"]
 
 
 def _data_line(layout: Layout, dense_bytes: float, expert_bytes: float, nodes: int) -> str:
