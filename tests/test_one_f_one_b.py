@@ -72,7 +72,8 @@ def _grads(cfg, spec):
     ("tiny-dense", "tp-pp:tp=2,pp=2,dp=2,microbatches=4,schedule=1f1b,virtual=2,sp=true",
      "single"),
     # context parallelism's ring runs both branches every tick (a collective-permute)
-    ("tiny-llama", "tp-pp:tp=2,pp=2,microbatches=4,schedule=1f1b,virtual=2,cp=2", "single"),
+    ("tiny-llama", "tp-pp:tp=2,pp=2,microbatches=4,schedule=1f1b,virtual=2,cp=2,sp=true",
+     "single"),
     # the router's load-balancing loss is per microbatch: GPipe is the reference
     ("tiny-moe", "tp-pp:tp=1,pp=2,dp=2,ep=2,microbatches=2,schedule=1f1b",
      "tp-pp:tp=1,pp=2,dp=2,ep=2,microbatches=2"),
@@ -125,3 +126,33 @@ def test_helix_train_runs_both_schedules_and_resumes_across_them(tmp_path):
         np.testing.assert_allclose(train(first, 3, f"ck{ckpt}"), single[:3], rtol=1e-5)
         np.testing.assert_allclose(train(then, 5, f"ck{ckpt}", resume=True), single[3:],
                                    rtol=1e-5)
+
+
+def test_every_kind_of_training_candidate_the_planner_ranks_runs():
+    """Each distinct kind of `helix plan --mode train` candidate for a tiny MoE model on 8
+    devices (layout kind, schedule, interleaving, sp, tp_overlap, fsdp, ep, pipelining, core,
+    partitioner, remat): helix train's checks accept it and its train step traces (what
+    `helix train` runs; the traced program is not compiled)."""
+    from helix_jax.analysis.planner.space import enumerate_candidates
+    from helix_jax.gspmd import check_partitioner
+    from helix_jax.layouts import overlap_without_sp
+    from helix_jax.train import abstract_state, optimizer, target_struct, train_step_fn
+
+    cfg = resolve_model("tiny-moe", batch=8, seq=16, n_layers=4)
+    candidates, _ = enumerate_candidates(cfg, 8, "train")
+    kinds = {}
+    for c in candidates:
+        o = c.layout.options
+        kinds.setdefault((c.layout.kind, o.get("schedule"), o.get("virtual", 1) > 1, o.get("sp"),
+                          o.get("tp_overlap"), o.get("fsdp"), o.get("ep", 1) > 1,
+                          c.layout.size("layers") > 1, o.get("core"), c.partitioner), c)
+        kinds.setdefault(("remat", c.remat), c)
+    assert len(kinds) >= 20 and any(k[1] == "1f1b" and k[2] for k in kinds)
+    tx = optimizer(TrainConfig(steps=1))
+    for c in kinds.values():
+        check_partitioner(c.layout, c.partitioner)
+        assert not overlap_without_sp(c.layout), c.label
+        sharded = Sharded.build(cfg, c.layout, remat=c.remat, partitioner=c.partitioner)
+        _, params, opt = abstract_state(sharded, tx)
+        jax.jit(train_step_fn(sharded, tx)).trace(
+            params, opt, sharded.abstract_input(), target_struct(sharded))
