@@ -129,7 +129,7 @@ def test_helix_train_runs_both_schedules_and_resumes_across_them(tmp_path):
 
 
 def test_every_kind_of_training_candidate_the_planner_ranks_runs():
-    """Each distinct kind of `helix plan --mode train` candidate for a tiny MoE model on 8
+    """Each distinct kind of `helix plan --mode train` candidate for a tiny MoE model on 4
     devices (layout kind, schedule, interleaving, sp, tp_overlap, fsdp, ep, pipelining, core,
     partitioner, remat): helix train's checks accept it and its train step traces (what
     `helix train` runs; the traced program is not compiled)."""
@@ -139,7 +139,7 @@ def test_every_kind_of_training_candidate_the_planner_ranks_runs():
     from helix_jax.train import abstract_state, optimizer, target_struct, train_step_fn
 
     cfg = resolve_model("tiny-moe", batch=8, seq=16, n_layers=4)
-    candidates, _ = enumerate_candidates(cfg, 8, "train")
+    candidates, _ = enumerate_candidates(cfg, 4, "train")
     kinds = {}
     for c in candidates:
         o = c.layout.options
