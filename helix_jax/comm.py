@@ -28,8 +28,9 @@ _GATHER_TAKES_TO = "to" in inspect.signature(jax.lax.all_gather).parameters
 
 
 def varying_axes(x) -> frozenset[str]:
-    """The manual mesh axes over which `x` may differ between devices (shard_map's vma type)."""
-    aval = jax.typeof(x)
+    """The manual mesh axes over which `x` may differ between devices (shard_map's vma type);
+    `x` an array or a `jax.eval_shape` result."""
+    aval = x if isinstance(x, jax.ShapeDtypeStruct) else jax.typeof(x)
     mat = getattr(aval, "manual_axis_type", None)  # jax 0.10
     return frozenset(mat.varying) if mat is not None else frozenset(getattr(aval, "vma", ()))
 

@@ -102,8 +102,9 @@ def loss_and_grads_fn(sharded: Sharded, per_replica: bool, aux_weight: float):
             params = _permute_layers(sharded, params, order, per_replica)
         loss, stats, grads = body(params, inputs, targets)
         if order is not None:
-            grads = _permute_layers(sharded, grads, np.argsort(order), per_replica)
-            stats = {k: v[np.argsort(order)] for k, v in stats.items()}
+            back = np.argsort(order)
+            grads = _permute_layers(sharded, grads, back, per_replica)
+            stats = {k: v[back] for k, v in stats.items()}
         return (loss, stats), grads
 
     return fn

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from helix_jax.comm import Comm, vary_like, varying_axes
+from helix_jax.comm import Comm, vary_like
 from helix_jax.parallel.schedule import BACKWARD, FORWARD, Table
 
 Array = jax.Array
@@ -44,24 +44,9 @@ class Result:
     stats: dict
 
 
-def _struct_axes(struct) -> frozenset[str]:
-    """The varying axes of a `jax.eval_shape` result (jax 0.10 and 0.11 spell them apart)."""
-    mat = getattr(struct, "manual_axis_type", None)
-    return frozenset(mat.varying) if mat is not None else frozenset(getattr(struct, "vma", ()))
-
-
-def _vary_as(x, struct):
-    """`x` marked varying over every axis `struct` varies over."""
-    missing = tuple(sorted(_struct_axes(struct) - varying_axes(x)))
-    return jax.lax.pcast(x, missing, to="varying") if missing else x
-
-
 def _typed_zeros(struct, *refs):
     """Zeros shaped like `struct`, varying like `refs` (arrays or `jax.eval_shape` results)."""
-    z = jnp.zeros(struct.shape, struct.dtype)
-    for ref in (struct, *refs):
-        z = _vary_as(z, ref) if isinstance(ref, jax.ShapeDtypeStruct) else vary_like(z, ref)
-    return z
+    return vary_like(jnp.zeros(struct.shape, struct.dtype), struct, *refs)
 
 
 def one_f_one_b(stage: Callable, head: Callable, layers, head_params, xs: Array, comm: Comm,
@@ -107,7 +92,7 @@ class _Run:
         # previous stage sent), so the residuals' types are the same in every trace: the
         # pullback takes them back exactly as they were made.
         x0 = vary_like(xs[0], self.stage)
-        self.x0 = x0 = _vary_as(x0, jax.eval_shape(self.forward, self.chunk(0), x0)[0][0])
+        self.x0 = x0 = vary_like(x0, jax.eval_shape(self.forward, self.chunk(0), x0)[0][0])
         self.out, self.stats, self.stash = jax.eval_shape(self.forward, self.chunk(0), x0)
         self.y = self.out[0]
         self.head = jax.eval_shape(self.head_pullback, self.y, 0)
@@ -229,7 +214,7 @@ class _Run:
         ct_y = jnp.where(inbox < 0, carry["head_ct"], b_inbox[jnp.maximum(inbox, 0)])
         stashed = [buf[slot] for buf in carry["stash"]]
         one = vary_like(jnp.ones((), self.out[1].dtype), self.meta["aux"])
-        d_params, d_h = self.backward(self.chunk(c), stashed, (_vary_as(ct_y, self.y), one))
+        d_params, d_h = self.backward(self.chunk(c), stashed, (vary_like(ct_y, self.y), one))
         return _f32(d_params), d_h
 
     def skip_backward(self):
@@ -241,13 +226,13 @@ def _cond(pred, yes, no, masked: bool = False):
     run both and select (for work holding collective-permutes, see `_permutes`)."""
     a, b = jax.eval_shape(yes), jax.eval_shape(no)
     if masked:
-        return jax.tree.map(lambda u, v: jnp.where(pred, _vary_as(u, v), _vary_as(v, u)),
+        return jax.tree.map(lambda u, v: jnp.where(pred, vary_like(u, v), vary_like(v, u)),
                             yes(), no())
 
     def typed(fn, other):
         def run():
             out = fn()
-            return jax.tree.map(_vary_as, out, other)
+            return jax.tree.map(vary_like, out, other)
         return run
 
     return jax.lax.cond(pred, typed(yes, b), typed(no, a))
