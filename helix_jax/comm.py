@@ -199,13 +199,22 @@ class Comm:
         or under tp_overlap the sequence shard itself (its first matmuls gather it)."""
         return x if self.tp_overlap else self.gather_seq(x)
 
-    def gather_apply(self, x, fn):
-        """fn (token-wise: matmuls) over whole sequences of a layer input x (`layer_input`).
+    def enter(self, x, *logical: str):
+        """x typed as varying over the mesh axes of `logical` (the shards of the weights a
+        layer's first matmuls hold), cast once for all of them: the cast's transpose in the
+        backward is one all-reduce of the input's gradient (Megatron's f operator), where each
+        matmul casting its own copy would make one per matmul."""
+        axes = tuple(sorted(set(self.axes(*logical)) - varying_axes(x)))
+        return jax.lax.pcast(x, axes, to="varying") if axes else x
+
+    def gather_apply(self, x, fn, *logical: str):
+        """fn (token-wise: matmuls with weights sharded over `logical`) over whole sequences of
+        a layer input x (`layer_input`), which enters those shards once (`enter`).
         Under tp_overlap x [B, S/t, D] is this device's shard: at step i the device applies fn
         to the chunk of shard me - i while passing that chunk on, so t - 1 collective-permutes
         overlap t partial matmuls; the outputs land at their sequence offsets."""
         if not self.tp_overlap:
-            return fn(x)
+            return fn(self.enter(x, *logical))
         t, me, n = self.size("act_seq"), self.index("act_seq"), x.shape[1]
         out, chunk = None, x
         for i in range(t):

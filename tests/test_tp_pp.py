@@ -8,6 +8,7 @@ from jax.sharding import PartitionSpec as P
 
 from helix_jax import testing
 from helix_jax.analysis.costmodel.hardware import HARDWARE
+from helix_jax.analysis.costmodel.project import project
 from helix_jax.analysis.costmodel.topology import intra_node_axes, node_of
 from helix_jax.comm import Comm
 from helix_jax.config import resolve_model
@@ -130,3 +131,22 @@ def test_clear_errors(spec, overrides, words):
     else:
         with pytest.raises(ValueError, match=words):
             parse_layout(spec).validate(cfg)
+
+
+
+@pytest.mark.parametrize("model", ["tiny-dense", "tiny-llama"])
+def test_training_step_has_megatrons_four_tensor_all_reduces_per_layer(model):
+    """Without sp each layer's input enters the tensor shards once for all of its first matmuls
+    (q, k, v; w1 and w3 of SwiGLU), so the backward sums the input's gradient once per block
+    (Megatron's f operator), not once per matmul: per layer 2 all-reduces of [B, S, D] in the
+    forward and 2 in the backward, each of one activation's bytes; plus, with a vocabulary, the
+    embedding's forward sum and the head's input-gradient sum. Read off the program the
+    training projection compiles and prices."""
+    cfg = resolve_model(model)
+    activation = cfg.batch * cfg.seq * cfg.d_model * 4  # f32 [B, S, D]
+    rows = project(cfg, parse_layout("tp-pp:tp=2,pp=1,microbatches=1"), HARDWARE["dgx-h100"],
+                   mode="train").collectives
+    big = [r for r in rows if r["op"] == "all-reduce" and r["group_size"] == 2
+           and r["payload_bytes_per_device"] >= activation]
+    assert {r["payload_bytes_per_device"] for r in big} == {activation}
+    assert sum(r["count"] for r in big) == 4 * cfg.n_layers + (2 if cfg.vocab else 0)

@@ -396,7 +396,7 @@ class Attention(nnx.Module):
         (h a `comm.layer_input`: under tp_overlap a sequence shard, gathered by the matmuls)."""
         q, k, v = comm.gather_apply(h, lambda c: tuple(
             self._in(c, w, b, comm, kv=w != "wq")
-            for w, b in (("wq", "bq"), ("wk", "bk"), ("wv", "bv"))))
+            for w, b in (("wq", "bq"), ("wk", "bk"), ("wv", "bv"))), "heads", "head_dim")
         if hasattr(self, "q_norm"):  # RMS over the whole head dim: summed over its shards
             reduce = lambda t: comm.psum(t, "head_dim")  # noqa: E731
             q, k = self.q_norm(q, reduce), self.k_norm(k, reduce)

@@ -61,7 +61,7 @@ class MLP(nnx.Module):
             up = self._in(c, "w3", "b3") if self.ffn == "swiglu" else None
             return hidden(self.ffn, self._in(c, "w1", "b1"), up)
 
-        u = comm.constrain(comm.gather_apply(h, first), "batch", None, "mlp")  # [B, S, F/t]
+        u = comm.constrain(comm.gather_apply(h, first, "mlp"), "batch", None, "mlp")  # [B, S, F/t]
         w2 = operand(self.w2[...], h.dtype)
         out = comm.reduce_apply(u, lambda c: c @ w2, "mlp")  # partial sums over `mlp`, summed
         return out + self.b2[...].astype(h.dtype) if hasattr(self, "b2") else out
