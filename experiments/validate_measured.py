@@ -7,6 +7,10 @@ Rows (measured step time in seconds, and where it was published):
       fp16, TP 8, DP 1, "full recompute" and "sequence parallel + selective recompute":
       22B (48 layers, h 6144, 64 heads, PP 1, batch 4 as one micro-batch of 4) and
       175B (96 layers, h 12288, 96 heads, PP 8, interleaved V = 3, batch 64, micro-batches of 1).
+      Their attention ran before flash attention: the paper's activation formula (its Section 4)
+      keeps the s x s scores, softmax output and dropout mask of every head in memory, so these
+      rows price the attention core unfused (`--price-attention unfused`: batched GEMMs, scores
+      through HBM, softmax and masks as memory-bound kernels); every later row runs flash.
   Megatron-LM README weak-scaling table (Megatron-Core r0.8.0): DGX H100, bf16, seq 4096, vocab
       131,072, d_ff = 4h, DP 48, micro-batch 1 (assumed: not stated), communication overlapped,
       distributed optimizer; step times derived from its TFLOP/s/GPU with Megatron's FLOP formula.
@@ -74,17 +78,18 @@ NIM = "NVIDIA NIM 1.8.0 benchmark (Llama-3.3-70B-Instruct, 2 x H100 80 GB, FP8 w
 ROWS = [
     dict(label="22B full recompute", source=KORTHIKANTI, model="korthikanti-22b",
          layout="tp-pp:tp=8,pp=1,dp=1,microbatches=1", hardware="dgx-a100", batch=4, seq=2048,
-         dtype="float16", remat="full", measured=1.42),
+         dtype="float16", remat="full", attention="unfused", measured=1.42),
     dict(label="22B SP+selective", source=KORTHIKANTI, model="korthikanti-22b",
          layout="tp-pp:tp=8,pp=1,dp=1,microbatches=1,sp=true", hardware="dgx-a100", batch=4,
-         seq=2048, dtype="float16", remat="selective", measured=1.10),
+         seq=2048, dtype="float16", remat="selective", attention="unfused", measured=1.10),
     dict(label="175B full recompute", source=KORTHIKANTI, model="korthikanti-175b",
          layout="tp-pp:tp=8,pp=8,dp=1,microbatches=64,schedule=1f1b,virtual=3",
-         hardware="dgx-a100", batch=64, seq=2048, dtype="float16", remat="full", measured=18.13),
+         hardware="dgx-a100", batch=64, seq=2048, dtype="float16", remat="full",
+         attention="unfused", measured=18.13),
     dict(label="175B SP+selective", source=KORTHIKANTI, model="korthikanti-175b",
          layout="tp-pp:tp=8,pp=8,dp=1,microbatches=64,schedule=1f1b,virtual=3,sp=true",
          hardware="dgx-a100", batch=64, seq=2048, dtype="float16", remat="selective",
-         measured=13.75),
+         attention="unfused", measured=13.75),
     # Megatron-LM's weak-scaling runs overlap TP communication, which Megatron allows only with
     # sequence parallelism (module doc): sp=true wherever TP > 1 (Megatron turns it off at TP 1).
     dict(label="1.7B", source=MEGATRON, model="megatron-1.7b",
@@ -135,7 +140,8 @@ DECODE_ROWS = [
 def command(row: dict) -> str:
     return (f"helix project --model-file experiments/models/{row['model']}.toml --layout "
             f"\"{row['layout']}\" --hardware {row['hardware']} --mode train --batch {row['batch']} "
-            f"--seq {row['seq']} --dtype {row['dtype']} --remat {row['remat']}")
+            f"--seq {row['seq']} --dtype {row['dtype']} --remat {row['remat']}"
+            + (f" --price-attention {row['attention']}" if "attention" in row else ""))
 
 
 def configuration(row: dict) -> str:
@@ -153,7 +159,8 @@ def run_row(row: dict) -> dict:
         batch=row["batch"], seq=row["seq"], dtype=row["dtype"])
     layout, hw = parse_layout(row["layout"]), load_hardware(row["hardware"])
     start = time.perf_counter()
-    p = project(cfg, layout, hw, mode="train", remat=row["remat"]).to_dict()
+    p = project(cfg, layout, hw, mode="train", remat=row["remat"],
+                attention_pricing=row.get("attention", "flash")).to_dict()
     seconds = time.perf_counter() - start
     flops = model_flops_per_token(cfg, "train") * cfg.batch * cfg.seq
     measured_mfu = flops / (row["measured"] * layout.devices * hw.peak_flops_per_s)

@@ -24,6 +24,14 @@ class Remat(StrEnum):
     FULL = "full"
 
 
+class AttentionPricing(StrEnum):
+    """How a projection prices the attention core: one fused flash kernel (scores stay on chip),
+    or the unfused kernels of runs before flash attention (scores written to HBM)."""
+
+    FLASH = "flash"
+    UNFUSED = "unfused"
+
+
 class Partitioner(StrEnum):
     """Who places the collectives: the hand-written shard_map layouts, or XLA (GSPMD)."""
 

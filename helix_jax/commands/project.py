@@ -18,7 +18,7 @@ from helix_jax.commands.args import (
     model_args,
     partitioner_arg,
 )
-from helix_jax.enums import Mode, Partitioner, Remat, choices
+from helix_jax.enums import AttentionPricing, Mode, Partitioner, Remat, choices
 
 
 def add_parser(sub: Any) -> None:
@@ -37,6 +37,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--remat", default=Remat.NONE.value, choices=choices(Remat),
                    help="training: recompute nothing, the attention core (selective) or each "
                    "layer's forward (full) in the backward pass")
+    p.add_argument("--price-attention", dest="attention_pricing",
+                   default=AttentionPricing.FLASH.value,
+                   choices=choices(AttentionPricing),
+                   help="forward/train: price the attention core as one fused flash kernel "
+                   "(default) or as the unfused kernels of runs before flash attention (scores "
+                   "written to HBM: e.g. Megatron-LM in 2022)")
     p.add_argument("--batch-chunks", default="auto",
                    help="walk the batch in this many chunks (default auto: fewest that fit memory)")
     p.add_argument("--json", help="write the full read-out to this JSON file")
@@ -58,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
     files.output_file(args.json, "--json")
     if args.mode != Mode.TRAIN and args.remat != Remat.NONE:
         raise ValueError(f"--remat {args.remat} applies to --mode train only")
+    if args.attention_pricing != AttentionPricing.FLASH and (
+            args.mode not in (Mode.FORWARD, Mode.TRAIN) or args.partitioner == BOTH):
+        raise ValueError(f"--price-attention {args.attention_pricing} applies to forward and train "
+                         f"projections of one partitioner; drop it for --mode {args.mode}"
+                         + (" or --partitioner both" if args.partitioner == BOTH else ""))
     from helix_jax.analysis.costmodel.project import check_projection as check_step
     from helix_jax.devices import ensure_host_devices
 
@@ -86,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
         result = project(cfg, layout, hw, batch_chunks=chunks, mode=args.mode, remat=args.remat,
                          progress=_progress, partitioner=args.partitioner,
-                         weights=args.weights).to_dict()
+                         weights=args.weights, attention_pricing=args.attention_pricing).to_dict()
         print_projection(result)
     if args.json:
         with files.atomic_output(args.json) as tmp:

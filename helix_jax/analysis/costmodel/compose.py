@@ -61,7 +61,7 @@ from helix_jax.analysis.costmodel.compiler import DIRECT, Compiler
 from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES
 from helix_jax.analysis.costmodel.hardware import Hardware
 from helix_jax.analysis.costmodel.pricing import collective_seconds, measured_seconds
-from helix_jax.analysis.costmodel.projection import Projection, Timing
+from helix_jax.analysis.costmodel.projection import Projection, Timing, attention_kernel_note
 from helix_jax.analysis.costmodel.roofline import compute_time
 from helix_jax.analysis.costmodel.sites import collective_sites
 from helix_jax.analysis.costmodel.terms import (
@@ -220,7 +220,8 @@ def _scaled_attention(compute: dict, factor: float) -> dict:
 
 def _compile_stage(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str,
                    progress: Callable[[str], None] | None, compiler: Compiler,
-                   budget: int, variant: tuple[int, bool] | None = None) -> _Stage:
+                   budget: int, variant: tuple[int, bool] | None = None,
+                   fused_attention: bool = True) -> _Stage:
     """Compile one stage's forward + backward for one microbatch and its update, and price them;
     `variant` (layers, with the model's ends) is one of `stage_variants` (default: the first)."""
     o = layout.options
@@ -244,7 +245,8 @@ def _compile_stage(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str,
     grad = compiler.grad(sharded)
     update = compiler.update(sharded)
     hlo, elem = grad.as_text(), DTYPE_BYTES[cfg.dtype]
-    raw = compute_time(hlo, hw, elem, score_blocks(stage_cfg, stage_layout))
+    raw = compute_time(hlo, hw, elem, score_blocks(stage_cfg, stage_layout),
+                       fused_attention=fused_attention)
     compiled = run_blocks_only(raw, stage_cfg, stage_layout)  # what the stage program runs
     # extended to the true cp: cp/cp' times the blocks, of which visible_share(cp) run
     compute = (run_blocks_only(_scaled_attention(raw, cp / cp_c), cfg, layout) if cp_c < cp
@@ -265,18 +267,19 @@ def _compile_stage(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str,
 
 def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str = "none",
                      progress: Callable[[str], None] | None = None,
-                     compiler: Compiler = DIRECT, budget: int = MAX_WHOLE_DEVICES) -> Projection:
+                     compiler: Compiler = DIRECT, budget: int = MAX_WHOLE_DEVICES,
+                     attention_pricing: str = "flash") -> Projection:
     """The training step of `cfg` on a tp-pp (or cp) layout, composed (see module doc);
     `compiler` compiles the stage and update programs (`analysis.costmodel.compiler`) on at most
-    `budget` fake devices."""
+    `budget` fake devices; `attention_pricing` as `project`'s."""
     spec = layout.spec
     layout = as_tp_pp(layout)
     o = layout.options
     tp, pp, dp, cp, ep = o["tp"], o["pp"], o["dp"], o.get("cp", 1), o.get("ep", 1)
     M, V, schedule = o["microbatches"], o["virtual"], o["schedule"]
     micro = cfg.batch // dp // M
-    stages = [_compile_stage(cfg, layout, hw, remat, progress, compiler, budget, v)
-              for v in stage_variants(cfg, layout)]
+    stages = [_compile_stage(cfg, layout, hw, remat, progress, compiler, budget, v,
+                             attention_pricing == "flash") for v in stage_variants(cfg, layout)]
     stage = max(stages, key=lambda st: st.microbatch_seconds)  # the slowest sets the pace
     replicas = dp * cp  # ranks holding the same dense parameters; experts: replicas / ep
     elem, t_mb = DTYPE_BYTES[cfg.dtype], stage.microbatch_seconds
@@ -340,7 +343,8 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
                 layout.devices * hw.peak_flops_per_s),
             tpot_ms=step / cfg.seq * 1e3),
         pricing=pricing_terms(hw), intra_node_axes=priced["intra_node_axes"],
-        bytes_per_element=elem)
+        bytes_per_element=elem,
+        attention_kernel=attention_kernel_note(spec, "train", "shard_map", attention_pricing))
 
 
 def _schedule_lines(o: dict, chunks_time: float, sends: int, send_bytes: float,

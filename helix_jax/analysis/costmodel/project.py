@@ -33,7 +33,7 @@ from helix_jax.analysis.costmodel.compose import (
 )
 from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES, expected_comm_bytes
 from helix_jax.analysis.costmodel.hardware import Hardware
-from helix_jax.analysis.costmodel.projection import Projection, Timing
+from helix_jax.analysis.costmodel.projection import Projection, Timing, attention_kernel_note
 from helix_jax.analysis.costmodel.roofline import compute_time, float8_upcast_bytes
 from helix_jax.analysis.costmodel.sites import collective_sites
 from helix_jax.analysis.costmodel.terms import (
@@ -55,7 +55,7 @@ from helix_jax.analysis.hlo.compiled import read_memory
 from helix_jax.analysis.hlo.flops import matmul_flops
 from helix_jax.config import ModelConfig
 from helix_jax.counts import param_counts
-from helix_jax.enums import Mode, Weights, choices
+from helix_jax.enums import AttentionPricing, Mode, Weights, choices
 from helix_jax.gspmd import check_partitioner as check_layout
 from helix_jax.layouts import Layout
 
@@ -208,18 +208,23 @@ def check_projection(cfg: ModelConfig, layout: Layout, mode: str, partitioner: s
 def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | None = None,
             progress: Callable[[str], None] | None = None, mode: str = "forward",
             remat: str = "none", partitioner: str = "shard_map",
-            compiler: Compiler = DIRECT, weights: str = Weights.MODEL) -> Projection:
+            compiler: Compiler = DIRECT, weights: str = Weights.MODEL,
+            attention_pricing: str = AttentionPricing.FLASH) -> Projection:
     """The full read-out and projection of `cfg` on `layout` priced on `hw` (see module doc).
     `partitioner` "gspmd" compiles the same model with XLA choosing the collectives
     (helix_jax/model.py): forward and whole training steps only. `compiler` compiles the
     programs (`analysis.compiler`; the planner passes its cache). `weights` "float8" serves
-    float8 weights (prefill and decode only; nn/float8.py)."""
+    float8 weights (prefill and decode only; nn/float8.py). `attention_pricing` "unfused" prices
+    the attention core as the kernels of runs before flash attention (`roofline.kernel_shapes`)."""
     check_projection(cfg, layout, mode, partitioner, weights)
+    if attention_pricing not in tuple(AttentionPricing):
+        raise ValueError(f"attention pricing {attention_pricing!r} is not one of "
+                         f"{', '.join(AttentionPricing)}")
     if mode in ("prefill", "decode"):
         return project_step(cfg, layout, hw, mode, compiler, weights)
     if is_composed(layout, mode):
         return project_composed(cfg, layout, hw, remat=remat, progress=progress,
-                                compiler=compiler)
+                                compiler=compiler, attention_pricing=attention_pricing)
     analysed = analysed_config(cfg)
     if batch_chunks is None:
         sharded, compiled = fit(analysed, layout, hw.hbm_capacity_bytes, progress, mode, remat,
@@ -227,19 +232,20 @@ def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | 
     else:
         sharded = build_sharded(analysed, layout, batch_chunks, remat, partitioner)
         compiled = compiler.program(sharded, mode)
-    return read_out(cfg, layout, hw, sharded, compiled, mode)
+    return read_out(cfg, layout, hw, sharded, compiled, mode, attention_pricing)
 
 
 def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled,
-             mode: str) -> Projection:
+             mode: str, attention_pricing: str = AttentionPricing.FLASH) -> Projection:
     """Everything read off one compiled program, priced."""
     from helix_jax.train import accumulation_steps
 
     hlo = compiled.as_text()
     flops = matmul_flops(hlo)
     memory = read_memory(compiled)
-    compute = run_blocks_only(compute_time(hlo, hw, DTYPE_BYTES[cfg.dtype],
-                                           score_blocks(cfg, layout)), cfg, layout)
+    compute = run_blocks_only(compute_time(
+        hlo, hw, DTYPE_BYTES[cfg.dtype], score_blocks(cfg, layout),
+        fused_attention=attention_pricing == AttentionPricing.FLASH), cfg, layout)
     priced = price_collectives(hlo, cfg, layout, hw)
     accumulation = accumulation_steps(sharded) if mode == "train" else 1
     total, active = param_counts(cfg)
@@ -268,7 +274,9 @@ def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled,
             sharded.batch_chunks, sharded.spread_axes) if mode == "forward" else {}),
         projected=_timing(cfg, layout, hw, compute, priced, mode, accumulation),
         pricing=pricing_terms(hw), intra_node_axes=priced["intra_node_axes"],
-        bytes_per_element=DTYPE_BYTES[cfg.dtype])
+        bytes_per_element=DTYPE_BYTES[cfg.dtype],
+        attention_kernel=attention_kernel_note(layout.spec, mode, sharded.partitioner,
+                                               attention_pricing))
 
 
 def _weights_text(weights: str, weight_bytes: float, dtype: str) -> str:

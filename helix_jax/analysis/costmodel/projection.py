@@ -138,12 +138,18 @@ class Projection:
         return cls(**kwargs, extra={k: v for k, v in d.items() if k not in names})
 
 
-def attention_kernel_note(spec: str, mode: str, partitioner: str) -> dict[str, str]:
+def attention_kernel_note(spec: str, mode: str, partitioner: str,
+                          kernel: str = "flash") -> dict[str, str]:
     """What the projection says about attention: the roofline prices each device's attention
-    core as one fused flash kernel; the program it reads runs the blockwise scan (a CPU's
-    library call would hold the whole score matrix); the runtime runs `runtime_kernel`."""
-    return {"priced": "one fused flash kernel per device: its FLOPs at attention_flops_per_s "
-                      "(FlashAttention-3's rate), its on-chip work left out",
+    core as one fused flash kernel (or, `kernel` "unfused", as the kernels of runs before flash
+    attention); the program it reads runs the blockwise scan (a CPU's library call would hold
+    the whole score matrix); the runtime runs `runtime_kernel`."""
+    priced = ("one fused flash kernel per device: its FLOPs at attention_flops_per_s "
+              "(FlashAttention-3's rate), its on-chip work left out" if kernel == "flash" else
+              "unfused, as before flash attention: batched GEMMs at flops_per_s, score and "
+              "probability blocks written to and read from HBM, softmax and masks as "
+              "memory-bound kernels")
+    return {"priced": priced,
             "compiled": "blockwise online-softmax scan (no whole score matrix in memory)",
             "runtime": runtime_kernel(parse_layout(spec), mode, partitioner)}
 

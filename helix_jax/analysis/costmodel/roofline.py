@@ -298,14 +298,15 @@ def _flat_scores(prog: _Program, instrs: list[Instruction], blocks) -> bool:
 
 def kernels(hlo_text: str, hw, elem_bytes: int,
             score_blocks: set[tuple[int, ...]] = frozenset(),
-            f32_as_model_dtype: bool = True) -> list[Kernel]:
+            f32_as_model_dtype: bool = True, fused_attention: bool = True) -> list[Kernel]:
     """Every kernel of the program with its per-run time on `hw` (see the module doc and
     `kernel_shapes`, which finds them once per program whatever the hardware)."""
     tile = (getattr(hw, "mm_tile_m", 128) or 128, getattr(hw, "mm_tile_n", 128) or 128)
     sms = getattr(hw, "sm_count", 0)
     attn_rate = getattr(hw, "attention_flops_per_s", 0) or hw.flops_per_s
     out = []
-    for k in kernel_shapes(hlo_text, elem_bytes, frozenset(score_blocks), f32_as_model_dtype):
+    for k in kernel_shapes(hlo_text, elem_bytes, frozenset(score_blocks), f32_as_model_dtype,
+                           fused_attention):
         if k.kind == "memory":
             seconds = k.bytes / hw.hbm_bytes_per_s
         else:
@@ -323,7 +324,8 @@ def kernels(hlo_text: str, hw, elem_bytes: int,
 @per_program
 def kernel_shapes(hlo_text: str, elem_bytes: int,
                   score_blocks: frozenset[tuple[int, ...]] = frozenset(),
-                  f32_as_model_dtype: bool = True) -> tuple[KernelShape, ...]:
+                  f32_as_model_dtype: bool = True,
+                  fused_attention: bool = True) -> tuple[KernelShape, ...]:
     """Every kernel of the program, unpriced (see the module doc).
 
     `score_blocks`: the (q_block, kv_block) shapes of the attention's score blocks; memory
@@ -333,14 +335,22 @@ def kernel_shapes(hlo_text: str, elem_bytes: int,
     model's element size: XLA:CPU keeps intermediates (LayerNorm statistics, upcasts) in f32
     between kernels where a GPU's fused kernels keep them in registers. Off for programs whose
     f32 arrays are real (the optimizer update of f32 masters and moments).
+    `fused_attention` false prices attention as the unfused kernels that ran before flash
+    attention (Megatron-LM's batched GEMMs and its fused scale-mask-softmax): the score and
+    probability blocks are written to and read from HBM, the softmax and masks are memory-bound
+    kernels, and the attention matmuls run at the matmul rate.
     """
+    if not fused_attention:
+        score_blocks, scope = frozenset(), None
+    else:
+        scope = ATTENTION_SCOPE
     narrow = elem_bytes if f32_as_model_dtype and elem_bytes < 4 else None
     prog = _Program(hlo_text, narrow)
     out: list[KernelShape] = []
     flats = {c: _flat_scores(prog, i, score_blocks) for c, i in prog.mod.computations.items()}
     scoring = {c for c, instrs in prog.mod.computations.items() if any(
         (d := _dot_of(prog, i)) is not None and (
-            ATTENTION_SCOPE in prog.op_name(i) + prog.op_name(d)
+            (scope is not None and scope in prog.op_name(i) + prog.op_name(d))
             or _touches_blocks(prog, d, score_blocks, flats[c])) for i in instrs)}
     # a cond that runs a score block or skips it (causal blocks skipped at run time): both of its
     # branches, and the loop body holding it, are the fused kernel's bookkeeping
@@ -364,7 +374,7 @@ def kernel_shapes(hlo_text: str, elem_bytes: int,
                 continue
             dot = _dot_of(prog, ins)
             op = prog.op_name(ins) + ("|" + prog.op_name(dot) if dot is not None else "")
-            attention = ATTENTION_SCOPE in op or (
+            attention = (scope is not None and scope in op) or (
                 dot is not None and _touches_blocks(prog, dot, score_blocks, flat))
             if dot is None and (op.endswith("dot_general") or attention or attention_loop
                                 or _touches_blocks(prog, ins, score_blocks)
@@ -431,9 +441,10 @@ def _fuse_memory_kernels(prog: _Program, comp: str,
 
 def compute_time(hlo_text: str, hw, elem_bytes: int,
                  score_blocks: set[tuple[int, ...]] = frozenset(),
-                 f32_as_model_dtype: bool = True) -> dict:
-    """Seconds per program run by kernel kind, and the HBM bytes of the memory-bound kernels."""
-    ks = kernels(hlo_text, hw, elem_bytes, score_blocks, f32_as_model_dtype)
+                 f32_as_model_dtype: bool = True, fused_attention: bool = True) -> dict:
+    """Seconds per program run by kernel kind, and the HBM bytes of the memory-bound kernels
+    (`fused_attention`: see `kernel_shapes`)."""
+    ks = kernels(hlo_text, hw, elem_bytes, score_blocks, f32_as_model_dtype, fused_attention)
     by_kind: dict[str, float] = defaultdict(float)
     for k in ks:
         by_kind[k.kind] += k.seconds * k.runs
