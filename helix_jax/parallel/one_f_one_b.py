@@ -167,8 +167,14 @@ class _Run:
         y, stats, stash, loss, ct, d_head = _cond(
             op == FORWARD, lambda: self.run_forward(f_inbox, i, c, inbox), self.skip_forward,
             self.masked)
+        # write this tick's residuals before the backward reads its slot (a backward reads a slot
+        # no forward writes in the same tick): the stash is then updated in place and only read
+        # after, where a read and a write left unordered make XLA copy every stash buffer per tick
+        write = jnp.where(op == FORWARD, slot, self.table.stash_slots)  # else the spare slot
+        stash = [jax.lax.dynamic_update_index_in_dim(buf, v, write, 0)
+                 for buf, v in zip(carry["stash"], stash)]
         d_params, d_h = _cond(
-            op == BACKWARD, lambda: self.run_backward(carry, b_inbox, c, slot, inbox),
+            op == BACKWARD, lambda: self.run_backward(carry, stash, b_inbox, c, slot, inbox),
             self.skip_backward, self.masked)
         new = dict(carry, f_inbox=f_inbox, b_inbox=b_inbox,
                    recv_f=self.comm.rotate(y, "layers", 1),
@@ -177,10 +183,7 @@ class _Run:
                    loss=carry["loss"] + loss,
                    head_grads=jax.tree.map(jnp.add, carry["head_grads"], d_head),
                    layer_grads=self.add_at(carry["layer_grads"], d_params, c),
-                   stats=self.add_at(carry["stats"], stats, c))
-        write = jnp.where(op == FORWARD, slot, self.table.stash_slots)  # else the spare slot
-        new["stash"] = [jax.lax.dynamic_update_index_in_dim(buf, v, write, 0)
-                        for buf, v in zip(carry["stash"], stash)]
+                   stats=self.add_at(carry["stats"], stats, c), stash=stash)
         first = (op == BACKWARD) & (self.stage == 0) & (c == 0)
         new["input_grads"] = jax.lax.dynamic_update_index_in_dim(
             carry["input_grads"], d_h, jnp.where(first, i, self.M), 0)
@@ -210,9 +213,9 @@ class _Run:
                 [_typed_zeros(s, self.stage) for s in self.stash], self.own(self.head[0]),
                 self.zeros(self.y), self.own(jax.eval_shape(_f32, self.head[2])))
 
-    def run_backward(self, carry, b_inbox, c, slot, inbox):
+    def run_backward(self, carry, stash, b_inbox, c, slot, inbox):
         ct_y = jnp.where(inbox < 0, carry["head_ct"], b_inbox[jnp.maximum(inbox, 0)])
-        stashed = [buf[slot] for buf in carry["stash"]]
+        stashed = [buf[slot] for buf in stash]
         one = vary_like(jnp.ones((), self.out[1].dtype), self.meta["aux"])
         d_params, d_h = self.backward(self.chunk(c), stashed, (vary_like(ct_y, self.y), one))
         return _f32(d_params), d_h
