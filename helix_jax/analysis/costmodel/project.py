@@ -33,6 +33,7 @@ from helix_jax.analysis.costmodel.compose import (
 )
 from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES, expected_comm_bytes
 from helix_jax.analysis.costmodel.hardware import Hardware
+from helix_jax.analysis.costmodel.pipelined import read_pipelined, whole_pipelined
 from helix_jax.analysis.costmodel.projection import Projection, Timing
 from helix_jax.analysis.costmodel.roofline import compute_time, float8_upcast_bytes
 from helix_jax.analysis.costmodel.sites import collective_sites
@@ -178,8 +179,24 @@ def _under(partitioner: str) -> str:
     return "" if partitioner == "shard_map" else f" under {partitioner}"
 
 
+def composes(layout: Layout, mode: str, partitioner: str = "shard_map",
+             composed: bool | None = None) -> bool:
+    """Whether `project` composes this step from one stage (`compose`) rather than compiling it
+    whole. `composed` None: whole wherever it fits (a pipeline of one data replica on at most
+    MAX_WHOLE_DEVICES devices is compiled whole: `pipelined`); True or False asks for one path
+    (the planner ranks pipelines composed; tests compare both on one layout)."""
+    whole = whole_pipelined(layout, mode) and partitioner == "shard_map"
+    if composed is None:
+        return is_composed(layout, mode) and not whole
+    if composed and not is_composed(layout, mode) or not composed and is_composed(
+            layout, mode) and not whole:
+        raise ValueError(f"{layout.spec}: its --mode {mode} step is "
+                         f"{'not ' if composed else ''}composed from one stage")
+    return composed
+
+
 def check_projection(cfg: ModelConfig, layout: Layout, mode: str, partitioner: str,
-                     weights: str = Weights.MODEL) -> None:
+                     weights: str = Weights.MODEL, composed: bool | None = None) -> None:
     """A ValueError, before any compiling, for a mode, layout, partitioner or weight format that
     cannot be projected together (the gspmd partitioner runs whole forward and training programs
     only; float8 weights are priced for the serving steps, prefill and decode)."""
@@ -190,16 +207,17 @@ def check_projection(cfg: ModelConfig, layout: Layout, mode: str, partitioner: s
     if weights == Weights.FLOAT8 and mode not in (Mode.PREFILL, Mode.DECODE):
         raise ValueError(f"--weights float8 is priced for serving: use --mode prefill or decode "
                          f"(got --mode {mode}), or drop --weights")
-    layout.validate(cfg, even_stages=not is_composed(layout, mode))
+    composed = composes(layout, mode, partitioner, composed)
+    layout.validate(cfg, even_stages=not composed)
     check_layout(layout, partitioner)
-    if is_composed(layout, mode):
+    if composed:
         compiled_cp(as_tp_pp(layout))  # the stage must fit the fake devices
     if partitioner == "shard_map":
         return
     if mode in ("prefill", "decode"):
         raise ValueError(f"{layout.spec}: --mode {mode} (KV-cache steps) runs under "
                          f"--partitioner shard_map only")
-    if is_composed(layout, mode):
+    if composed:
         raise ValueError(f"{layout.spec}: its training step is composed from one data replica "
                          f"by formula (the distributed optimizer), which runs under --partitioner "
                          f"shard_map only; use dp=1 under gspmd")
@@ -208,19 +226,27 @@ def check_projection(cfg: ModelConfig, layout: Layout, mode: str, partitioner: s
 def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | None = None,
             progress: Callable[[str], None] | None = None, mode: str = "forward",
             remat: str = "none", partitioner: str = "shard_map",
-            compiler: Compiler = DIRECT, weights: str = Weights.MODEL) -> Projection:
+            compiler: Compiler = DIRECT, weights: str = Weights.MODEL,
+            composed: bool | None = None) -> Projection:
     """The full read-out and projection of `cfg` on `layout` priced on `hw` (see module doc).
     `partitioner` "gspmd" compiles the same model with XLA choosing the collectives
     (helix_jax/model.py): forward and whole training steps only. `compiler` compiles the
     programs (`analysis.compiler`; the planner passes its cache). `weights` "float8" serves
-    float8 weights (prefill and decode only; nn/float8.py)."""
-    check_projection(cfg, layout, mode, partitioner, weights)
+    float8 weights (prefill and decode only; nn/float8.py). `composed`: see `composes`."""
+    check_projection(cfg, layout, mode, partitioner, weights, composed)
     if mode in ("prefill", "decode"):
         return project_step(cfg, layout, hw, mode, compiler, weights)
-    if is_composed(layout, mode):
+    if composes(layout, mode, partitioner, composed):
         return project_composed(cfg, layout, hw, remat=remat, progress=progress,
                                 compiler=compiler)
     analysed = analysed_config(cfg)
+    if whole_pipelined(layout, mode):  # the pipeline's microbatches split the batch already
+        sharded = build_sharded(analysed, layout, 1, remat, partitioner)
+        if progress:
+            progress(f"{layout.spec}: compiling the whole pipelined training step")
+        compiled = compiler.program(sharded, mode)
+        return read_pipelined(read_out(cfg, layout, hw, sharded, compiled, mode), cfg, layout,
+                              hw, compiled.as_text(), remat)
     if batch_chunks is None:
         sharded, compiled = fit(analysed, layout, hw.hbm_capacity_bytes, progress, mode, remat,
                                 partitioner, compiler)
@@ -325,7 +351,8 @@ def hbm_floor_seconds(sharded, hbm_bytes_per_s: float) -> float:
 
 
 def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
-                 compiler: Compiler = DIRECT, weights: str = Weights.MODEL) -> Projection:
+                 compiler: Compiler = DIRECT, weights: str = Weights.MODEL,
+            composed: bool | None = None) -> Projection:
     """A prefill of `cfg.seq` positions or one decode step at context `cfg.seq`: compiled, read,
     priced; the step is never faster than reading its weights and cache from HBM. `weights`:
     16-bit copies ("model") or float8 weights, compiled and floored as stored."""
