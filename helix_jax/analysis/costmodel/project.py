@@ -8,11 +8,14 @@ executions. Each collective's link (NVLink or InfiniBand) follows from its repli
 layout's placement of mesh positions on nodes.
 
 Modes: `forward` compiles the forward pass; `train` the whole training step (forward, backward,
-gradient reduction over data replicas, gradient accumulation, AdamW). A training step of tp-pp
-with pp > 1 or dp > 1 (Megatron's pipeline and distributed optimizer), or of a layout larger than
-MAX_WHOLE_DEVICES, is composed instead
-(`compose.py`): one stage's forward+backward for one microbatch on one data replica is compiled,
-and the schedule, the pipeline sends and the data-parallel reduction are extended by formula.
+gradient reduction over data replicas, gradient accumulation, AdamW). A tp-pp pipeline (pp > 1)
+of one data replica on at most MAX_WHOLE_DEVICES devices is compiled whole too, and read as the
+runtime runs its schedule (`pipelined.py`: GPipe as compiled; 1F1B's conditionals weighted by the
+tick table, the step its critical path). A training step of tp-pp with dp > 1 (Megatron's
+distributed optimizer), of any other pipeline, or of a layout larger than MAX_WHOLE_DEVICES, is
+composed instead (`compose.py`): one stage's forward+backward for one microbatch on one data
+replica is compiled, and the schedule, the pipeline sends and the data-parallel reduction are
+extended by formula. `project(composed=True|False)` asks for one path (`composes`).
 
 Timing model (docs/cost-model.md): compute = the sum of the kernels' roofline times; collectives
 cost `pricing`; they are exposed except the all-to-alls of `ep:chunks=K` ((K−1)/K can hide behind
