@@ -17,13 +17,15 @@ HW = HARDWARE["dgx-h100"]
 # skipped), so the forward's matmul FLOPs per token and layer have a closed form.
 CFG = resolve_model("tiny-dense").replace(n_layers=8, d_model=1024, n_heads=8, head_dim=128,
                                           d_ff=4096, batch=16, seq=512)
-TP, P, M = 2, 2, 8
-CASES = {"gpipe": "schedule=gpipe", "1f1b": "schedule=1f1b",
-         "interleaved": "schedule=1f1b,virtual=2"}
+TP, M = 2, 8
+CASES = {"gpipe": (2, "schedule=gpipe"), "1f1b": (2, "schedule=1f1b"),
+         "interleaved": (2, "schedule=1f1b,virtual=2"), "1f1b-pp4": (4, "schedule=1f1b")}
+ONE_F_ONE_B = ["1f1b", "interleaved", "1f1b-pp4"]
 
 
 def _layout(name: str):
-    return parse_layout(f"tp-pp:tp={TP},pp={P},microbatches={M},{CASES[name]}")
+    p, options = CASES[name]
+    return parse_layout(f"tp-pp:tp={TP},pp={p},microbatches={M},{options}")
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +68,13 @@ def test_compiled_and_composed_projections_agree(projections, name):
     assert whole["projected"]["step_seconds"] >= 0.95 * c["step_seconds"]
 
 
-@pytest.mark.parametrize("name", ["1f1b", "interleaved"])
+@pytest.mark.parametrize("name", ONE_F_ONE_B)
 def test_branches_are_weighted_by_the_tick_table(projections, name):
     """Each conditional's work branch counts M V times of the T ticks: the step's FLOPs are M V
     chunk forwards and backwards, a chunk's forward being the closed form of its L / (p V) layers
     on one microbatch (tensor-parallel: / tp) and its backward twice that."""
     whole, _ = projections[name]
-    V = _layout(name).options["virtual"]
+    P, V = CASES[name][0], _layout(name).options["virtual"]
     t = build(P, M, V)
     D, Hd, F, S = CFG.d_model, CFG.n_heads * CFG.head_dim, CFG.d_ff, CFG.seq
     per_token = 8 * D * Hd + 4 * S * Hd + 4 * D * F
@@ -88,11 +90,12 @@ def test_branches_are_weighted_by_the_tick_table(projections, name):
     assert pipe["lockstep_seconds"] > pipe["async_seconds"]
 
 
-@pytest.mark.parametrize("name", ["1f1b", "interleaved"])
+@pytest.mark.parametrize("name", ONE_F_ONE_B)
 def test_collectives_are_counted_as_the_ticks_run(projections, name):
     """Two collective-permutes per tick (forward one stage on, cotangent one back), every tick;
     two tensor-parallel all-reduces per layer in a forward and two in a backward, M V times."""
     whole, _ = projections[name]
+    P = CASES[name][0]
     t = build(P, M, _layout(name).options["virtual"])
     rows = whole["collectives"]
     assert any(r["op"] == "collective-permute" and r["count"] == 2 * t.ticks for r in rows), rows
@@ -101,11 +104,11 @@ def test_collectives_are_counted_as_the_ticks_run(projections, name):
 
 
 def test_one_f_one_b_keeps_fewer_activations_than_gpipe_in_the_compiled_programs(projections):
-    """The compiled steps' temporaries (M = 4p): GPipe's exceed 1F1B's by at least half of what
+    """The compiled steps' temporaries (pp = 2, M = 4p): GPipe's exceed 1F1B's by at least half of what
     the activation formula's in-flight counts (M against p) say."""
     gpipe, one = (projections[n][0]["pipeline"] for n in ("gpipe", "1f1b"))
     assert (gpipe["in_flight_microbatches_formula"], one["in_flight_microbatches_formula"]) == (
-        M, P)
+        M, CASES["1f1b"][0])
     formula = (gpipe["activations_in_flight_formula_bytes"]
                - one["activations_in_flight_formula_bytes"])
     assert gpipe["compiled_temp_bytes"] - one["compiled_temp_bytes"] >= 0.5 * formula
