@@ -112,3 +112,11 @@ def test_one_f_one_b_keeps_fewer_activations_than_gpipe_in_the_compiled_programs
     formula = (gpipe["activations_in_flight_formula_bytes"]
                - one["activations_in_flight_formula_bytes"])
     assert gpipe["compiled_temp_bytes"] - one["compiled_temp_bytes"] >= 0.5 * formula
+
+
+def test_gpipe_runs_every_stage_every_step(projections):
+    """GPipe's scan has no conditional: each stage computes all M + p - 1 steps, bubble included,
+    so its FLOPs are (M + p - 1) / M of 1F1B's (which skips its idle ticks) on the same layout."""
+    p = CASES["gpipe"][0]
+    gpipe, one = (projections[n][0]["flops_per_device"] for n in ("gpipe", "1f1b"))
+    assert gpipe == pytest.approx(one * (M + p - 1) / M, rel=1e-9)
