@@ -62,6 +62,7 @@ from helix_jax.counts import param_counts
 from helix_jax.enums import Mode, Weights, choices
 from helix_jax.gspmd import check_partitioner as check_layout
 from helix_jax.layouts import Layout
+from helix_jax.limits import MAX_WHOLE_DEVICES
 
 MODES = choices(Mode)
 
@@ -191,10 +192,13 @@ def composes(layout: Layout, mode: str, partitioner: str = "shard_map",
     whole = whole_pipelined(layout, mode) and partitioner == "shard_map"
     if composed is None:
         return is_composed(layout, mode) and not whole
-    if composed and not is_composed(layout, mode) or not composed and is_composed(
-            layout, mode) and not whole:
-        raise ValueError(f"{layout.spec}: its --mode {mode} step is "
-                         f"{'not ' if composed else ''}composed from one stage")
+    if composed and not is_composed(layout, mode):
+        raise ValueError(f"{layout.spec}: its --mode {mode} step is compiled whole, not composed "
+                         f"from one stage")
+    if not composed and is_composed(layout, mode) and not whole:
+        raise ValueError(f"{layout.spec}: its --mode {mode} step is composed from one stage; "
+                         f"whole only for a pipeline of dp=1 without cp or ep on at most "
+                         f"{MAX_WHOLE_DEVICES} devices under shard_map")
     return composed
 
 
@@ -354,8 +358,7 @@ def hbm_floor_seconds(sharded, hbm_bytes_per_s: float) -> float:
 
 
 def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
-                 compiler: Compiler = DIRECT, weights: str = Weights.MODEL,
-            composed: bool | None = None) -> Projection:
+                 compiler: Compiler = DIRECT, weights: str = Weights.MODEL) -> Projection:
     """A prefill of `cfg.seq` positions or one decode step at context `cfg.seq`: compiled, read,
     priced; the step is never faster than reading its weights and cache from HBM. `weights`:
     16-bit copies ("model") or float8 weights, compiled and floored as stored."""
