@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helix_jax.analysis.costmodel.hardware import HARDWARE
-from helix_jax.analysis.costmodel.project import project
+from helix_jax.analysis.costmodel.project import composes, project
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.parallel.schedule import build, replay
@@ -120,3 +120,15 @@ def test_gpipe_runs_every_stage_every_step(projections):
     p = CASES["gpipe"][0]
     gpipe, one = (projections[n][0]["flops_per_device"] for n in ("gpipe", "1f1b"))
     assert gpipe == pytest.approx(one * (M + p - 1) / M, rel=1e-9)
+
+
+@pytest.mark.parametrize("spec, composed", [
+    ("tp-pp:tp=2,pp=2,microbatches=8,schedule=1f1b,virtual=2", False),
+    ("tp-pp:tp=2,pp=3,microbatches=8", True),  # 8 layers over 3 stages: uneven, composed
+    ("tp-pp:tp=2,pp=2,microbatches=8,schedule=1f1b,virtual=3", True),
+    ("tp-pp:tp=2,pp=2,dp=2,microbatches=4", True),  # data replicas: the distributed optimizer
+])
+def test_which_pipelines_are_compiled_whole(spec, composed):
+    assert composes(parse_layout(spec), "train", cfg=CFG) is composed
+    with pytest.raises(ValueError, match="compiled whole, not composed"):
+        composes(parse_layout("tp-pp:tp=2,pp=1"), "train", composed=True)

@@ -184,12 +184,18 @@ def _under(partitioner: str) -> str:
 
 
 def composes(layout: Layout, mode: str, partitioner: str = "shard_map",
-             composed: bool | None = None) -> bool:
+             composed: bool | None = None, cfg: ModelConfig | None = None) -> bool:
     """Whether `project` composes this step from one stage (`compose`) rather than compiling it
     whole. `composed` None: whole wherever it fits (a pipeline of one data replica on at most
-    MAX_WHOLE_DEVICES devices is compiled whole: `pipelined`); True or False asks for one path
-    (the planner ranks pipelines composed; tests compare both on one layout)."""
+    MAX_WHOLE_DEVICES devices, whose layers `cfg` splits evenly, is compiled whole: `pipelined`);
+    True or False asks for one path (the planner ranks pipelines composed; tests compare both on
+    one layout)."""
     whole = whole_pipelined(layout, mode) and partitioner == "shard_map"
+    if whole and composed is None and cfg is not None:
+        try:
+            layout.validate(cfg)  # the runtime's even stages; uneven ones are composed
+        except ValueError:
+            whole = False
     if composed is None:
         return is_composed(layout, mode) and not whole
     if composed and not is_composed(layout, mode):
@@ -214,7 +220,7 @@ def check_projection(cfg: ModelConfig, layout: Layout, mode: str, partitioner: s
     if weights == Weights.FLOAT8 and mode not in (Mode.PREFILL, Mode.DECODE):
         raise ValueError(f"--weights float8 is priced for serving: use --mode prefill or decode "
                          f"(got --mode {mode}), or drop --weights")
-    composed = composes(layout, mode, partitioner, composed)
+    composed = composes(layout, mode, partitioner, composed, cfg)
     layout.validate(cfg, even_stages=not composed)
     check_layout(layout, partitioner)
     if composed:
@@ -243,7 +249,7 @@ def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | 
     check_projection(cfg, layout, mode, partitioner, weights, composed)
     if mode in ("prefill", "decode"):
         return project_step(cfg, layout, hw, mode, compiler, weights)
-    if composes(layout, mode, partitioner, composed):
+    if composes(layout, mode, partitioner, composed, cfg):
         return project_composed(cfg, layout, hw, remat=remat, progress=progress,
                                 compiler=compiler)
     analysed = analysed_config(cfg)
