@@ -198,7 +198,8 @@ def test_least_steps_from_larger_microbatches_hold():
     for dp, M in ((1, 1), (1, 2), (1, 4), (1, 8), (2, 1), (2, 2)):
         c = parse_candidate(f"tp-pp:tp=2,pp=2,dp={dp},microbatches={M}@none", "train")
         rows[c.label] = rows_mod.Row(c, projection=project(cfg, c.layout, hw, mode="train",
-                                                       compiler=cache).to_dict())
+                                                       compiler=cache,
+                                                       composed=c.composed).to_dict())
     plan_ = rows_mod.Plan(cfg, hw, 8, "train", rows, Counter(), [], False, 0.0, cache, False)
     _check_least_steps(plan_, cfg, hw)
     assert {r.projection["microbatch_size"] for r in rows.values()} == {1, 2, 4, 8}

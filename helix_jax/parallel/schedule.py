@@ -141,3 +141,50 @@ def _assign_stash(op, fields, fwd, bwd, p) -> int:
                 free.append(slot)
         slots = max(slots, used)
     return slots
+
+
+def replay(table: Table, forward: np.ndarray, backward: np.ndarray, idle: float = 0.0,
+           lockstep: bool = False) -> float:
+    """When the last stage finishes, with operation durations `forward[s, c]`, `backward[s, c]`
+    (stage s, chunk c) and `idle` for a tick a stage skips.
+
+    Asynchronous (Megatron's order): a stage runs its operations in the table's order, each as
+    soon as the stage is free and the operation's input has arrived (the producer finished; the
+    transfer itself is priced elsewhere). `lockstep`: as the runtime's ticks run, each ending
+    with collective-permutes to both neighbouring stages (a ring): a stage leaves tick t when it
+    and both neighbours have finished their operations of tick t, so where neighbours run F and B
+    in the same tick the tick lasts max(F, B).
+    """
+    T, p = table.op.shape
+    dur = np.full((T, p), float(idle))
+    for kind, cost in ((FORWARD, forward), (BACKWARD, backward)):
+        t, s = np.nonzero(table.op == kind)
+        dur[t, s] = np.asarray(cost, float)[s, table.chunk[t, s]]
+    if lockstep:
+        end = np.zeros(p)
+        for t in range(T):
+            done = end + dur[t]
+            end = np.max([np.roll(done, 1), done, np.roll(done, -1)], axis=0)
+        return float(end.max())
+    V = int(table.chunk.max()) + 1
+    finish: dict[tuple[int, int, int, int], float] = {}  # (kind, mb, chunk, stage) -> time
+    free = np.zeros(p)
+    for t in range(T):  # each stage's operations in tick order; inputs come from earlier ticks
+        for s in range(p):
+            kind, i, c = int(table.op[t, s]), int(table.mb[t, s]), int(table.chunk[t, s])
+            if kind == IDLE:
+                continue
+            ready = finish.get(_producer(kind, i, c, s, p, V), 0.0)
+            free[s] = max(free[s], ready) + dur[t, s]
+            finish[kind, i, c, s] = free[s]
+    return float(free.max())
+
+
+def _producer(kind: int, i: int, c: int, s: int, p: int, V: int) -> tuple[int, int, int, int]:
+    """The operation whose output an operation reads (its own forward for the last chunk's
+    backward; a key that is never finished, so ready at 0, for the pipeline's input)."""
+    if kind == FORWARD:
+        return (FORWARD, i, c, s - 1) if s > 0 else (FORWARD, i, c - 1, p - 1)
+    if (c, s) == (V - 1, p - 1):
+        return FORWARD, i, c, s
+    return (BACKWARD, i, c, s + 1) if s < p - 1 else (BACKWARD, i, c + 1, 0)

@@ -160,6 +160,9 @@ def step_sentence(p: dict) -> str:
     terms = [("compute", p["compute_seconds"]), ("exposed comm", p["exposed_comm_seconds"])]
     if "optimizer_seconds" in p:
         terms.append(("optimizer", p["optimizer_seconds"]))
+    elif "pipeline_seconds" in p:  # a pipeline compiled whole: the schedule's critical path
+        terms.append(("critical path beyond busy", p["step_seconds"] - p["compute_seconds"]
+                      - p["exposed_comm_seconds"]))
     text = " + ".join(f"{name} {v:.4g} s" for name, v in terms)  # 4 digits: tiny models too
     rest = p["step_seconds"] - sum(v for _, v in terms)
     if abs(rest) > 1e-9 * max(p["step_seconds"], 1e-12):  # decode: the HBM floor sets the step

@@ -1,5 +1,7 @@
 """Training steps of layouts too large (or too pipelined) to compile whole, composed from the
-program of one pipeline stage on one data replica.
+program of one pipeline stage on one data replica. A pipeline of one data replica on at most
+MAX_WHOLE_DEVICES devices is compiled whole instead (`pipelined.py`) unless the caller asks for
+this path (`project(composed=True)`, as the planner does for every pipeline it ranks).
 
 What is compiled: the forward + backward of one stage (n_layers / pp layers with embedding, final
 norm, LM head and loss; see `stage_variants` when the layers do not fall evenly) for one
@@ -90,9 +92,10 @@ from helix_jax.parallel.schedule import build as schedule_table
 
 
 def is_composed(layout: Layout, mode: str) -> bool:
-    """Whether a projection of `mode` on `layout` is composed from one stage's program (a tp-pp
-    training step with pipeline stages or data replicas, or a training step of more than
-    MAX_WHOLE_DEVICES devices) rather than compiled whole."""
+    """Whether a training step of `layout` is one this module composes from one stage's program
+    (a tp-pp step with pipeline stages or data replicas, or one of more than MAX_WHOLE_DEVICES
+    devices): the planner ranks these composed; `project.composes` compiles the dp = 1 pipelines
+    among them whole by default."""
     if mode != "train":
         return False
     pipelined = layout.kind == "tp-pp" and (layout.size("layers") > 1 or layout.size("batch") > 1)

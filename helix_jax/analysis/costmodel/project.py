@@ -8,11 +8,14 @@ executions. Each collective's link (NVLink or InfiniBand) follows from its repli
 layout's placement of mesh positions on nodes.
 
 Modes: `forward` compiles the forward pass; `train` the whole training step (forward, backward,
-gradient reduction over data replicas, gradient accumulation, AdamW). A training step of tp-pp
-with pp > 1 or dp > 1 (Megatron's pipeline and distributed optimizer), or of a layout larger than
-MAX_WHOLE_DEVICES, is composed instead
-(`compose.py`): one stage's forward+backward for one microbatch on one data replica is compiled,
-and the schedule, the pipeline sends and the data-parallel reduction are extended by formula.
+gradient reduction over data replicas, gradient accumulation, AdamW). A tp-pp pipeline (pp > 1)
+of one data replica on at most MAX_WHOLE_DEVICES devices is compiled whole too, and read as the
+runtime runs its schedule (`pipelined.py`: GPipe as compiled; 1F1B's conditionals weighted by the
+tick table, the step its critical path). A training step of tp-pp with dp > 1 (Megatron's
+distributed optimizer), of any other pipeline, or of a layout larger than MAX_WHOLE_DEVICES, is
+composed instead (`compose.py`): one stage's forward+backward for one microbatch on one data
+replica is compiled, and the schedule, the pipeline sends and the data-parallel reduction are
+extended by formula. `project(composed=True|False)` asks for one path (`composes`).
 
 Timing model (docs/cost-model.md): compute = the sum of the kernels' roofline times; collectives
 cost `pricing`; they are exposed except the all-to-alls of `ep:chunks=K` ((K−1)/K can hide behind
@@ -33,6 +36,7 @@ from helix_jax.analysis.costmodel.compose import (
 )
 from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES, expected_comm_bytes
 from helix_jax.analysis.costmodel.hardware import Hardware
+from helix_jax.analysis.costmodel.pipelined import read_pipelined, whole_pipelined
 from helix_jax.analysis.costmodel.projection import Projection, Timing, attention_kernel_note
 from helix_jax.analysis.costmodel.roofline import compute_time, float8_upcast_bytes
 from helix_jax.analysis.costmodel.sites import collective_sites
@@ -58,6 +62,7 @@ from helix_jax.counts import param_counts
 from helix_jax.enums import AttentionPricing, Mode, Weights, choices
 from helix_jax.gspmd import check_partitioner as check_layout
 from helix_jax.layouts import Layout
+from helix_jax.limits import MAX_WHOLE_DEVICES
 
 MODES = choices(Mode)
 
@@ -178,8 +183,33 @@ def _under(partitioner: str) -> str:
     return "" if partitioner == "shard_map" else f" under {partitioner}"
 
 
+def composes(layout: Layout, mode: str, partitioner: str = "shard_map",
+             composed: bool | None = None, cfg: ModelConfig | None = None) -> bool:
+    """Whether `project` composes this step from one stage (`compose`) rather than compiling it
+    whole. `composed` None: whole wherever it fits (a pipeline of one data replica on at most
+    MAX_WHOLE_DEVICES devices, whose layers `cfg` splits evenly, is compiled whole: `pipelined`);
+    True or False asks for one path (the planner ranks pipelines composed; tests compare both on
+    one layout)."""
+    whole = whole_pipelined(layout, mode) and partitioner == "shard_map"
+    if whole and composed is None and cfg is not None:
+        try:
+            layout.validate(cfg)  # the runtime's even stages; uneven ones are composed
+        except ValueError:
+            whole = False
+    if composed is None:
+        return is_composed(layout, mode) and not whole
+    if composed and not is_composed(layout, mode):
+        raise ValueError(f"{layout.spec}: its --mode {mode} step is compiled whole, not composed "
+                         f"from one stage")
+    if not composed and is_composed(layout, mode) and not whole:
+        raise ValueError(f"{layout.spec}: its --mode {mode} step is composed from one stage; "
+                         f"whole only for a pipeline of dp=1 without cp or ep on at most "
+                         f"{MAX_WHOLE_DEVICES} devices under shard_map")
+    return composed
+
+
 def check_projection(cfg: ModelConfig, layout: Layout, mode: str, partitioner: str,
-                     weights: str = Weights.MODEL) -> None:
+                     weights: str = Weights.MODEL, composed: bool | None = None) -> None:
     """A ValueError, before any compiling, for a mode, layout, partitioner or weight format that
     cannot be projected together (the gspmd partitioner runs whole forward and training programs
     only; float8 weights are priced for the serving steps, prefill and decode)."""
@@ -190,16 +220,17 @@ def check_projection(cfg: ModelConfig, layout: Layout, mode: str, partitioner: s
     if weights == Weights.FLOAT8 and mode not in (Mode.PREFILL, Mode.DECODE):
         raise ValueError(f"--weights float8 is priced for serving: use --mode prefill or decode "
                          f"(got --mode {mode}), or drop --weights")
-    layout.validate(cfg, even_stages=not is_composed(layout, mode))
+    composed = composes(layout, mode, partitioner, composed, cfg)
+    layout.validate(cfg, even_stages=not composed)
     check_layout(layout, partitioner)
-    if is_composed(layout, mode):
+    if composed:
         compiled_cp(as_tp_pp(layout))  # the stage must fit the fake devices
     if partitioner == "shard_map":
         return
     if mode in ("prefill", "decode"):
         raise ValueError(f"{layout.spec}: --mode {mode} (KV-cache steps) runs under "
                          f"--partitioner shard_map only")
-    if is_composed(layout, mode):
+    if composed:
         raise ValueError(f"{layout.spec}: its training step is composed from one data replica "
                          f"by formula (the distributed optimizer), which runs under --partitioner "
                          f"shard_map only; use dp=1 under gspmd")
@@ -209,23 +240,33 @@ def project(cfg: ModelConfig, layout: Layout, hw: Hardware, batch_chunks: int | 
             progress: Callable[[str], None] | None = None, mode: str = "forward",
             remat: str = "none", partitioner: str = "shard_map",
             compiler: Compiler = DIRECT, weights: str = Weights.MODEL,
+            composed: bool | None = None,
             attention_pricing: str = AttentionPricing.FLASH) -> Projection:
     """The full read-out and projection of `cfg` on `layout` priced on `hw` (see module doc).
     `partitioner` "gspmd" compiles the same model with XLA choosing the collectives
     (helix_jax/model.py): forward and whole training steps only. `compiler` compiles the
     programs (`analysis.compiler`; the planner passes its cache). `weights` "float8" serves
-    float8 weights (prefill and decode only; nn/float8.py). `attention_pricing` "unfused" prices
-    the attention core as the kernels of runs before flash attention (`roofline.kernel_shapes`)."""
-    check_projection(cfg, layout, mode, partitioner, weights)
+    float8 weights (prefill and decode only; nn/float8.py). `composed`: see `composes`.
+    `attention_pricing` "unfused" prices the attention core as the kernels of runs before flash
+    attention (`roofline.kernel_shapes`)."""
+    check_projection(cfg, layout, mode, partitioner, weights, composed)
     if attention_pricing not in tuple(AttentionPricing):
         raise ValueError(f"attention pricing {attention_pricing!r} is not one of "
                          f"{', '.join(AttentionPricing)}")
     if mode in ("prefill", "decode"):
         return project_step(cfg, layout, hw, mode, compiler, weights)
-    if is_composed(layout, mode):
+    if composes(layout, mode, partitioner, composed, cfg):
         return project_composed(cfg, layout, hw, remat=remat, progress=progress,
                                 compiler=compiler, attention_pricing=attention_pricing)
     analysed = analysed_config(cfg)
+    if whole_pipelined(layout, mode):  # the pipeline's microbatches split the batch already
+        sharded = build_sharded(analysed, layout, 1, remat, partitioner)
+        if progress:
+            progress(f"{layout.spec}: compiling the whole pipelined training step")
+        compiled = compiler.program(sharded, mode)
+        return read_pipelined(read_out(cfg, layout, hw, sharded, compiled, mode, attention_pricing),
+                              cfg, layout, hw, compiled.as_text(), remat,
+                              attention_pricing == AttentionPricing.FLASH)
     if batch_chunks is None:
         sharded, compiled = fit(analysed, layout, hw.hbm_capacity_bytes, progress, mode, remat,
                                 partitioner, compiler)

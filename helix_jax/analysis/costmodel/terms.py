@@ -77,8 +77,10 @@ def ring_hidden(priced: dict, attention_seconds: float, shards: int) -> float:
     return count * min(ring / count, step)
 
 
-def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) -> dict:
-    """Every collective of the compiled program `hlo`, grouped and priced on `hw`.
+def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware,
+                      cols: list | None = None) -> dict:
+    """Every collective of the compiled program `hlo` (or `cols`, its collectives with their
+    executions reweighted: `pipelined`), grouped and priced on `hw`.
 
     Returns {"rows": [...], "comm": {"nvlink", "ib"} bytes, "by_op": bytes per op,
     "seconds": all collectives,
@@ -105,7 +107,7 @@ def price_collectives(hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware) 
     ring_count = 0
     ring = (axis_groups(layout, layout.mesh_axes("cp_seq")) if layout.size("cp_seq") > 1
             and layout.options.get("attention", "ring") == "ring" else set())
-    for c in collectives(hlo):
+    for c in (collectives(hlo) if cols is None else cols):
         if c.group_size <= 1:
             continue
         link = "ib" if crosses_nodes(c, node) else "nvlink"

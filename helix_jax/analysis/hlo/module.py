@@ -289,6 +289,44 @@ class HloModule:
 
         return {c: visit(c, frozenset()) for c in self.computations}
 
+    def runs_under(self, root: str,
+                   branch_weights: dict[str, tuple[float, ...]] | None = None) -> dict[str, float]:
+        """computation -> times it runs per run of `root` (loop trip counts applied, an unknown
+        one as 1). A conditional named in `branch_weights` runs its branch i weights[i] times per
+        execution (how often a schedule takes it); any other conditional runs every branch once,
+        as `executions` counts them."""
+        weights = branch_weights or {}
+        order: list[str] = []
+        seen: set[str] = set()
+
+        def visit(comp: str) -> None:  # callees after their callers (reverse post-order)
+            if comp in seen:
+                return
+            seen.add(comp)
+            for ins in self.computations.get(comp, []):
+                if ins.opcode not in _NOT_CALLERS:
+                    for _, callee in self.called(ins):
+                        visit(callee)
+            order.append(comp)
+
+        visit(root)
+        runs: dict[str, float] = defaultdict(float)
+        runs[root] = 1.0
+        for comp in reversed(order):
+            for ins in self.computations.get(comp, []):
+                if ins.opcode in _NOT_CALLERS or not runs[comp]:
+                    continue
+                trip = self.trip_count(ins) if ins.opcode == "while" else None
+                branch = 0
+                for key, callee in self.called(ins):
+                    n = 1.0
+                    if ins.opcode == "while" and key in ("body", "condition"):
+                        n = (trip or 1) + (key == "condition" and trip is not None)
+                    elif ins.opcode == "conditional" and ins.name in weights:
+                        n, branch = weights[ins.name][branch], branch + 1
+                    runs[callee] += runs[comp] * n
+        return dict(runs)
+
     def while_trip_counts(self) -> dict[str, int]:
         """while body name -> its trip count per entry into the loop (unknown -> 1, logged)."""
         out = {}

@@ -22,7 +22,7 @@ def unchunked(row: Row, cfg: ModelConfig, hw: Hardware, mode: str,
         try:
             row.unchunked = P.project(cfg, c.layout, hw, batch_chunks=1, mode=mode,
                                       remat=c.remat, partitioner=c.partitioner,
-                                      compiler=cache).to_dict()
+                                      compiler=cache, composed=c.composed).to_dict()
         except Exception:  # noqa: BLE001 - one chunk may not build or compile: the fit will say
             row.unchunked = {}
     return row.unchunked or None
@@ -50,7 +50,8 @@ def _project_or_raise(row: Row, cfg: ModelConfig, hw: Hardware, mode: str,
     if result is None:
         try:
             result = P.project(cfg, c.layout, hw, mode=mode, remat=c.remat,
-                               partitioner=c.partitioner, compiler=cache).to_dict()
+                               partitioner=c.partitioner, compiler=cache,
+                               composed=c.composed).to_dict()
         except ValueError as e:  # this layout cannot run this model (kept: it will not either)
             result = {"error": str(e)}
         cache.store_priced(key, result)
