@@ -3,10 +3,10 @@ price that cost on a hardware profile.
 
 Nothing is allocated: parameters and input are ShapeDtypeStructs. Per device, the program gives
 matmul FLOPs (loop trip counts applied), its kernels (a roofline each: `roofline`), memory
-(arguments + outputs + temp − aliased; a training step's memory is the GPU estimate of
-`memory.py`, XLA:CPU's read-out beside it, since it errs high) and every collective with its group, payload and
-executions. Each collective's link (NVLink or InfiniBand) follows from its replica groups and the
-layout's placement of mesh positions on nodes.
+(arguments + outputs + temp − aliased; for a training step the GPU estimate of `memory.py`
+decides, with XLA:CPU's read-out beside it, since that errs high) and every collective with its
+group, payload and executions. Each collective's link (NVLink or InfiniBand) follows from its
+replica groups and the layout's placement of mesh positions on nodes.
 
 Modes: `forward` compiles the forward pass; `train` the whole training step (forward, backward,
 gradient reduction over data replicas, gradient accumulation, AdamW). A training step of tp-pp
