@@ -143,3 +143,13 @@ def test_published_figures_within_the_stated_tolerance():
     assert len(rows) == len(V.TORCHTITAN_ROWS)
     for row in rows:
         assert abs(row["error"]) <= V.MEASURED_TOLERANCE, row
+
+
+def test_readme_quotes_the_committed_memory_validation():
+    import json
+
+    report = json.loads((REPO / "results" / "memory_validation.json").read_text())
+    m = report["measured_summary"]
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert (f"{m['rows']} Llama 3.1 runs on H100 by {m['median_abs_error']:.1%} at the median "
+            f"and {m['worst_abs_error']:.1%} at worst") in readme
