@@ -35,6 +35,8 @@ def test_grouped_query_swiglu_with_qk_norm():
     q, kv = LLAMA.n_heads * LLAMA.head_dim, LLAMA.kv_heads * LLAMA.head_dim
     want = 2 * t * (3 * d + q + 2 * kv + q + (q + kv) + d + 3 * f) + 4 * t * LLAMA.n_heads
     assert M.layer_activation_bytes(LLAMA, M.Split(tokens=t), "none") == want
+    halved = M.layer_activation_bytes(LLAMA, M.Split(tokens=t, kv_seq=2), "none")
+    assert want - halved == 2 * t * 3 * kv / 2  # k, v and the k norm's input along the sequence
 
 
 def test_tensor_split_keeps_kv_heads_whole_past_their_count():
@@ -108,6 +110,7 @@ def test_the_split_of_each_layout():
         "ep:ep=4": (2 * cfg.seq, 1, 1.0),  # tokens pooled from the 4 ranks, over 4 ranks
         "helix-ep:m=2,n=4": (2 * cfg.seq, 1, 1 / 8),  # every rank holds the same tokens
     }
+    assert M.split_of(cfg, parse_layout("kvp:kvp=4,tp=2"), 2).kv_seq == 4
     for spec, (tokens, hidden, share) in cases.items():
         split = M.split_of(cfg, parse_layout(spec), 2)
         assert (split.tokens, split.hidden) == (tokens, hidden), spec

@@ -78,6 +78,7 @@ class Split:
     vocab: int = 1
     expert_slots: float = 0.0  # routed tokens the device's experts hold (capacity x top_k)
     keys: float = 0.0
+    kv_seq: int = 1  # K/V split along the sequence (kvp)
 
 
 def split_of(cfg: ModelConfig, layout: Layout, micro: float) -> Split:
@@ -91,7 +92,7 @@ def split_of(cfg: ModelConfig, layout: Layout, micro: float) -> Split:
     return Split(tokens=tokens, hidden=layout.size("act_seq"), heads=layout.size("heads"),
                  head_dim=layout.size("head_dim"), mlp=layout.size("mlp"),
                  expert_mlp=layout.size("expert_mlp"), vocab=layout.size("vocab"),
-                 expert_slots=slots, keys=cfg.seq)
+                 expert_slots=slots, keys=cfg.seq, kv_seq=layout.size("kv_seq"))
 
 
 def _ffn_width_factor(cfg: ModelConfig) -> float:
@@ -113,7 +114,7 @@ def layer_activation_bytes(cfg: ModelConfig, split: Split, remat: str, moe: bool
     heads = cfg.n_heads / split.heads
     kv_heads = math.ceil(cfg.kv_heads / split.heads)  # K/V heads replicated past their count
     width = cfg.head_dim / split.head_dim
-    q, kv = t * heads * width * e, t * kv_heads * width * e
+    q, kv = t * heads * width * e, t * kv_heads * width * e / split.kv_seq
     attention = 2 * hid + hid + q + 2 * kv + q  # norm inputs, q/k/v input, q, k, v, core output
     if cfg.qk_norm:
         attention += q + kv
