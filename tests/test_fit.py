@@ -1,5 +1,6 @@
 """`project.fit`: the fewest batch chunks that fit, found with few compiles and always the same
-answer as trying every chunking (memory falling with the chunk count)."""
+answer as trying every chunking (memory falling with the chunk count); a training step's by the
+GPU estimate."""
 
 from types import SimpleNamespace
 
@@ -7,6 +8,7 @@ import pytest
 
 from helix_jax.analysis.costmodel import project as P
 from helix_jax.analysis.costmodel.compiler import compile_program
+from helix_jax.analysis.costmodel.memory import whole_memory
 from helix_jax.analysis.hlo.compiled import read_memory
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
@@ -70,15 +72,35 @@ def test_memory_that_falls_fast_after_two_chunks_does_not_mislead(monkeypatch):
 
 
 def test_fit_on_real_programs():
-    """A tiny training step on 4 devices with a capacity between its chunkings' memories."""
+    """A tiny forward pass on 4 devices with a capacity between its chunkings' memories."""
     cfg = resolve_model("tiny-dense", batch=16, dtype="float32")
     layout = parse_layout("dp:dp=4")
     every = {}
     for k in P.chunk_candidates(cfg, layout):
-        program = compile_program(P.build_sharded(cfg, layout, k), "train")
+        program = compile_program(P.build_sharded(cfg, layout, k), "forward")
         every[k] = read_memory(program)["total_bytes"]
     assert every[1] > every[max(every)]  # chunking saves memory here, so the test means something
     capacity = (every[1] + every[2]) / 2
-    sharded, program = P.fit(cfg, layout, capacity, mode="train")
+    sharded, program = P.fit(cfg, layout, capacity, mode="forward")
     assert sharded.batch_chunks == min(k for k, m in every.items() if m <= capacity)
     assert read_memory(program)["total_bytes"] == every[sharded.batch_chunks]
+
+
+def test_training_fit_chooses_by_the_gpu_estimate():
+    """A training step's chunking is the fewest whose GPU estimate fits, and only that program
+    is compiled (XLA:CPU's read-out errs high and decides nothing)."""
+    cfg = resolve_model("tiny-dense", batch=16, dtype="float32")
+    layout = parse_layout("dp:dp=4")
+    estimate = {k: whole_memory(P.build_sharded(cfg, layout, k), k)["total"]
+                for k in P.chunk_candidates(cfg, layout)}
+    assert estimate[1] > estimate[2] > estimate[max(estimate)]
+    compiled = []
+
+    def program(sharded, mode):
+        compiled.append((sharded.batch_chunks, mode))
+        return compile_program(sharded, mode)
+
+    capacity = (estimate[1] + estimate[2]) / 2
+    sharded, _ = P.fit(cfg, layout, capacity, mode="train",
+                       compiler=SimpleNamespace(program=program))
+    assert sharded.batch_chunks == 2 and compiled == [(2, "train")]

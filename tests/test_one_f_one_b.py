@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from helix_jax.analysis.costmodel.compose import activation_bytes_per_layer
+from helix_jax.analysis.costmodel.memory import activation_bytes_per_layer
 from helix_jax.config import dump_model_file, resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.model import Sharded

@@ -54,7 +54,6 @@ that stage's shard. What is extended by formula:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +61,7 @@ from typing import Any
 from helix_jax.analysis.costmodel.compiler import DIRECT, Compiler
 from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES
 from helix_jax.analysis.costmodel.hardware import Hardware
+from helix_jax.analysis.costmodel.memory import composed_memory, local_parameter_count
 from helix_jax.analysis.costmodel.pricing import collective_seconds, measured_seconds
 from helix_jax.analysis.costmodel.projection import Projection, Timing, attention_kernel_note
 from helix_jax.analysis.costmodel.roofline import compute_time
@@ -88,7 +88,6 @@ from helix_jax.config import ModelConfig
 from helix_jax.counts import param_counts
 from helix_jax.layouts import Layout, expert_ranks, parse_layout
 from helix_jax.limits import MAX_WHOLE_DEVICES
-from helix_jax.parallel.schedule import build as schedule_table
 
 
 def is_composed(layout: Layout, mode: str) -> bool:
@@ -116,32 +115,6 @@ def _group_seconds(op: str, nbytes: float, n: int, nodes: int, hw: Hardware) -> 
         return measured_seconds(op, nbytes, n, nodes, hw)
     bw, lat = hw.link(nodes > 1)
     return collective_seconds(op, nbytes, n, bw, lat)
-
-
-def activation_bytes_per_layer(cfg: ModelConfig, micro: int, tp: int, sp: bool,
-                               remat: str, cp: int = 1) -> float:
-    """Activations one layer keeps for its backward, per device and microbatch (Korthikanti et
-    al. 2022, Table 2, with blockwise attention: no S x S scores are kept; a context-parallel
-    rank keeps those of its seq / cp tokens)."""
-    sbh = cfg.seq // cp * micro * cfg.d_model
-    if remat == "full":
-        return 2.0 * sbh / (tp if sp else 1)
-    return sbh * (34.0 / tp if sp else 10.0 + 24.0 / tp)
-
-
-def in_flight(schedule: str, pp: int, microbatches: int, virtual: int) -> float:
-    """Microbatches whose activations the first stage holds at once: all M under GPipe; under
-    1F1B what the schedule `helix train` runs holds (`parallel.schedule`: min(p, M), and with V
-    chunks per stage at most p stage-microbatches of chunks, fewer than the min(p, M) ·
-    (1 + (p − 1)/(pV)) of Megatron's interleaved warm-up)."""
-    if schedule == "gpipe":
-        return microbatches
-    return _table_in_flight(pp, microbatches, virtual)
-
-
-@functools.lru_cache(maxsize=256)
-def _table_in_flight(pp: int, microbatches: int, virtual: int) -> float:
-    return max(schedule_table(pp, microbatches, virtual).in_flight()) / virtual
 
 
 @dataclass
@@ -305,8 +278,9 @@ def project_composed(cfg: ModelConfig, layout: Layout, hw: Hardware, remat: str 
     exposed_dp = (overlap_exposed(t_rs, backward_window(t_mb), floor)
                   + overlap_exposed(t_ag, forward_window(t_mb), floor))
     step = t_pipe + t_p2p + exposed_dp + t_update
-    memory = _composed_memory(cfg, layout, hw, stage, (dense_local, experts_local), remat,
-                              max(st.cfg.n_layers for st in stages))
+    memory = composed_memory(cfg, layout, hw.hbm_capacity_bytes, stage.memory,
+                             (dense_local, experts_local), remat,
+                             max(st.cfg.n_layers for st in stages))
     tokens = cfg.batch * cfg.seq
     priced, (total, active) = stage.priced, param_counts(cfg)
     return Projection(
@@ -385,64 +359,6 @@ def _gradient_sync(parts: tuple[tuple[float, int], ...], nodes: int,
     t_rs = sum(_group_seconds("reduce-scatter", b, n, nodes, hw) for b, n in parts)
     t_ag = sum(_group_seconds("all-gather", b, n, nodes, hw) for b, n in parts)
     return t_rs, t_ag
-
-
-def model_state_bytes(params_local: float, elem: int, dp: int) -> float:
-    """Bytes of model state per device under Megatron's distributed optimizer: 16-bit parameters,
-    fp32 gradients, and the fp32 master copy and two Adam moments sharded over `dp` replicas."""
-    return params_local * (elem + 4.0 + 12.0 / dp)
-
-
-def _composed_memory(cfg: ModelConfig, layout: Layout, hw: Hardware, stage: _Stage,
-                     params_local: tuple[int, int], remat: str, layers: int) -> dict:
-    """Memory per device by formula (module doc), with its parts and why it fits or not.
-    `params_local`: (dense, expert) parameters this device holds; `layers`: the most any
-    stage holds."""
-    o = layout.options
-    tp, pp, dp, M = o["tp"], o["pp"], o["dp"], o["microbatches"]
-    cp, ep = o.get("cp", 1), o.get("ep", 1)
-    micro = cfg.batch // dp // M
-    act = activation_bytes_per_layer(cfg, micro, tp, o["sp"], remat, cp) * layers
-    flight = in_flight(o["schedule"], pp, M, o["virtual"])
-    dense, experts = params_local
-    elem = DTYPE_BYTES[cfg.dtype]
-    states = (model_state_bytes(dense, elem, dp * cp)
-              + model_state_bytes(experts, elem, dp * cp // ep))
-    logits = 3.0 * micro * cfg.seq // cp * (cfg.vocab // tp) * 4 if cfg.vocab else 0.0
-    total = states + flight * act + logits
-    parts = {"compiled_stage_program": stage.memory, "model_states_bytes": states,
-             "activations_in_flight_bytes": flight * act, "logits_bytes": logits,
-             "adam_moments_bytes": 8.0 * (dense / (dp * cp) + experts / (dp * cp // ep)),
-             "parameters_per_device": dense + experts, "expert_parameters_per_device": experts,
-             "how": ("formula: 16-bit parameters + fp32 gradients + fp32 master and Adam "
-                     "moments sharded over the dp x cp ranks, experts over dp x cp / ep "
-                     "(distributed optimizer), "
-                     "activations of the in-flight microbatches (Korthikanti et al. 2022) "
-                     "and the last stage's fp32 logits; the compiled stage program's "
-                     "memory_analysis is beside it (on CPU it errs high: f32 upcasts)")}
-    why = (f"{total / 1e9:.1f} GB per device against "
-           f"{hw.hbm_capacity_bytes / 1e9:.0f} GB: model states "
-           f"{states / 1e9:.1f} GB + {flight:g} microbatches' activations "
-           f"{flight * act / 1e9:.1f} GB + logits {logits / 1e9:.1f} GB")
-    return {"total": total, "parts": parts, "why": why, "in_flight": flight}
-
-
-def local_parameter_count(sharded, experts_only: bool = False) -> int:
-    """Parameters this device holds (the stage's shards on one rank); `experts_only`: of the
-    routed experts alone."""
-    import math
-
-    import jax
-
-    from helix_jax.model import logical_axes
-
-    sizes = [math.prod(leaf.sharding.shard_shape(leaf.shape))
-             for leaf in jax.tree.leaves(sharded.abstract_params())]
-    if not experts_only:
-        return sum(sizes)
-    expert = [("expert" in axes) for axes in jax.tree.leaves(
-        logical_axes(sharded.cfg), is_leaf=lambda t: isinstance(t, tuple))]
-    return sum(n for n, e in zip(sizes, expert) if e)
 
 
 def as_tp_pp(layout: Layout) -> Layout:

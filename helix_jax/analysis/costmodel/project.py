@@ -3,9 +3,10 @@ price that cost on a hardware profile.
 
 Nothing is allocated: parameters and input are ShapeDtypeStructs. Per device, the program gives
 matmul FLOPs (loop trip counts applied), its kernels (a roofline each: `roofline`), memory
-(arguments + outputs + temp − aliased) and every collective with its group, payload and
-executions. Each collective's link (NVLink or InfiniBand) follows from its replica groups and the
-layout's placement of mesh positions on nodes.
+(arguments + outputs + temp − aliased; for a training step the GPU estimate of `memory.py`
+decides, with XLA:CPU's read-out beside it, since that errs high) and every collective with its
+group, payload and executions. Each collective's link (NVLink or InfiniBand) follows from its
+replica groups and the layout's placement of mesh positions on nodes.
 
 Modes: `forward` compiles the forward pass; `train` the whole training step (forward, backward,
 gradient reduction over data replicas, gradient accumulation, AdamW). A tp-pp pipeline (pp > 1)
@@ -36,6 +37,7 @@ from helix_jax.analysis.costmodel.compose import (
 )
 from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES, expected_comm_bytes
 from helix_jax.analysis.costmodel.hardware import Hardware
+from helix_jax.analysis.costmodel.memory import whole_memory
 from helix_jax.analysis.costmodel.pipelined import read_pipelined, whole_pipelined
 from helix_jax.analysis.costmodel.projection import Projection, Timing, attention_kernel_note
 from helix_jax.analysis.costmodel.roofline import compute_time, float8_upcast_bytes
@@ -81,7 +83,10 @@ def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
         progress: Callable[[str], None] | None = None, mode: str = "forward",
         remat: str = "none", partitioner: str = "shard_map", compiler: Compiler = DIRECT):
     """The fewest batch chunks whose program fits `capacity_bytes` per device; when none fits,
-    the most chunked one (its memory is reported, and `fits` is false).
+    the most chunked one (its memory is reported, and `fits` is false). A training step's
+    memory is the GPU estimate (`memory.whole_memory`): the chunking is chosen by formula and
+    only the chosen program is compiled. A forward pass's is read off its compiled programs,
+as follows.
 
     Memory falls as the chunk count K grows (`chunk_candidates` keeps it so), so the answer is
     found by bisection over the chunkings, which is what makes it the same as trying every one.
@@ -102,6 +107,8 @@ def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
             continue
     if not valid:
         raise ValueError(f"{cfg.name} does not compile on {layout.spec} with any batch chunking")
+    if mode == "train":
+        return _fit_by_estimate(valid, capacity_bytes, progress, compiler)
     compiled: dict[int, tuple] = {}
     chunks = [s.batch_chunks for s in valid]
 
@@ -147,6 +154,24 @@ def fit(cfg: ModelConfig, layout: Layout, capacity_bytes: float,
     if hi == len(valid):  # nothing fits: report the most chunked program
         return valid[-1], compiled[len(valid) - 1][0]
     return valid[hi], compiled[hi][0]
+
+
+def _fit_by_estimate(valid: list, capacity_bytes: float,
+                     progress: Callable[[str], None] | None, compiler: Compiler):
+    """The fewest chunks of `valid` (sharded training steps, fewest chunks first) whose GPU
+    memory estimate fits (the most chunked when none does), compiled."""
+    from helix_jax.train import accumulation_steps
+
+    chosen = valid[-1]
+    for sharded in valid:
+        total = whole_memory(sharded, accumulation_steps(sharded))["total"]
+        if progress:
+            progress(f"{sharded.layout.spec}{_under(sharded.partitioner)}: batch_chunks="
+                     f"{sharded.batch_chunks} -> {total / 1e9:.1f} GB per device (GPU estimate)")
+        if total <= capacity_bytes:
+            chosen = sharded
+            break
+    return chosen, compiler.program(chosen, "train")
 
 
 def _timing(cfg: ModelConfig, layout: Layout, hw: Hardware, compute: dict, priced: dict,
@@ -284,11 +309,18 @@ def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled,
     hlo = compiled.as_text()
     flops = matmul_flops(hlo)
     memory = read_memory(compiled)
+    accumulation = accumulation_steps(sharded) if mode == "train" else 1
+    if mode == "train":  # the GPU estimate decides; the CPU read-out is reported beside it
+        estimate = whole_memory(sharded, accumulation, memory)
+        memory_bytes, memory = estimate["total"], estimate["parts"]
+        why = _train_fits_why(cfg, hw, estimate, accumulation)
+    else:
+        memory_bytes = memory["total_bytes"]
+        why = _fits_why(hw, memory, sharded.batch_chunks)
     compute = run_blocks_only(compute_time(
         hlo, hw, DTYPE_BYTES[cfg.dtype], score_blocks(cfg, layout),
         fused_attention=attention_pricing == AttentionPricing.FLASH), cfg, layout)
     priced = price_collectives(hlo, cfg, layout, hw)
-    accumulation = accumulation_steps(sharded) if mode == "train" else 1
     total, active = param_counts(cfg)
     return Projection(
         params_total=total, params_active=active,
@@ -305,9 +337,8 @@ def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled,
         extended_by_formula=[],
         flops_per_device=flops["flops"], flops_note=flops_note(flops),
         model_flops_per_token=model_flops_per_token(cfg, mode), mfu_convention=mfu_convention(mode),
-        memory_bytes_per_device=memory["total_bytes"], memory=memory,
-        fits=memory["total_bytes"] <= hw.hbm_capacity_bytes,
-        fits_why=_fits_why(cfg, hw, memory, mode, accumulation, sharded.batch_chunks),
+        memory_bytes_per_device=memory_bytes, memory=memory,
+        fits=memory_bytes <= hw.hbm_capacity_bytes, fits_why=why,
         collectives=priced["rows"], collective_sites=collective_sites(hlo, layout, hw),
         comm_bytes_per_device=priced["comm"], comm_bytes_by_op=priced["by_op"],
         expected_comm_bytes_by_op=(expected_comm_bytes(
@@ -329,18 +360,26 @@ def _weights_text(weights: str, weight_bytes: float, dtype: str) -> str:
     return "16-bit weights"
 
 
-def _fits_why(cfg: ModelConfig, hw: Hardware, memory: dict, mode: str, accumulation: int,
-              batch_chunks: int) -> str:
-    """Why a whole program fits or not: its memory against the capacity, by part."""
+def _fits_why(hw: Hardware, memory: dict, batch_chunks: int) -> str:
+    """Why a whole forward program fits or not: its memory against the capacity, by part."""
     return (f"{memory['total_bytes'] / 1e9:.1f} GB per device against "
-            f"{hw.hbm_capacity_bytes / 1e9:.0f} GB: arguments (parameters"
-            + (", optimizer state" if mode == "train" else "") + f", input) "
+            f"{hw.hbm_capacity_bytes / 1e9:.0f} GB: arguments (parameters, input) "
             f"{memory['argument_bytes'] / 1e9:.1f} GB + temporaries "
-            f"{memory['temp_bytes'] / 1e9:.1f} GB ("
-            + (f"activations kept for the backward of one of {accumulation} "
-               f"accumulation steps of {cfg.batch // accumulation} sequences"
-               if mode == "train" else f"one of {batch_chunks} batch chunks")
-            + "; on CPU f32 upcasts make this err high)")
+            f"{memory['temp_bytes'] / 1e9:.1f} GB (one of {batch_chunks} batch chunks; on CPU "
+            f"f32 upcasts make this err high)")
+
+
+def _train_fits_why(cfg: ModelConfig, hw: Hardware, estimate: dict, accumulation: int) -> str:
+    """Why a whole training step fits or not: the GPU estimate by part, and beside it the
+    compiled program's CPU read-out (which errs high)."""
+    cpu = estimate["parts"]["compiled_program"]["total_bytes"]
+    return (f"{estimate['total'] / 1e9:.1f} GB per device against "
+            f"{hw.hbm_capacity_bytes / 1e9:.0f} GB (GPU estimate): model states "
+            f"{estimate['states'] / 1e9:.1f} GB + activations of one of {accumulation} "
+            f"accumulation steps of {cfg.batch // accumulation} sequences "
+            f"{estimate['activations'] / 1e9:.1f} GB + logits {estimate['logits'] / 1e9:.1f} GB"
+            f"; XLA:CPU's memory_analysis of the program says {cpu / 1e9:.1f} GB (errs high: "
+            f"f32 upcasts, unfused optimizer temporaries)")
 
 
 def hbm_floor_parts(sharded) -> tuple[float, float]:

@@ -10,8 +10,8 @@ memory per device
   train        parameters + AdamW moments (12 bytes per local parameter), all arguments
   composed     the formula `compose.project_composed` uses, less the logits: 16-bit parameters,
                fp32 gradients, fp32 masters and moments over the dp replicas, and the
-               activations of the microbatches in flight (`compose.activation_bytes_per_layer`,
-               `compose.in_flight`)
+               activations of the microbatches in flight (`memory.activation_bytes_per_layer`,
+               `memory.in_flight`)
   prefill/decode  16-bit weights + the device's KV cache (`project.hbm_floor_bytes`)
 
 step time = compute + exposed communication (+ bubble, sends, ... when composed), so
@@ -41,18 +41,18 @@ import functools
 import math
 from dataclasses import dataclass
 
-from helix_jax.analysis.costmodel.compose import (
-    activation_bytes_per_layer,
-    in_flight,
-    local_parameter_count,
-    model_state_bytes,
-)
 from helix_jax.analysis.costmodel.formulas import (
     DTYPE_BYTES,
     expected_comm_bytes,
     ffn_flops_per_token,
 )
 from helix_jax.analysis.costmodel.hardware import Hardware
+from helix_jax.analysis.costmodel.memory import (
+    activation_bytes_per_layer,
+    in_flight,
+    local_parameter_count,
+    model_state_bytes,
+)
 from helix_jax.analysis.costmodel.terms import analysed_config, build_sharded
 from helix_jax.analysis.planner.space import Candidate
 from helix_jax.config import ModelConfig
