@@ -163,7 +163,7 @@ def test_the_decode_projection_reads_the_stored_float8_bytes():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--weights", "float8"], "--weights float8 is weight-only FP8 for serving"),
+    (["train", "--weights", "float8"], "--weights float8 is FP8 for serving"),
     (["project", "--mode", "train", "--weights", "float8"],
      "--weights float8 is priced for serving: use --mode prefill or decode"),
     (["decode", "--prompt-len", "4", "--weights", "fp8"],

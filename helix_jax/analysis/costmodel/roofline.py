@@ -24,13 +24,17 @@ reads the operands as they are), the elementwise work inside the attention core 
 flash-style kernel keeps it on chip: op_name under `attention_core`), and matmul operands that
 XLA:CPU widened to f32 (bytes are counted at the model's element size).
 
-Float8 weights (`--weights float8`, nn/float8.py) add two more: XLA:CPU cannot slice float8
+Float8 weights (`--weights float8`, nn/float8.py) add more: XLA:CPU cannot slice float8
 arrays, so it converts each stacked float8 weight whole to f16 (a kernel that only converts a
-float8 array), and it dequantises each weight in a kernel of its own (ops under `DEQUANT_SCOPE`)
-before the matmul. A fused weight-only FP8 GEMM on a GPU does that in its prologue: both are
-left out, and the matmul reads such a weight at one byte per element plus one float32 scale per
-output column (elements / K), where a 16-bit weight costs two bytes per element (priced, not
-yet timed on a GPU).
+float8 array), and converts each layer's float8 values up before the matmul (a dequantisation
+kernel: ops under `DEQUANT_SCOPE`, or a layout-only conversion of a float8 array); a kernel that
+only quantises an activation or scales a W8A8 product (`_is_w8a8_plumbing`) has no GPU
+counterpart either. These are left out. A matmul reads a float8 weight operand at one byte per
+element plus one float32 scale per output column (elements / K), and a float8 activation
+operand (rounded under `ACTIVATION_SCOPE`) at one byte per element; one whose operands are both
+float8 (W8A8) runs at the profile's FP8 rate (`matmul_rate`). The activation's amax and
+rounding, where XLA:CPU fuses them with the kernel that made the activation (a norm, SwiGLU),
+stay priced as that kernel's bytes (priced, not yet timed on a GPU).
 """
 
 from __future__ import annotations
@@ -241,6 +245,8 @@ def _float8_kind(prog: _Program, ins: Instruction) -> str | None:
     float8 under `ACTIVATION_SCOPE` (`float8.quantize_activation`, perhaps fused with the norm
     or activation function before it), "weight" when it converts a float8 array (a float8
     weight's values), else None."""
+    if ins.opcode in ("parameter", "constant"):
+        return None
     body = prog.body(ins) if ins.opcode == "fusion" else [ins]
     f8 = [i for i in body if any(d.startswith("f8") for d, _ in parse_arrays(i.shape))]
     if any(ACTIVATION_SCOPE in prog.op_name(i) for i in f8):
@@ -377,6 +383,7 @@ def kernel_shapes(hlo_text: str, elem_bytes: int,
     """
     narrow = elem_bytes if f32_as_model_dtype and elem_bytes < 4 else None
     prog = _Program(hlo_text, narrow)
+    float8_program = "f8e4m3fn" in hlo_text
     out: list[KernelShape] = []
     flats = {c: _flat_scores(prog, i, score_blocks) for c, i in prog.mod.computations.items()}
     scoring = {c for c, instrs in prog.mod.computations.items() if any(
@@ -416,7 +423,8 @@ def kernel_shapes(hlo_text: str, elem_bytes: int,
                 continue  # CPU plumbing around a dot, or fused into the attention kernel
             if dot is not None:
                 b, m, n, k = gemm_shape(prog.mod, dot)
-                f8, a8 = _float8_operands(prog, ins, by_name, dequant)  # float8 elements read
+                f8, a8 = (_float8_operands(prog, ins, by_name, dequant) if float8_program
+                          else (0, 0))  # float8 weight and activation elements read
                 on_chip = _score_elements(prog, dot, score_blocks, flat) if attention else 0
                 moved = (b * (m * k + k * n + m * n) - f8 - a8 - on_chip) * elem_bytes
                 found[ins.name] = KernelShape(
