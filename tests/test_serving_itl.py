@@ -32,19 +32,19 @@ def test_itl_is_the_decode_step_plus_the_amortised_prefill():
     from helix_jax.analysis.costmodel.serving import serving_itl
 
     hw, layout = HARDWARE["dgx-h100"], parse_layout(TP2)
-    I, O, C = 24, 9, 4
-    decode_cfg = CFG.replace(batch=C, seq=I + O // 2)
+    prompt, out, conc = 24, 9, 4
+    decode_cfg = CFG.replace(batch=conc, seq=prompt + out // 2)
     decode = project(decode_cfg, layout, hw, mode="decode", weights="float8")
-    prefill = project(CFG.replace(batch=1, seq=I), layout, hw, mode="prefill", weights="float8")
-    s = serving_itl(decode_cfg, layout, hw, decode, I, O, weights="float8")
+    prefill = project(CFG.replace(batch=1, seq=prompt), layout, hw, mode="prefill", weights="float8")
+    s = serving_itl(decode_cfg, layout, hw, decode, prompt, out, weights="float8")
     step, pre = decode.projected.step_seconds, prefill.projected.step_seconds
     assert s["decode_step_ms"] == pytest.approx(step * 1e3)
     assert s["prefill_ms"] == pytest.approx(pre * 1e3)
     assert s["amortised_prefill_ms"] == pytest.approx(3 / 8 * pre * 1e3)
     assert s["itl_ms"] == pytest.approx((step + 3 / 8 * pre) * 1e3)
-    assert s["decode_context"] == 28 and s["concurrency"] == C
-    alone = project(CFG.replace(batch=1, seq=I + O // 2), layout, hw, mode="decode")
-    s1 = serving_itl(CFG.replace(batch=1, seq=I + O // 2), layout, hw, alone, I, O)
+    assert s["decode_context"] == 28 and s["concurrency"] == conc
+    alone = project(CFG.replace(batch=1, seq=prompt + out // 2), layout, hw, mode="decode")
+    s1 = serving_itl(CFG.replace(batch=1, seq=prompt + out // 2), layout, hw, alone, prompt, out)
     assert s1["amortised_prefill_ms"] == 0 and s1["itl_ms"] == pytest.approx(
         alone.projected.step_seconds * 1e3)
 
