@@ -115,10 +115,12 @@ def calibrate(base: str = "h100-sxm", quick: bool = False, dtype: str | None = N
                              if device.platform != "cpu" else 0.0),
         hbm_bytes_per_s=memory,
         attention_flops_per_s=max(attention.values()),
+        fp8_flops_per_s=0.0,
         notes=f"{where}; links and node shape from the {base} profile")
     if stats.get("bytes_limit"):
         profile["hbm_capacity_bytes"] = float(stats["bytes_limit"])
-    measured = {"flops_per_s", "peak_flops_per_s", "hbm_bytes_per_s", "attention_flops_per_s"}
+    measured = {"flops_per_s", "peak_flops_per_s", "hbm_bytes_per_s", "attention_flops_per_s",
+                "fp8_flops_per_s"}
     sources = {k: f"from the {base} profile: {v}" for k, v in profile["sources"].items()
                if k not in measured}
     sources.update({
@@ -128,6 +130,7 @@ def calibrate(base: str = "h100-sxm", quick: bool = False, dtype: str | None = N
                              else f"{where}: no datasheet peak on CPU, the best measured rate"),
         "hbm_bytes_per_s": f"{where}: y = 2x + 1 over a float32 array, read + write",
         "attention_flops_per_s": f"{where}: blockwise causal attention {attn_shape} (B, S, h, d)",
+        "fp8_flops_per_s": "not measured: float8 matmuls are priced at the measured 16-bit rate",
     })
     profile["sources"] = sources
     raw = {"device": device.device_kind, "platform": device.platform, "dtype": dtype,

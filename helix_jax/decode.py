@@ -27,7 +27,7 @@ import numpy as np
 
 from helix_jax import options
 from helix_jax.model import Sharded
-from helix_jax.nn.float8 import operand
+from helix_jax.nn.float8 import matmul
 
 
 @dataclass
@@ -116,8 +116,9 @@ def generate_fn(sharded: Sharded, prompt_len: int, n_new: int):
     step = sharded.step_fn()
 
     def next_token(params, h: jax.Array) -> jax.Array:  # h [B, T, D] -> [B] int32
-        w = operand(params["head"]["w"], jnp.float32)
-        return jnp.argmax(h[:, -1].astype(jnp.float32) @ w, axis=-1).astype(jnp.int32)
+        logits = matmul("bd,dv->bv", h[:, -1].astype(jnp.float32), params["head"]["w"],
+                        jnp.float32)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
     def run(params, cache, prompt):
         h, cache, _ = step(params, cache, prompt, jnp.int32(0))

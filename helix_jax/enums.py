@@ -41,7 +41,7 @@ class Partitioner(StrEnum):
 
 class Weights(StrEnum):
     """How a prefill, decode or forward program takes its weights: copies in the model's dtype,
-    or weight-only FP8 (float8_e4m3fn matmul weights with per-output-channel scales,
+    or FP8 (float8_e4m3fn matmul weights with per-output-channel scales, each matmul W8A8,
     nn/float8.py). Serving only: training keeps float32 masters."""
 
     MODEL = "model"

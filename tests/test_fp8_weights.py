@@ -1,15 +1,17 @@
-"""Weight-only FP8 (`--weights float8`, helix_jax/nn/float8.py): the round trip is bounded per
-output channel; forward, prefill and decode of tiny-llama on every layout the decode tests cover
+"""FP8 serving weights (`--weights float8`, helix_jax/nn/float8.py; W8A8: the matmuls' activations
+are rounded to float8 too): the round trip is bounded per output channel; forward, prefill and
+decode of tiny-llama on every layout the decode tests cover
 stay within TOLERANCE of the 16-bit path; the decode projection's HBM floor reads the stored
-float8 bytes and scales, and its matmuls read one byte per weight element.
+float8 bytes and scales, and its matmuls read one byte per weight and activation element.
 
 TOLERANCE bounds the relative error ||logits_fp8 - logits_16|| / ||logits_16|| (Frobenius, over
 the whole batch and sequence) of tiny-llama computed in bfloat16, the logits being the final
-hidden states times each path's own LM head. Measured (seq 8, prompt 4, seed 0): 0.051 on every
-layout (0.0506 to 0.0510), for the forward pass and for the prefill + decode alike (e4m3's 3
-mantissa bits round a weight by up to 2^-4, about 2.5% RMS, through two layers and the head);
-the bfloat16 path on each layout is within 0.0073 of the one on `single`. TOLERANCE = 0.1 leaves
-2x margin; an error under 0.02 would mean the float8 weights were not used, which the test
+hidden states times each path's own LM head. Measured (seq 8, prompt 4, seed 0), weight-only:
+0.051 on every layout (0.0506 to 0.0510); W8A8 (activations rounded too): 0.068 to 0.071 on
+every layout, for the forward pass and for the prefill + decode alike (e4m3's 3 mantissa bits
+round each operand by up to 2^-4, about 2.5% RMS, through two layers and the head); the
+bfloat16 path on each layout is within 0.0073 of the one on `single`. TOLERANCE = 0.1 leaves
+1.4x margin; an error under 0.02 would mean the float8 weights were not used, which the test
 refuses too.
 """
 
@@ -139,6 +141,8 @@ def test_the_decode_projection_reads_the_stored_float8_bytes():
             fp8 += n + 4 * n // k
             if "layers" in axes:  # the step ends at the hidden states: no head matmul
                 saved += n * (1 - 4 / k)  # over its layers' matmuls, K-deep each
+                # W8A8: each layer's matmul reads its [batch, K] activation in one byte
+                saved += cfg.batch * k * cfg.n_layers
         else:
             fp8 += 2 * n
     model, f8 = runs["model"][0], runs["float8"][0]
@@ -153,12 +157,13 @@ def test_the_decode_projection_reads_the_stored_float8_bytes():
         return sum(k.bytes * k.runs for k in kernel_shapes(hlo, 2) if k.kind == kind)
 
     (_, hlo16), (_, hlo8) = runs["model"], runs["float8"]
-    assert read(hlo8, "memory") == read(hlo16, "memory")
+    # W8A8's dynamic activation scales add passes over the activations (their amax)
+    assert read(hlo8, "memory") >= read(hlo16, "memory")
     assert read(hlo16, "matmul") - read(hlo8, "matmul") == pytest.approx(saved)
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--weights", "float8"], "--weights float8 is weight-only FP8 for serving"),
+    (["train", "--weights", "float8"], "--weights float8 is FP8 for serving"),
     (["project", "--mode", "train", "--weights", "float8"],
      "--weights float8 is priced for serving: use --mode prefill or decode"),
     (["decode", "--prompt-len", "4", "--weights", "fp8"],
@@ -172,8 +177,9 @@ def test_bad_weights_are_one_line_errors(args, message):
 
 def test_the_decode_command_serves_float8_weights(tmp_path):
     """`helix decode --weights float8`: prefill, decode and greedy generation run, and `--out`
-    holds the weights the run computed with (q · scale), so the float64 reference reproduces
-    the outputs of a float32 model to float32 precision."""
+    holds the weights the run computed with (q · scale): the float64 reference on them differs
+    from the run's outputs only by the activations' float8 rounding (W8A8), within TOLERANCE
+    and above float32 precision."""
     out = tmp_path / "d.npz"
     r = helix_here(["decode", "--model", "tiny-llama", "--layout", "tp-pp:tp=2,pp=2", "--seq",
                     "8", "--prompt-len", "4", "--generate", "3", "--weights", "float8",
@@ -181,4 +187,4 @@ def test_the_decode_command_serves_float8_weights(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "weights  float8" in r.stdout and "generate 3 tokens" in r.stdout
     p, x, y, c = reference_np.load_npz(out)
-    assert reference_np.relative_error(reference_np.forward(p, x, c), y) <= 1e-4
+    assert 1e-3 < reference_np.relative_error(reference_np.forward(p, x, c), y) <= TOLERANCE

@@ -54,10 +54,12 @@ def test_validation_block_reports_the_decode_table_when_there_is_one():
     assert "| 7B (Some paper) | dgx-h100 | 2.00 | 2.20 | +10.0% | -20.0% |" in plain
     assert "Decode" not in plain
     dec = dict(batch=25, context=5250, measured_ms=40.0, projected_ms=30.0, error=-0.25,
-               naive_error=0.125)
+               step_ms=20.0, naive_error=0.125)
     text = readme.validation_block({**train, "decode": [dec], "decode_summary": dict(
         rows=1, median_abs_error=0.25, worst_abs_error=0.25, naive_median_abs_error=0.125,
-        naive_worst_abs_error=0.125, weights_priced=["float8"])})
+        naive_worst_abs_error=0.125, naive_floor_only_median_abs_error=0.5,
+        naive_floor_only_worst_abs_error=0.5, weights_priced=["float8"])})
     assert text.startswith(plain)
     assert "off by 25.0% at the median" in text and "weights priced as float8" in text
-    assert "| 25 | 5,250 | 40.00 | 30.00 | -25.0% | +12.5% |" in text
+    assert "without the prefill term by 50.0%" in text
+    assert "| 25 | 5,250 | 40.00 | 30.00 | -25.0% | 20.00 | +12.5% |" in text

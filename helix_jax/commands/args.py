@@ -41,9 +41,9 @@ def model_args(p: argparse.ArgumentParser, default_model: str, layout: bool = Tr
     if weights:
         p.add_argument("--weights", default=Weights.MODEL.value, choices=choices(Weights),
                        help="the weights a forward, prefill or decode reads: model (copies in "
-                       "the model's dtype, default) or float8 (weight-only FP8: float8_e4m3fn "
-                       "matmul weights with per-output-channel scales, dequantised at each "
-                       "matmul); serving only: forward, decode, project --mode prefill|decode")
+                       "the model's dtype, default) or float8 (FP8: float8_e4m3fn matmul weights "
+                       "with per-output-channel scales, each matmul W8A8 with its activation "
+                       "rounded to float8); serving only: forward, decode, project --mode prefill|decode")
 
 
 def layout_arg(p: argparse.ArgumentParser) -> None:
@@ -122,7 +122,7 @@ def serving_weights(args: argparse.Namespace) -> str:
     master weights: float8 there is refused before any work."""
     weights = getattr(args, "weights", Weights.MODEL)
     if weights == Weights.FLOAT8 and getattr(args, "command", None) == "train":
-        raise ValueError("--weights float8 is weight-only FP8 for serving (helix forward, decode, "
+        raise ValueError("--weights float8 is FP8 for serving (helix forward, decode, "
                          "project --mode prefill|decode); helix train keeps float32 master "
                          "weights: drop --weights")
     return weights

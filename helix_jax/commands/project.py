@@ -34,6 +34,13 @@ def add_parser(sub: Any) -> None:
              "or one decode step against a cache of --context positions")
     p.add_argument("--context", type=int, help="prefill/decode: the KV cache's length (default: "
                    "the model's seq)")
+    p.add_argument("--prompt-tokens", type=int, metavar="I",
+                   help="decode: price a served request's inter-token latency (itl_ms): I input "
+                   "tokens per request, with --output-tokens; the decode batch is the "
+                   "concurrency and --context defaults to the mean context I + O/2")
+    p.add_argument("--output-tokens", type=int, metavar="O",
+                   help="decode: output tokens per served request (with --prompt-tokens); ITL = "
+                   "decode step + (batch - 1) / (O - 1) x the prefill of I tokens")
     p.add_argument("--remat", default=Remat.NONE.value, choices=choices(Remat),
                    help="training: recompute nothing, the attention core (selective) or each "
                    "layer's forward (full) in the backward pass")
@@ -50,12 +57,26 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _print_serving(s: dict) -> None:
+    """The served inter-token latency and its two terms."""
+    print(f"serving  {s['prompt_tokens']:,} input / {s['output_tokens']:,} output tokens at "
+          f"concurrency {s['concurrency']}: ITL {s['itl_ms']:.2f} ms = decode step "
+          f"{s['decode_step_ms']:.2f} ms + ({s['concurrency']} - 1) / ({s['output_tokens']} - 1)"
+          f" x prefill {s['prefill_ms']:.1f} ms ({s['amortised_prefill_ms']:.2f} ms)")
+
+
 def _progress(msg: str) -> None:
     print(f"  {msg}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
     """Check the request before jax starts, give the CPU the devices, project, print, write."""
+    from helix_jax.analysis.costmodel.serving import check_serving, mean_context
+
+    check_serving(args.mode, args.prompt_tokens, args.output_tokens)
+    serving = args.prompt_tokens is not None
+    if serving and args.context is None:
+        args.context = mean_context(args.prompt_tokens, args.output_tokens)
     context_as_seq(args)
     cfg, layout = model_and_layout(args, validate=False)  # check_projection checks them
     from helix_jax.analysis.costmodel.hardware import load_hardware
@@ -74,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_step(cfg, layout, args.mode,
                Partitioner.GSPMD if args.partitioner == BOTH else args.partitioner, args.weights)
+    if serving:  # the joining requests' prefill: batch 1, I positions, on the same layout
+        check_step(cfg.replace(batch=1, seq=args.prompt_tokens), layout, Mode.PREFILL,
+                   args.partitioner, args.weights)
     from helix_jax.analysis.planner.cache import use_fast_codegen
     from helix_jax.limits import MAX_WHOLE_DEVICES
 
@@ -95,10 +119,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         from helix_jax.report.console import print_projection
 
-        result = project(cfg, layout, hw, batch_chunks=chunks, mode=args.mode, remat=args.remat,
-                         progress=_progress, partitioner=args.partitioner,
-                         weights=args.weights, attention_pricing=args.attention_pricing).to_dict()
+        projection = project(cfg, layout, hw, batch_chunks=chunks, mode=args.mode,
+                             remat=args.remat, progress=_progress, partitioner=args.partitioner,
+                             weights=args.weights, attention_pricing=args.attention_pricing)
+        result = projection.to_dict()
+        if serving:
+            from helix_jax.analysis.costmodel.serving import serving_itl
+
+            result["serving"] = serving_itl(cfg, layout, hw, projection, args.prompt_tokens,
+                                            args.output_tokens, weights=args.weights)
         print_projection(result)
+        if serving:
+            _print_serving(result["serving"])
     if args.json:
         with files.atomic_output(args.json) as tmp:
             tmp.write_text(json.dumps(result, indent=1))

@@ -30,6 +30,7 @@ from flax import nnx
 
 from helix_jax.comm import Comm, vary_like
 from helix_jax.config import ModelConfig
+from helix_jax.nn import float8
 from helix_jax.nn.fused_attention import fused_attend, use_fused
 from helix_jax.nn.mlp import normal, operand
 from helix_jax.nn.norm import RMSNorm
@@ -387,7 +388,7 @@ class Attention(nnx.Module):
         if kv:
             weight = self._own_kv_heads(weight, comm, 1)
             bias = None if bias is None else self._own_kv_heads(bias, comm, 0)
-        out = jnp.einsum("bsD,Dhk->bshk", h, operand(weight, h.dtype))
+        out = float8.matmul("bsD,Dhk->bshk", h, weight, h.dtype)
         out = out if bias is None else out + bias.astype(h.dtype)
         return comm.constrain(out, *(KV_AXES if kv else QKV_AXES))
 
@@ -408,8 +409,9 @@ class Attention(nnx.Module):
 
     def _out(self, o: Array, comm: Comm) -> Array:
         o = comm.constrain(o, *QKV_AXES)
-        wo = operand(self.wo[...], o.dtype)
-        out = comm.reduce_apply(o, lambda c: jnp.einsum("bshk,hkD->bsD", c, wo),
+        wo = self.wo[...]
+        wo = wo if float8.is_float8(wo) else operand(wo, o.dtype)
+        out = comm.reduce_apply(o, lambda c: float8.matmul("bshk,hkD->bsD", c, wo, o.dtype),
                                 "heads", "head_dim")
         return out + self.bo[...].astype(o.dtype) if hasattr(self, "bo") else out
 

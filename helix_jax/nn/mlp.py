@@ -16,6 +16,7 @@ from flax import nnx
 
 from helix_jax.comm import Comm
 from helix_jax.config import ModelConfig
+from helix_jax.nn import float8
 from helix_jax.nn.float8 import operand
 
 
@@ -51,7 +52,9 @@ class MLP(nnx.Module):
                 self.b3 = nnx.Param(jnp.zeros((F,), jnp.float32), out_sharding=("mlp",))
 
     def _in(self, h: jax.Array, w: str, b: str) -> jax.Array:
-        out = h @ operand(getattr(self, w)[...], h.dtype)
+        weight = getattr(self, w)[...]
+        out = (float8.matmul("bsd,df->bsf", h, weight, h.dtype) if float8.is_float8(weight)
+               else h @ operand(weight, h.dtype))
         return out + getattr(self, b)[...].astype(h.dtype) if hasattr(self, b) else out
 
     def __call__(self, h: jax.Array, comm: Comm) -> jax.Array:  # h: [B, S, D] -> [B, S, D]
@@ -62,6 +65,11 @@ class MLP(nnx.Module):
             return hidden(self.ffn, self._in(c, "w1", "b1"), up)
 
         u = comm.constrain(comm.gather_apply(h, first, "mlp"), "batch", None, "mlp")  # [B, S, F/t]
-        w2 = operand(self.w2[...], h.dtype)
-        out = comm.reduce_apply(u, lambda c: c @ w2, "mlp")  # partial sums over `mlp`, summed
+        w2 = self.w2[...]
+        if float8.is_float8(w2):
+            down = lambda c: float8.matmul("bsf,fd->bsd", c, w2, h.dtype)  # noqa: E731
+        else:
+            w2 = operand(w2, h.dtype)
+            down = lambda c: c @ w2  # noqa: E731
+        out = comm.reduce_apply(u, down, "mlp")  # partial sums over `mlp`, summed
         return out + self.b2[...].astype(h.dtype) if hasattr(self, "b2") else out

@@ -24,7 +24,8 @@ from flax import nnx
 
 from helix_jax.comm import Comm
 from helix_jax.config import ModelConfig
-from helix_jax.nn.mlp import MLP, hidden, normal, operand
+from helix_jax.nn import float8
+from helix_jax.nn.mlp import MLP, hidden, normal
 from helix_jax.parallel.experts import apply_experts
 
 Array = jax.Array
@@ -126,12 +127,12 @@ class MoE(nnx.Module):
         dt = x.dtype
 
         def up(w: str, b: str) -> Array:
-            out = jnp.einsum("end,edf->enf", x, operand(getattr(self, w)[...], dt))
+            out = float8.matmul("end,edf->enf", x, getattr(self, w)[...], dt)
             return out + getattr(self, b)[...].astype(dt)[:, None, :] if hasattr(self, b) else out
 
         u = hidden(self.ffn, up("w1", "b1"), up("w3", "b3") if self.ffn == "swiglu" else None)
         u = comm.constrain(u, "expert", "batch", "expert_mlp", first=(0,))
-        out = jnp.einsum("enf,efd->end", u, operand(self.w2[...], dt))
+        out = float8.matmul("enf,efd->end", u, self.w2[...], dt)
         if not hasattr(self, "b2"):
             return out
         b2 = self.b2[...].astype(dt)

@@ -118,8 +118,8 @@ def _print_weights(weights: str) -> None:
     """The line of a run with float8 weights (nothing for the model's own dtype)."""
     if weights == Weights.FLOAT8:
         print("weights  float8: float8_e4m3fn matmul weights with float32 per-output-channel "
-              "scales, dequantised at each matmul (embedding, norms, biases and router in the "
-              "model's dtype)")
+              "scales, each matmul W8A8 (its activation rounded to float8 with a per-tensor "
+              "scale); embedding, norms, biases and router in the model's dtype")
 
 
 def print_generated(prompt: list, gen) -> None:

@@ -30,6 +30,9 @@ class Hardware:
       busbw_max_other                  the bus bandwidth cap of the other collectives in a node
       latency_small_s                  the time of a small collective (the curve's floor)
       nic_bytes_per_s                  achieved per-GPU network rate between nodes
+      fp8_flops_per_s                  achieved rate of FP8 x FP8 matmuls (W8A8 under
+                                       `--weights float8`); 0 where the GPU has no FP8 tensor
+                                       cores (A100): those matmuls then run at flops_per_s
       sources                          field name -> where its value comes from
     """
 
@@ -52,6 +55,7 @@ class Hardware:
     busbw_max_other: float = 0.0
     latency_small_s: float = 0.0
     nic_bytes_per_s: float = 0.0
+    fp8_flops_per_s: float = 0.0
     sources: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __hash__(self) -> int:
@@ -69,6 +73,22 @@ class Hardware:
         return self.nvlink_bytes_per_s, self.latency_nvlink_s
 
 
+# H100 SXM datasheet (NVIDIA H100 Tensor Core GPU datasheet, "H100 SXM" column): FP8 Tensor Core
+# 3,958 TFLOP/s with sparsity, i.e. 1,979 dense, against 989 dense for BF16/FP16 (1,979 with
+# sparsity). The achieved FP8 rate is taken at the fraction of its peak that the profile's
+# achieved 16-bit rate reaches (no FP8 measurement is held here): flops_per_s x 1979 / 989.
+H100_FP8_DENSE_PEAK = 1979e12
+H100_BF16_DENSE_PEAK = 989e12
+_FP8_SOURCE = ("H100 SXM datasheet: FP8 Tensor Core 3,958 TFLOP/s with sparsity = 1,979 dense, "
+               "2.0x the 989 dense bf16; achieved at the fraction of peak of this profile's "
+               "16-bit rate (flops_per_s x 1979 / 989; an assumption, no FP8 GEMM measured)")
+
+
+def _h100_fp8(flops_per_s: float) -> float:
+    """The achieved FP8 rate of an H100 profile whose achieved 16-bit rate is `flops_per_s`."""
+    return flops_per_s * H100_FP8_DENSE_PEAK / H100_BF16_DENSE_PEAK
+
+
 _LATENCY_NOTE = ("Latencies (3 us per NVLink step, 10 us per InfiniBand step) are assumed orders "
                  "of magnitude for NCCL ring steps, not measurements.")
 
@@ -76,7 +96,8 @@ HARDWARE: dict[str, Hardware] = {
     "h100-paper": Hardware(
         name="h100-paper", flops_per_s=800e12, peak_flops_per_s=989e12, hbm_bytes_per_s=3.0e12,
         nvlink_bytes_per_s=200e9, ib_bytes_per_s=200e9, gpus_per_node=4, hbm_capacity_bytes=80e9,
-        latency_nvlink_s=3e-6, latency_ib_s=10e-6,
+        latency_nvlink_s=3e-6, latency_ib_s=10e-6, fp8_flops_per_s=_h100_fp8(800e12),
+        sources={"fp8_flops_per_s": _FP8_SOURCE},
         notes=("The paper's cluster as the paper describes it: 4 nodes x 4 H100 80GB. NVLink "
                "'400 GB/s bidirectional' is read as the sum of both directions: 200 GB/s per GPU "
                "per direction. InfiniBand '200 GB/s per link' is read as per GPU per direction "
@@ -87,7 +108,8 @@ HARDWARE: dict[str, Hardware] = {
     "h100-sxm": Hardware(
         name="h100-sxm", flops_per_s=800e12, peak_flops_per_s=989e12, hbm_bytes_per_s=3.35e12,
         nvlink_bytes_per_s=450e9, ib_bytes_per_s=50e9, gpus_per_node=4, hbm_capacity_bytes=80e9,
-        latency_nvlink_s=3e-6, latency_ib_s=10e-6,
+        latency_nvlink_s=3e-6, latency_ib_s=10e-6, fp8_flops_per_s=_h100_fp8(800e12),
+        sources={"fp8_flops_per_s": _FP8_SOURCE},
         notes=("H100 SXM datasheet figures on the paper's cluster shape (4 nodes x 4 GPUs): "
                "989 TFLOP/s peak dense fp16/bf16, 800 achieved; HBM3 3.35 TB/s peak; NVLink 4 "
                "900 GB/s total = 450 GB/s per direction; one 400 Gb/s InfiniBand NIC per GPU = "
@@ -103,7 +125,9 @@ HARDWARE: dict[str, Hardware] = {
         allreduce_busbw=((1 << 20, 67e9), (16 << 20, 237e9), (64 << 20, 362e9),
                          (128 << 20, 401e9), (1 << 30, 466e9), (8 << 30, 480e9)),
         busbw_max_other=370e9, latency_small_s=15e-6, nic_bytes_per_s=40e9,
+        fp8_flops_per_s=_h100_fp8(792.1e12),
         sources={
+            "fp8_flops_per_s": _FP8_SOURCE,
             "flops_per_s": "MAMF (maximum achievable matmul FLOPS) of H100 SXM, bf16: 792.1 "
                            "TFLOP/s (S. Bekman, ml-engineering, compute/accelerator, MAMF table)",
             "peak_flops_per_s": "H100 SXM datasheet: 989 TFLOP/s dense bf16/fp16",
@@ -132,7 +156,11 @@ HARDWARE: dict[str, Hardware] = {
         allreduce_busbw=((1 << 20, 57.4e9), (16 << 20, 176.6e9), (64 << 20, 197.1e9),
                          (128 << 20, 201.0e9), (1 << 30, 204.6e9), (8 << 30, 204.9e9)),
         busbw_max_other=200e9, latency_small_s=10e-6, nic_bytes_per_s=22e9,
+        fp8_flops_per_s=0.0,
         sources={
+            "fp8_flops_per_s": "none: the A100 has no FP8 Tensor Cores (its datasheet lists FP64, "
+                               "TF32, BF16/FP16 and INT8 Tensor Core rates; FP8 came with "
+                               "Hopper): float8 matmuls run at the 16-bit rate",
             "flops_per_s": "MAMF of A100 SXM, bf16: 267.9 TFLOP/s (S. Bekman, ml-engineering, "
                            "compute/accelerator, MAMF table)",
             "peak_flops_per_s": "A100 SXM datasheet: 312 TFLOP/s dense bf16/fp16",
@@ -176,7 +204,8 @@ HARDWARE["dgx-h200"] = dataclasses.replace(
 _FIELDS = {f.name: f for f in dataclasses.fields(Hardware)}
 _IGNORED = {"measurements"}  # what `helix calibrate` keeps beside the profile, for the reader
 _OPTIONAL = {"name", "notes", "sm_count", "mm_tile_m", "mm_tile_n", "attention_flops_per_s",
-             "allreduce_busbw", "busbw_max_other", "latency_small_s", "nic_bytes_per_s", "sources"}
+             "allreduce_busbw", "busbw_max_other", "latency_small_s", "nic_bytes_per_s",
+             "fp8_flops_per_s", "sources"}
 
 
 # Fields that count things: whole numbers, at most this (what any machine or kernel has).
@@ -197,7 +226,7 @@ def _from_mapping(data: dict, default_name: str, source: str) -> Hardware:
     values = {"name": str(data.get("name", default_name)), "notes": str(data.get("notes", ""))}
     numbers = (set(_FIELDS) - _OPTIONAL) | (set(data) & {
         "sm_count", "mm_tile_m", "mm_tile_n", "attention_flops_per_s", "busbw_max_other",
-        "latency_small_s", "nic_bytes_per_s"})
+        "latency_small_s", "nic_bytes_per_s", "fp8_flops_per_s"})
     for key in numbers:
         v = data[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):

@@ -428,7 +428,12 @@ def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
 
     T = cfg.seq if mode == "prefill" else 1
     kb = block_size(cfg.seq // layout.size("kv_seq"), cfg.kv_block)
-    blocks = {(block_size(T, cfg.q_block), kb), (T, kb)} | score_blocks(cfg, layout)
+    step_blocks = {(block_size(T, cfg.q_block), kb), (T, kb)}
+    shards = layout.size("heads")  # grouped-query: the r query heads of a K/V head folded into
+    r = (cfg.n_heads // shards) // max(1, cfg.kv_heads // shards)  # the query rows
+    if r > 1:
+        step_blocks |= {b for q, k in step_blocks for b in ((r * q, k), (k, r * q))}
+    blocks = step_blocks | score_blocks(cfg, layout)
     compute = compute_time(hlo, hw, DTYPE_BYTES[cfg.dtype], blocks)
     priced = price_collectives(hlo, cfg, layout, hw)
     weight_bytes, cache_bytes = hbm_floor_parts(sharded)

@@ -24,13 +24,17 @@ reads the operands as they are), the elementwise work inside the attention core 
 flash-style kernel keeps it on chip: op_name under `attention_core`), and matmul operands that
 XLA:CPU widened to f32 (bytes are counted at the model's element size).
 
-Float8 weights (`--weights float8`, nn/float8.py) add two more: XLA:CPU cannot slice float8
+Float8 weights (`--weights float8`, nn/float8.py) add more: XLA:CPU cannot slice float8
 arrays, so it converts each stacked float8 weight whole to f16 (a kernel that only converts a
-float8 array), and it dequantises each weight in a kernel of its own (ops under `DEQUANT_SCOPE`)
-before the matmul. A fused weight-only FP8 GEMM on a GPU does that in its prologue: both are
-left out, and the matmul reads such a weight at one byte per element plus one float32 scale per
-output column (elements / K), where a 16-bit weight costs two bytes per element (priced, not
-yet timed on a GPU).
+float8 array), and converts each layer's float8 values up before the matmul (a dequantisation
+kernel: ops under `DEQUANT_SCOPE`, or a layout-only conversion of a float8 array); a kernel that
+only quantises an activation or scales a W8A8 product (`_is_w8a8_plumbing`) has no GPU
+counterpart either. These are left out. A matmul reads a float8 weight operand at one byte per
+element plus one float32 scale per output column (elements / K), and a float8 activation
+operand (rounded under `ACTIVATION_SCOPE`) at one byte per element; one whose operands are both
+float8 (W8A8) runs at the profile's FP8 rate (`matmul_rate`). The activation's amax and
+rounding, where XLA:CPU fuses them with the kernel that made the activation (a norm, SwiGLU),
+stay priced as that kernel's bytes (priced, not yet timed on a GPU).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from helix_jax.analysis.hlo.flops import OP_NAME, dims_attr
 from helix_jax.analysis.hlo.memo import per_program
 from helix_jax.analysis.hlo.module import HloModule, Instruction, array_bytes, parse_arrays, parse_module
 from helix_jax.nn.attention import ATTENTION_SCOPE
-from helix_jax.nn.float8 import DEQUANT_SCOPE
+from helix_jax.nn.float8 import ACTIVATION_SCOPE, DEQUANT_SCOPE, OUTPUT_SCALE_SCOPE
 
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional",
          "call", "after-all", "partition-id", "replica-id", "opt-barrier", "add-dependency",
@@ -65,6 +69,7 @@ class KernelShape:
     flops: float  # per run
     bytes: float  # per run
     gemm: tuple[int, int, int, int] = (0, 0, 0, 0)
+    fp8: bool = False  # a matmul of a float8 weight and a float8 activation (W8A8)
 
 
 @dataclass(frozen=True)
@@ -223,21 +228,55 @@ def float8_upcast_bytes(hlo_text: str) -> int:
                if _is_float8_upcast(prog, i))
 
 
-def _dequantized_elements(prog: _Program, ins: Instruction, by_name: dict[str, Instruction],
-                          dequant: set[str]) -> int:
-    """Elements of the operands of the matmul kernel `ins` that a dequantisation kernel made
-    (through layout-only kernels): the float8 weights it reads."""
-    total = 0
+def _is_w8a8_plumbing(prog: _Program, ins: Instruction) -> bool:
+    """A kernel that only quantises an activation (its amax, its rounding) or scales a W8A8
+    product by its weight's output-channel scales: every op in it that is not a layout op runs
+    under `ACTIVATION_SCOPE` or `OUTPUT_SCALE_SCOPE`. A serving GPU has none of these kernels:
+    the activation scale is static (calibrated) and the rounding is the epilogue of the kernel
+    that made the activation, the output scaling the GEMM's epilogue."""
+    body = prog.body(ins) if ins.opcode == "fusion" else [ins]
+    work = [i for i in body if i.opcode not in _LAYOUT_OPS]
+    return bool(work) and all(ACTIVATION_SCOPE in prog.op_name(i)
+                              or OUTPUT_SCALE_SCOPE in prog.op_name(i) for i in work)
+
+
+def _float8_kind(prog: _Program, ins: Instruction) -> str | None:
+    """What float8 value a kernel hands on: "activation" when it rounds its result through
+    float8 under `ACTIVATION_SCOPE` (`float8.quantize_activation`, perhaps fused with the norm
+    or activation function before it), "weight" when it converts a float8 array (a float8
+    weight's values), else None."""
+    if ins.opcode in ("parameter", "constant"):
+        return None
+    body = prog.body(ins) if ins.opcode == "fusion" else [ins]
+    f8 = [i for i in body if any(d.startswith("f8") for d, _ in parse_arrays(i.shape))]
+    if any(ACTIVATION_SCOPE in prog.op_name(i) for i in f8):
+        return "activation"
+    return "weight" if f8 or any(
+        d.startswith("f8") for arrays in prog.mod.operand_arrays(ins) for d, _ in arrays) else None
+
+
+def _float8_operands(prog: _Program, ins: Instruction, by_name: dict[str, Instruction],
+                     dequant: set[str]) -> tuple[int, int]:
+    """Elements of the operands of the matmul kernel `ins` that are float8 values: (weights,
+    activations). A weight is float8 when a dequantisation kernel (`DEQUANT_SCOPE`) or a
+    conversion of a float8 array made it, an activation when `quantize_activation` did,
+    through layout-only kernels either way."""
+    weights = activations = 0
     for name, _ in ins.operands:
-        source = name
-        while source in by_name and source not in dequant:
+        source, kind = name, None
+        while source in by_name:
             producer = by_name[source]
-            if not _is_layout_only(prog, producer) or len(producer.operands) != 1:
+            kind = "weight" if source in dequant else _float8_kind(prog, producer)
+            if kind or not _is_layout_only(prog, producer) or len(producer.operands) != 1:
                 break
             source = producer.operands[0][0]
-        if source in dequant:
-            total += sum(math.prod(d) for _, d in parse_arrays(by_name[name].shape))
-    return total
+        elements = sum(math.prod(d) for _, d in parse_arrays(by_name[name].shape)) if (
+            name in by_name) else 0
+        if kind == "weight":
+            weights += elements
+        elif kind == "activation":
+            activations += elements
+    return weights, activations
 
 
 F32_SCALE_BYTES = 4  # one float32 scale per output column of a float8 weight
@@ -296,6 +335,14 @@ def _flat_scores(prog: _Program, instrs: list[Instruction], blocks) -> bool:
         _touches_blocks(prog, d, blocks, flat=True) for d in dots)
 
 
+def matmul_rate(hw, fp8: bool) -> float:
+    """The achieved rate of a matmul kernel: the profile's FP8 rate for a W8A8 matmul where the
+    profile has one (`Hardware.fp8_flops_per_s`; 0 on a GPU without FP8 tensor cores, such as
+    the A100), else its 16-bit rate."""
+    fast = getattr(hw, "fp8_flops_per_s", 0.0)
+    return fast if fp8 and fast else hw.flops_per_s
+
+
 def kernels(hlo_text: str, hw, elem_bytes: int,
             score_blocks: set[tuple[int, ...]] = frozenset(),
             f32_as_model_dtype: bool = True, fused_attention: bool = True) -> list[Kernel]:
@@ -310,7 +357,7 @@ def kernels(hlo_text: str, hw, elem_bytes: int,
         if k.kind == "memory":
             seconds = k.bytes / hw.hbm_bytes_per_s
         else:
-            rate = attn_rate if k.kind == "attention" else hw.flops_per_s
+            rate = attn_rate if k.kind == "attention" else matmul_rate(hw, k.fp8)
             # a flash kernel runs every (head, query tile) of the scan's blocks at once, so one
             # block's tile grid does not set its waves; its measured rate already holds them
             b, m, n, depth = k.gemm
@@ -346,6 +393,7 @@ def kernel_shapes(hlo_text: str, elem_bytes: int,
         scope = ATTENTION_SCOPE
     narrow = elem_bytes if f32_as_model_dtype and elem_bytes < 4 else None
     prog = _Program(hlo_text, narrow)
+    float8_program = "f8e4m3fn" in hlo_text
     out: list[KernelShape] = []
     flats = {c: _flat_scores(prog, i, score_blocks) for c, i in prog.mod.computations.items()}
     scoring = {c for c, instrs in prog.mod.computations.items() if any(
@@ -380,16 +428,19 @@ def kernel_shapes(hlo_text: str, elem_bytes: int,
                                 or _touches_blocks(prog, ins, score_blocks)
                                 or (ins.name in dot_inputs and _is_layout_only(prog, ins))
                                 or _is_store(prog, ins) or ins.name in dequant
+                                or _is_w8a8_plumbing(prog, ins)
                                 or _is_float8_upcast(prog, ins)):
                 continue  # CPU plumbing around a dot, or fused into the attention kernel
             if dot is not None:
                 b, m, n, k = gemm_shape(prog.mod, dot)
-                f8 = _dequantized_elements(prog, ins, by_name, dequant)  # float8 weights read
+                f8, a8 = (_float8_operands(prog, ins, by_name, dequant) if float8_program
+                          else (0, 0))  # float8 weight and activation elements read
                 on_chip = _score_elements(prog, dot, score_blocks, flat) if attention else 0
-                moved = (b * (m * k + k * n + m * n) - f8 - on_chip) * elem_bytes
+                moved = (b * (m * k + k * n + m * n) - f8 - a8 - on_chip) * elem_bytes
                 found[ins.name] = KernelShape(
                     ins.name, "attention" if attention else "matmul", runs, 2.0 * b * m * n * k,
-                    float(moved + f8 * (1 + F32_SCALE_BYTES / k)), (b, m, n, k))
+                    float(moved + f8 * (1 + F32_SCALE_BYTES / k) + a8), (b, m, n, k),
+                    fp8=bool(f8 and a8))
                 continue
             found[ins.name] = KernelShape(ins.name, "memory", runs, 0.0, _io_bytes(prog, ins))
         out += _fuse_memory_kernels(prog, comp, found)

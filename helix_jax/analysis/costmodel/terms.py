@@ -238,6 +238,8 @@ def pricing_terms(hw: Hardware) -> dict:
         return {"field": field, "value": value, "source": src.get(field, hw.notes or "profile")}
     terms = {
         "matmul kernels": term("flops_per_s", hw.flops_per_s),
+        "FP8 matmul kernels (W8A8, --weights float8)": term(
+            "fp8_flops_per_s", hw.fp8_flops_per_s or hw.flops_per_s),
         "attention kernels": term("attention_flops_per_s",
                                   hw.attention_flops_per_s or hw.flops_per_s),
         "memory-bound kernels": term("hbm_bytes_per_s", hw.hbm_bytes_per_s),
