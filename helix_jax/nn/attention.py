@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+import helix_jax.nn.float8 as float8
 from helix_jax.comm import Comm, vary_like
 from helix_jax.config import ModelConfig
-from helix_jax.nn import float8
 from helix_jax.nn.fused_attention import fused_attend, use_fused
 from helix_jax.nn.mlp import normal, operand
 from helix_jax.nn.norm import RMSNorm

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+import helix_jax.nn.float8 as float8
 from helix_jax.comm import Comm
 from helix_jax.config import ModelConfig
-from helix_jax.nn import float8
 from helix_jax.nn.mlp import MLP, hidden, normal
 from helix_jax.parallel.experts import apply_experts
 
