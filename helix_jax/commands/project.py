@@ -50,6 +50,10 @@ def add_parser(sub: Any) -> None:
                    help="forward/train: price the attention core as one fused flash kernel "
                    "(default) or as the unfused kernels of runs before flash attention (scores "
                    "written to HBM: e.g. Megatron-LM in 2022)")
+    p.add_argument("--composed", action="store_true", default=None,
+                   help="train: price a pipeline by one compiled stage and Megatron's schedule "
+                   "(what `helix plan` ranks; the default compiles a dp=1 pipeline whole and "
+                   "reads it as helix's runtime runs it)")
     p.add_argument("--batch-chunks", default="auto",
                    help="walk the batch in this many chunks (default auto: fewest that fit memory)")
     p.add_argument("--json", help="write the full read-out to this JSON file")
@@ -94,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     from helix_jax.devices import ensure_host_devices
 
     check_step(cfg, layout, args.mode,
-               Partitioner.GSPMD if args.partitioner == BOTH else args.partitioner, args.weights)
+               Partitioner.GSPMD if args.partitioner == BOTH else args.partitioner, args.weights,
+               args.composed)
     if serving:  # the joining requests' prefill: batch 1, I positions, on the same layout
         check_step(cfg.replace(batch=1, seq=args.prompt_tokens), layout, Mode.PREFILL,
                    args.partitioner, args.weights)
@@ -121,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
 
         projection = project(cfg, layout, hw, batch_chunks=chunks, mode=args.mode,
                              remat=args.remat, progress=_progress, partitioner=args.partitioner,
-                             weights=args.weights, attention_pricing=args.attention_pricing)
+                             weights=args.weights, attention_pricing=args.attention_pricing,
+                             composed=args.composed)
         result = projection.to_dict()
         if serving:
             from helix_jax.analysis.costmodel.serving import serving_itl

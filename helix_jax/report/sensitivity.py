@@ -42,7 +42,8 @@ def error(row: dict, hw, cache: ProgramCache, models: Path) -> float:
     cfg = load_model_file(models / f"{row['model']}.toml").replace(
         batch=row["batch"], seq=row["seq"], dtype=row["dtype"])
     p = project(cfg, parse_layout(row["layout"]), hw, mode="train", remat=row["remat"],
-                compiler=cache)
+                compiler=cache, attention_pricing=row.get("attention", "flash"),
+                composed=row.get("composed"))
     return p.step_seconds / row["measured"] - 1
 
 

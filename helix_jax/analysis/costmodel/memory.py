@@ -252,15 +252,22 @@ def whole_memory(sharded, accumulation: int, compiled: dict | None = None) -> di
         states = model_state_bytes(local, elem)
         kept = "16-bit parameters + fp32 gradients, masters and Adam moments"
     micro = cfg.batch / layout.size("batch") / accumulation
+    flight, layers, pp = 1.0, cfg.n_layers, layout.size("layers")
+    if pp > 1:  # a pipeline stage compiled whole: its layers, the microbatches it holds at once
+        o = layout.options
+        flight = in_flight(o.get("schedule", "gpipe"), pp, o["microbatches"], o.get("virtual", 1))
+        micro, layers = cfg.batch / layout.size("batch") / o["microbatches"], cfg.n_layers // pp
     split = split_of(cfg, layout, micro)
-    act = stage_activation_bytes(cfg, split, sharded.remat, cfg.n_layers)
+    act = flight * stage_activation_bytes(cfg, split, sharded.remat, layers)
     logits = logits_bytes(cfg, split)
     total = states + act + logits
     parts = {"model_states_bytes": states, "activations_bytes": act, "logits_bytes": logits,
              "parameters_per_device": local,
-             "how": (f"formula (analysis/costmodel/memory.py): {kept}, the activations of one "
-                     f"of {accumulation} accumulation steps (Korthikanti et al. 2022, fused "
-                     f"attention, remat {sharded.remat}) and the fp32 logits")}
+             "how": (f"formula (analysis/costmodel/memory.py): {kept}, the activations of "
+                     + (f"{flight:g} in-flight microbatches of a stage's {layers} layers"
+                        if pp > 1 else f"one of {accumulation} accumulation steps")
+                     + f" (Korthikanti et al. 2022, fused attention, remat {sharded.remat}) "
+                     f"and the fp32 logits")}
     if compiled is not None:
         parts["compiled_program"] = {**compiled, "note": "XLA:CPU memory_analysis of the "
                                      "compiled program: errs high (f32 upcasts, unfused "

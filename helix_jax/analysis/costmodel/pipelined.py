@@ -36,9 +36,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from helix_jax.analysis.costmodel.compose import activation_bytes_per_layer, in_flight
 from helix_jax.analysis.costmodel.formulas import DTYPE_BYTES
 from helix_jax.analysis.costmodel.hardware import Hardware
+from helix_jax.analysis.costmodel.memory import activation_bytes_per_layer, in_flight
 from helix_jax.analysis.costmodel.pricing import collective_time
 from helix_jax.analysis.costmodel.projection import Projection
 from helix_jax.analysis.costmodel.roofline import kernels
@@ -148,13 +148,13 @@ def _transposed(r: _Reader, comp: str) -> bool:
 
 def _memory(cfg: ModelConfig, layout: Layout, proj: Projection, remat: str) -> dict:
     """The compiled step's temporaries (activations live at once are among them) beside the
-    activation formula's in-flight microbatches (`compose.in_flight`)."""
+    activation formula's in-flight microbatches (`memory.in_flight`)."""
     o = layout.options
     p, M, V = layout.size("layers"), o["microbatches"], o.get("virtual", 1)
     flight = in_flight(o.get("schedule", "gpipe"), p, M, V)
     per_mb = activation_bytes_per_layer(cfg, cfg.batch // M, o["tp"], o.get("sp", False),
                                         remat) * cfg.n_layers / p
-    return {"compiled_temp_bytes": proj.memory["temp_bytes"],
+    return {"compiled_temp_bytes": proj.memory["compiled_program"]["temp_bytes"],
             "in_flight_microbatches_formula": flight,
             "activations_in_flight_formula_bytes": flight * per_mb}
 

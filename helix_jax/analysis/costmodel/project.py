@@ -225,7 +225,7 @@ def composes(layout: Layout, mode: str, partitioner: str = "shard_map",
         return is_composed(layout, mode) and not whole
     if composed and not is_composed(layout, mode):
         raise ValueError(f"{layout.spec}: its --mode {mode} step is compiled whole, not composed "
-                         f"from one stage")
+                         f"from one stage; drop --composed")
     if not composed and is_composed(layout, mode) and not whole:
         raise ValueError(f"{layout.spec}: its --mode {mode} step is composed from one stage; "
                          f"whole only for a pipeline of dp=1 without cp or ep on at most "
