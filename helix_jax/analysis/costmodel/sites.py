@@ -4,8 +4,9 @@ line XLA attributes it to.
 A collective that XLA's SPMD partitioner inserted carries the metadata of the operation that needed
 it (`op_name`, e.g. `jit(f)/attention_core/bqhd,bkhd->bhqk/dot_general`, and a `stack_frame_id`
 into the module's stack-frame tables). The source line reported is the innermost frame in the
-model's own code outside `comm.py` (whose `constrain` only forwards what a module asked for), so
-that a collective nobody wrote by hand can be traced to the line that caused it.
+model's own code outside `comm.py` (whose `constrain` only forwards what a module asked for) and
+`nn/float8.py` (the matmul helper every weight goes through), so that a collective nobody wrote by
+hand can be traced to the line that caused it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from helix_jax.layouts import Layout
 _SECTIONS = ("FileNames", "FunctionNames", "FileLocations", "StackFrames")
 _FIELD = re.compile(r"(\w+)=(\d+)")
 _PACKAGE = Path(__file__).resolve().parents[2]  # helix_jax/
-_FORWARDERS = ("comm.py",)  # frames that only pass a module's request on
+_FORWARDERS = ("comm.py", "float8.py")  # frames that only pass a module's request on (float8:
+# the matmul helper every weight goes through)
 
 
 @dataclasses.dataclass(frozen=True)
