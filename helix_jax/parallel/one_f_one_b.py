@@ -164,30 +164,68 @@ class _Run:
             carry["f_inbox"], carry["recv_f"], t % self.table.forward_inbox, 0)
         b_inbox = jax.lax.dynamic_update_index_in_dim(
             carry["b_inbox"], carry["recv_b"], t % self.table.backward_inbox, 0)
-        y, stats, stash, loss, ct, d_head = _cond(
-            op == FORWARD, lambda: self.run_forward(f_inbox, i, c, inbox), self.skip_forward,
-            self.masked)
-        # write this tick's residuals before the backward reads its slot (a backward reads a slot
-        # no forward writes in the same tick): the stash is then updated in place and only read
-        # after, where a read and a write left unordered make XLA copy every stash buffer per tick
-        write = jnp.where(op == FORWARD, slot, self.table.stash_slots)  # else the spare slot
-        stash = [jax.lax.dynamic_update_index_in_dim(buf, v, write, 0)
-                 for buf, v in zip(carry["stash"], stash)]
-        d_params, d_h = _cond(
-            op == BACKWARD, lambda: self.run_backward(carry, stash, b_inbox, c, slot, inbox),
-            self.skip_backward, self.masked)
+        if self.masked:
+            y, stats, stash, loss, ct, d_head, layer_grads, d_h = self.masked_work(
+                carry, op, i, c, slot, inbox, f_inbox, b_inbox)
+        else:
+            y, stats, stash, loss, ct, d_head, layer_grads, d_h = self.work(
+                carry, op, i, c, slot, inbox, f_inbox, b_inbox)
         new = dict(carry, f_inbox=f_inbox, b_inbox=b_inbox,
                    recv_f=self.comm.rotate(y, "layers", 1),
                    recv_b=self.comm.rotate(d_h, "layers", -1),
                    head_ct=jnp.where(op == FORWARD, ct, carry["head_ct"]),
                    loss=carry["loss"] + loss,
                    head_grads=jax.tree.map(jnp.add, carry["head_grads"], d_head),
-                   layer_grads=self.add_at(carry["layer_grads"], d_params, c),
+                   layer_grads=layer_grads,
                    stats=self.add_at(carry["stats"], stats, c), stash=stash)
         first = (op == BACKWARD) & (self.stage == 0) & (c == 0)
         new["input_grads"] = jax.lax.dynamic_update_index_in_dim(
             carry["input_grads"], d_h, jnp.where(first, i, self.M), 0)
         return jax.tree.map(lambda a, ref: vary_like(a, ref), new, carry), None
+
+    def work(self, carry, op, i, c, slot, inbox, f_inbox, b_inbox):
+        """The tick's forward or backward with the stash and the gradient accumulators updated
+        inside the branch that changes them (a skipping branch hands them on untouched), so XLA
+        updates them in place: no residuals or zero gradients leave a branch to be written."""
+        def forward():
+            y, stats, res, loss, ct, d_head = self.run_forward(f_inbox, i, c, inbox)
+            stash = [jax.lax.dynamic_update_index_in_dim(buf, v, slot, 0)
+                     for buf, v in zip(carry["stash"], res)]
+            return y, stats, stash, loss, ct, d_head
+
+        def skip():
+            y, stats, _, loss, ct, d_head = self.skip_forward(residuals=False)
+            return y, stats, carry["stash"], loss, ct, d_head
+
+        y, stats, stash, loss, ct, d_head = _cond(op == FORWARD, forward, skip)
+
+        def backward():
+            d_params, d_h = self.run_backward(carry, stash, b_inbox, c, slot, inbox)
+            return self.add_at(carry["layer_grads"], d_params, c), d_h
+
+        def hold():
+            return carry["layer_grads"], self.zeros(self.y)
+
+        layer_grads, d_h = _cond(op == BACKWARD, backward, hold)
+        return y, stats, stash, loss, ct, d_head, layer_grads, d_h
+
+    def masked_work(self, carry, op, i, c, slot, inbox, f_inbox, b_inbox):
+        """`work` for stages whose chunk holds collective-permutes: both branches run and the
+        results are selected (`_cond`), so the stash and accumulators are written outside."""
+        y, stats, stash, loss, ct, d_head = _cond(
+            op == FORWARD, lambda: self.run_forward(f_inbox, i, c, inbox), self.skip_forward,
+            True)
+        # write this tick's residuals before the backward reads its slot (a backward reads a slot
+        # no forward writes in the same tick): a read and a write left unordered make XLA copy
+        # every stash buffer per tick
+        write = jnp.where(op == FORWARD, slot, self.table.stash_slots)  # else the spare slot
+        stash = [jax.lax.dynamic_update_index_in_dim(buf, v, write, 0)
+                 for buf, v in zip(carry["stash"], stash)]
+        d_params, d_h = _cond(
+            op == BACKWARD, lambda: self.run_backward(carry, stash, b_inbox, c, slot, inbox),
+            self.skip_backward, True)
+        return (y, stats, stash, loss, ct, d_head, self.add_at(carry["layer_grads"], d_params, c),
+                d_h)
 
     def add_at(self, acc, chunk_values, c):
         """`acc` [V·Lc, ...] with `chunk_values` [Lc, ...] added at chunk c."""
@@ -208,10 +246,11 @@ class _Run:
     def no_head(self):
         return self.own(self.head[0]), self.zeros(self.head[1]), self.own(self.head[2])
 
-    def skip_forward(self):
+    def skip_forward(self, residuals: bool = True):
         return (self.zeros(self.y), self.own(self.stats),
-                [_typed_zeros(s, self.stage) for s in self.stash], self.own(self.head[0]),
-                self.zeros(self.y), self.own(jax.eval_shape(_f32, self.head[2])))
+                [_typed_zeros(s, self.stage) for s in self.stash] if residuals else None,
+                self.own(self.head[0]), self.zeros(self.y),
+                self.own(jax.eval_shape(_f32, self.head[2])))
 
     def run_backward(self, carry, stash, b_inbox, c, slot, inbox):
         ct_y = jnp.where(inbox < 0, carry["head_ct"], b_inbox[jnp.maximum(inbox, 0)])
