@@ -132,3 +132,15 @@ def test_which_pipelines_are_compiled_whole(spec, composed):
     assert composes(parse_layout(spec), "train", cfg=CFG) is composed
     with pytest.raises(ValueError, match="compiled whole, not composed"):
         composes(parse_layout("tp-pp:tp=2,pp=1"), "train", composed=True)
+
+
+def test_a_whole_pipelines_memory_estimate_holds_its_in_flight_microbatches(projections):
+    """The GPU estimate of a stage compiled whole counts the stage's layers for the microbatches
+    its schedule holds at once: GPipe all M, 1F1B what the table holds (`memory.in_flight`)."""
+    from helix_jax.analysis.costmodel.memory import in_flight
+
+    act = {name: projections[name][0]["memory"]["activations_bytes"]
+           for name in ("gpipe", "1f1b")}
+    assert act["gpipe"] > 0
+    assert act["gpipe"] / act["1f1b"] == pytest.approx(
+        in_flight("gpipe", 2, M, 1) / in_flight("1f1b", 2, M, 1))
