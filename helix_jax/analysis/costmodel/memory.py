@@ -259,18 +259,19 @@ def whole_memory(sharded, accumulation: int, compiled: dict | None = None) -> di
         micro, layers = cfg.batch / layout.size("batch") / o["microbatches"], cfg.n_layers // pp
     split = split_of(cfg, layout, micro)
     act = flight * stage_activation_bytes(cfg, split, sharded.remat, layers)
+    stage = f"{flight:g} in-flight microbatches of {micro:g} sequences on a stage's {layers} layers"
+    step = f"one of {accumulation} accumulation steps"
+    held = stage if pp > 1 else f"{step} of {cfg.batch // accumulation} sequences"
     logits = logits_bytes(cfg, split)
     total = states + act + logits
     parts = {"model_states_bytes": states, "activations_bytes": act, "logits_bytes": logits,
              "parameters_per_device": local,
              "how": (f"formula (analysis/costmodel/memory.py): {kept}, the activations of "
-                     + (f"{flight:g} in-flight microbatches of a stage's {layers} layers"
-                        if pp > 1 else f"one of {accumulation} accumulation steps")
-                     + f" (Korthikanti et al. 2022, fused attention, remat {sharded.remat}) "
-                     f"and the fp32 logits")}
+                     f"{stage if pp > 1 else step} (Korthikanti et al. 2022, fused attention, remat "
+                     f"{sharded.remat}) and the fp32 logits")}
     if compiled is not None:
         parts["compiled_program"] = {**compiled, "note": "XLA:CPU memory_analysis of the "
                                      "compiled program: errs high (f32 upcasts, unfused "
                                      "optimizer temporaries); not what fits uses"}
     return {"total": total, "parts": parts, "states": states, "activations": act,
-            "logits": logits}
+            "logits": logits, "held": held}

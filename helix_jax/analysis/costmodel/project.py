@@ -313,7 +313,7 @@ def read_out(cfg: ModelConfig, layout: Layout, hw: Hardware, sharded, compiled,
     if mode == "train":  # the GPU estimate decides; the CPU read-out is reported beside it
         estimate = whole_memory(sharded, accumulation, memory)
         memory_bytes, memory = estimate["total"], estimate["parts"]
-        why = _train_fits_why(cfg, hw, estimate, accumulation)
+        why = _train_fits_why(hw, estimate)
     else:
         memory_bytes = memory["total_bytes"]
         why = _fits_why(hw, memory, sharded.batch_chunks)
@@ -369,14 +369,13 @@ def _fits_why(hw: Hardware, memory: dict, batch_chunks: int) -> str:
             f"f32 upcasts make this err high)")
 
 
-def _train_fits_why(cfg: ModelConfig, hw: Hardware, estimate: dict, accumulation: int) -> str:
+def _train_fits_why(hw: Hardware, estimate: dict) -> str:
     """Why a whole training step fits or not: the GPU estimate by part, and beside it the
     compiled program's CPU read-out (which errs high)."""
     cpu = estimate["parts"]["compiled_program"]["total_bytes"]
     return (f"{estimate['total'] / 1e9:.1f} GB per device against "
             f"{hw.hbm_capacity_bytes / 1e9:.0f} GB (GPU estimate): model states "
-            f"{estimate['states'] / 1e9:.1f} GB + activations of one of {accumulation} "
-            f"accumulation steps of {cfg.batch // accumulation} sequences "
+            f"{estimate['states'] / 1e9:.1f} GB + activations of {estimate['held']} "
             f"{estimate['activations'] / 1e9:.1f} GB + logits {estimate['logits'] / 1e9:.1f} GB"
             f"; XLA:CPU's memory_analysis of the program says {cpu / 1e9:.1f} GB (errs high: "
             f"f32 upcasts, unfused optimizer temporaries)")
