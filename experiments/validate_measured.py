@@ -66,7 +66,7 @@ import time
 from pathlib import Path
 
 from helix_jax.analysis.costmodel.hardware import load_hardware
-from helix_jax.analysis.costmodel.pipelined import whole_pipelined
+from helix_jax.analysis.costmodel.pipelined import as_megatron
 from helix_jax.analysis.costmodel.project import project
 from helix_jax.analysis.costmodel.serving import mean_context, serving_itl
 from helix_jax.analysis.costmodel.terms import model_flops_per_token
@@ -139,7 +139,7 @@ ROWS = [
 # The rows measure Megatron's schedule, which the composed projection prices; a dp=1 pipeline
 # would otherwise be compiled whole and read as helix's own runtime runs it.
 for _row in ROWS:
-    if whole_pipelined(parse_layout(_row["layout"]), "train"):
+    if as_megatron(parse_layout(_row["layout"])):
         _row["composed"] = True
 
 # Decode: a served request of 5,000 input and 500 output tokens; one decode step of the batch at

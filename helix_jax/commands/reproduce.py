@@ -133,7 +133,7 @@ def _project_row(label: str, layout: Layout, cfg: ModelConfig, hw: Any,
                  stage: Callable[[str], None], train: bool) -> dict:
     """A row's forward projection and, with `train`, its training and decode steps; a failed
     projection is recorded as its error."""
-    from helix_jax.analysis.costmodel.pipelined import whole_pipelined
+    from helix_jax.analysis.costmodel.pipelined import as_megatron
     from helix_jax.analysis.costmodel.project import project
 
     out: dict[str, Any] = {}
@@ -153,7 +153,7 @@ def _project_row(label: str, layout: Layout, cfg: ModelConfig, hw: Any,
         # the paper's baseline is Megatron's pipeline: priced by its schedule (composed), not
         # as helix's runtime would run it compiled whole
         t = project(cfg, layout, hw, mode="train",
-                    composed=True if whole_pipelined(layout, "train") else None).to_dict()
+                    composed=as_megatron(layout)).to_dict()
         out["projection_train"] = {**summarize_projection(t), "fits_why": t.get("fits_why"),
                                    "compiled": t["compiled"],
                                    "extended_by_formula": t["extended_by_formula"]}

@@ -65,6 +65,13 @@ def whole_pipelined(layout: Layout, mode: str) -> bool:
             and layout.devices <= MAX_WHOLE_DEVICES)
 
 
+
+def as_megatron(layout: Layout) -> bool | None:
+    """`project`'s `composed` for a training step measured on Megatron's schedule: True where a
+    pipeline would otherwise be compiled whole and read as helix's runtime runs it, else None
+    (the default path)."""
+    return True if whole_pipelined(layout, "train") else None
+
 class _Reader:
     """One compiled program's kernels and collectives, priced, per computation: the cost of any
     set of computation runs (`runs_under`)."""
