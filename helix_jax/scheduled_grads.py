@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 from helix_jax.model import Sharded, _own_copy, graphdef
 from helix_jax.nn.transformer import Transformer
 from helix_jax.parallel import context, schedule
-from helix_jax.parallel.one_f_one_b import one_f_one_b
+from helix_jax.parallel.one_f_one_b import CHUNK_SCOPE, one_f_one_b
 
 
 def interleaved_order(n_layers: int, p: int, virtual: int) -> np.ndarray:
@@ -95,32 +95,37 @@ def loss_and_grads_fn(sharded: Sharded, per_replica: bool, aux_weight: float):
     spec = sharded.input_spec
     body = jax.shard_map(local, mesh=sharded.mesh, in_specs=(in_specs, spec, spec),
                          out_specs=(P(), sharded.stats_specs, in_specs))
-    order = interleaved_order(L, p, V) if V > 1 else None
+    interleaved = V > 1
 
     def fn(params, inputs, targets):
-        if order is not None:
-            params = _permute_layers(sharded, params, order, per_replica)
+        if interleaved:
+            params = _permute_layers(sharded, params, (V, p), per_replica)
         loss, stats, grads = body(params, inputs, targets)
-        if order is not None:
-            back = np.argsort(order)
-            grads = _permute_layers(sharded, grads, back, per_replica)
-            stats = {k: v[back] for k, v in stats.items()}
+        if interleaved:
+            grads = _permute_layers(sharded, grads, (p, V), per_replica)
+            stats = {k: v[np.argsort(interleaved_order(L, p, V))] for k, v in stats.items()}
         return (loss, stats), grads
 
     return fn
 
 
-def _permute_layers(sharded: Sharded, tree, order: np.ndarray, per_replica: bool):
-    """`tree`'s stacked layers (axis 0, or 1 under a leading replica axis) taken in `order`,
-    kept in the layout's sharding."""
+def _permute_layers(sharded: Sharded, tree, grid: tuple[int, int], per_replica: bool):
+    """`tree`'s stacked layers (axis 0, or 1 under a leading replica axis) with their chunks
+    transposed as a `grid` (a, b) of chunks: (V, p) takes the model's order to the run-time order
+    of `interleaved_order`, (p, V) takes it back. A transpose of the sharded stage axis: XLA moves
+    the chunks between stages with an all-to-all (a gather of `interleaved_order` would all-gather
+    every stage's layers), kept in the layout's sharding."""
     specs = sharded._param_in_specs(per_replica)
     axis = 1 if per_replica else 0
 
-    def take(a, spec):
-        return jax.lax.with_sharding_constraint(jnp.take(a, order, axis=axis),
-                                                NamedSharding(sharded.mesh, spec))
+    def transpose(a, spec):
+        shape = a.shape
+        chunks = a.reshape(*shape[:axis], *grid, -1, *shape[axis + 1:])
+        out = jnp.swapaxes(chunks, axis, axis + 1).reshape(shape)
+        return jax.lax.with_sharding_constraint(out, NamedSharding(sharded.mesh, spec))
 
     out = dict(tree)
-    out["layers"] = jax.tree.map(lambda spec, a: take(a, spec), specs["layers"], tree["layers"],
-                                 is_leaf=lambda s: isinstance(s, P))
+    with jax.named_scope(CHUNK_SCOPE):  # Megatron builds each chunk's layers where they run
+        out["layers"] = jax.tree.map(lambda spec, a: transpose(a, spec), specs["layers"],
+                                     tree["layers"], is_leaf=lambda s: isinstance(s, P))
     return out

@@ -29,6 +29,18 @@ from helix_jax.parallel.schedule import BACKWARD, FORWARD, Table
 
 Array = jax.Array
 
+# Name scopes of the runtime's own data movement around the chunks (in the compiled program's
+# op names): a microbatch's residuals written to and read back from the stash, its gradients
+# added to the step's, a chunk's parameters sliced out of the stage's stack. Megatron's runtime
+# keeps the residuals where they were made, holds each chunk's parameters as tensors of their
+# own and accumulates the weight gradients in the wgrad GEMM itself
+# (gradient_accumulation_fusion), so the projection prices these apart
+# (`analysis.costmodel.pipelined`).
+STASH_SCOPE = "pipeline_stash"
+ACCUMULATE_SCOPE = "pipeline_accumulate"
+CHUNK_SCOPE = "pipeline_chunk"  # a chunk's parameters sliced from the stage's stack
+RUNTIME_SCOPES = (STASH_SCOPE, ACCUMULATE_SCOPE, CHUNK_SCOPE)
+
 
 @dataclass
 class Result:
@@ -101,8 +113,9 @@ class _Run:
     # -- the stage's pieces ---------------------------------------------------------------
 
     def chunk(self, c):
-        return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, c * self.Lc, self.Lc),
-                            self.layers)
+        with jax.named_scope(CHUNK_SCOPE):
+            return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, c * self.Lc, self.Lc),
+                                self.layers)
 
     def forward(self, params_c, h):
         """The chunk on h under jax.vjp: (outputs, stats, the residuals to stash)."""
@@ -141,13 +154,14 @@ class _Run:
 
     def init_carry(self) -> dict:
         t, K = self.table, self.table.stash_slots
+        with jax.named_scope(STASH_SCOPE):  # written at a slot that differs by stage: typed so
+            stash = [_typed_zeros(jax.ShapeDtypeStruct((K + 1, *s.shape), s.dtype), self.stage, s)
+                     for s in self.stash]
         return dict(
             recv_f=self.zeros(self.y), recv_b=self.zeros(self.y), head_ct=self.zeros(self.y),
             f_inbox=self.stacked(t.forward_inbox, self.y),
             b_inbox=self.stacked(t.backward_inbox, self.y),
-            # (written at a slot that differs by stage, so typed by stage too)
-            stash=[_typed_zeros(jax.ShapeDtypeStruct((K + 1, *s.shape), s.dtype), self.stage, s)
-                   for s in self.stash],
+            stash=stash,
             layer_grads=self.own(jax.eval_shape(_f32, self.layers)),
             head_grads=self.own(jax.eval_shape(_f32, self.head[2])),
             input_grads=self.stacked(self.M + 1, jax.eval_shape(lambda a: a, self.x0)),
@@ -170,12 +184,14 @@ class _Run:
         else:
             y, stats, stash, loss, ct, d_head, layer_grads, d_h = self.work(
                 carry, op, i, c, slot, inbox, f_inbox, b_inbox)
+        with jax.named_scope(ACCUMULATE_SCOPE):
+            head_grads = jax.tree.map(jnp.add, carry["head_grads"], d_head)
         new = dict(carry, f_inbox=f_inbox, b_inbox=b_inbox,
                    recv_f=self.comm.rotate(y, "layers", 1),
                    recv_b=self.comm.rotate(d_h, "layers", -1),
                    head_ct=jnp.where(op == FORWARD, ct, carry["head_ct"]),
                    loss=carry["loss"] + loss,
-                   head_grads=jax.tree.map(jnp.add, carry["head_grads"], d_head),
+                   head_grads=head_grads,
                    layer_grads=layer_grads,
                    stats=self.add_at(carry["stats"], stats, c), stash=stash)
         first = (op == BACKWARD) & (self.stage == 0) & (c == 0)
@@ -189,8 +205,9 @@ class _Run:
         updates them in place: no residuals or zero gradients leave a branch to be written."""
         def forward():
             y, stats, res, loss, ct, d_head = self.run_forward(f_inbox, i, c, inbox)
-            stash = [jax.lax.dynamic_update_index_in_dim(buf, v, slot, 0)
-                     for buf, v in zip(carry["stash"], res)]
+            with jax.named_scope(STASH_SCOPE):
+                stash = [jax.lax.dynamic_update_index_in_dim(buf, v, slot, 0)
+                         for buf, v in zip(carry["stash"], res)]
             return y, stats, stash, loss, ct, d_head
 
         def skip():
@@ -219,8 +236,9 @@ class _Run:
         # no forward writes in the same tick): a read and a write left unordered make XLA copy
         # every stash buffer per tick
         write = jnp.where(op == FORWARD, slot, self.table.stash_slots)  # else the spare slot
-        stash = [jax.lax.dynamic_update_index_in_dim(buf, v, write, 0)
-                 for buf, v in zip(carry["stash"], stash)]
+        with jax.named_scope(STASH_SCOPE):
+            stash = [jax.lax.dynamic_update_index_in_dim(buf, v, write, 0)
+                     for buf, v in zip(carry["stash"], stash)]
         d_params, d_h = _cond(
             op == BACKWARD, lambda: self.run_backward(carry, stash, b_inbox, c, slot, inbox),
             self.skip_backward, True)
@@ -232,7 +250,8 @@ class _Run:
         def add(a, v):
             here = jax.lax.dynamic_slice_in_dim(a, c * self.Lc, self.Lc)
             return jax.lax.dynamic_update_slice_in_dim(a, here + v, c * self.Lc, 0)
-        return jax.tree.map(add, acc, chunk_values)
+        with jax.named_scope(ACCUMULATE_SCOPE):
+            return jax.tree.map(add, acc, chunk_values)
 
     def run_forward(self, f_inbox, i, c, inbox):
         h = jnp.where(inbox < 0, self.xs[jnp.clip(i, 0, self.M - 1)],
@@ -254,7 +273,8 @@ class _Run:
 
     def run_backward(self, carry, stash, b_inbox, c, slot, inbox):
         ct_y = jnp.where(inbox < 0, carry["head_ct"], b_inbox[jnp.maximum(inbox, 0)])
-        stashed = [buf[slot] for buf in stash]
+        with jax.named_scope(STASH_SCOPE):
+            stashed = [buf[slot] for buf in stash]
         one = vary_like(jnp.ones((), self.out[1].dtype), self.meta["aux"])
         d_params, d_h = self.backward(self.chunk(c), stashed, (vary_like(ct_y, self.y), one))
         return _f32(d_params), d_h
