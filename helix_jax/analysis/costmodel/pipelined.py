@@ -17,21 +17,33 @@ forward and backward time (compute and the collectives inside them), and the ste
 critical path with those durations:
 
   asynchronous  Megatron's order (each stage runs its operations in the table's order as soon as
-                their inputs arrive): (M + (p − 1)/V) microbatch times, what the composed
-                projection prices; the step time uses it.
+                their inputs arrive, each sending only its own output: one of the tick's two
+                permutes): (M + (p − 1)/V) microbatch times, what the composed projection
+                prices; the step time uses it.
   lockstep      the runtime as it runs on a GPU: every tick ends with collective-permutes to both
                 neighbours, so a stage leaves tick t only when its neighbours have finished theirs;
                 neighbouring stages run F and B in the same tick, so a steady-state tick lasts
                 max(F, B) = B, not (F + B)/2. Reported beside the step time, not used for it.
 
 Everything outside the tick loop (the embedding, the loss psums, the optimizer update) is added
-to both. Stages whose chunk holds a collective-permute (context parallelism, collective matmuls)
-run both branches masked: such layouts stay composed (`whole_pipelined`).
+to both.
+
+Either schedule: what the runtime moves around the chunks (the stash's writes and reads, the
+weight gradients summed over microbatches, the chunks' parameters sliced or moved into the
+interleaved order; under GPipe its per-step residual stacks and gradient sums) is priced apart,
+`runtime_plumbing_seconds`, and left out of the step: Megatron keeps residuals where they were
+made, holds each chunk's layers on its stage and accumulates weight gradients in the wgrad GEMM,
+as the composed projection prices it. The lockstep time (1F1B) and `as_run_seconds` (GPipe)
+include it: the runtime as it runs.
+
+Stages whose chunk holds a collective-permute (context parallelism, collective matmuls) run both
+branches masked: such layouts stay composed (`whole_pipelined`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -41,15 +53,16 @@ from helix_jax.analysis.costmodel.hardware import Hardware
 from helix_jax.analysis.costmodel.memory import activation_bytes_per_layer, in_flight
 from helix_jax.analysis.costmodel.pricing import collective_time
 from helix_jax.analysis.costmodel.projection import Projection
-from helix_jax.analysis.costmodel.roofline import kernels
+from helix_jax.analysis.costmodel.roofline import _Program, kernels
 from helix_jax.analysis.costmodel.terms import breakdown, price_collectives, score_blocks
 from helix_jax.analysis.costmodel.topology import node_of
 from helix_jax.analysis.hlo.collectives import collectives
 from helix_jax.analysis.hlo.flops import matmul_flops
-from helix_jax.analysis.hlo.module import HloModule, parse_module
+from helix_jax.analysis.hlo.module import HloModule, parse_arrays, parse_module
 from helix_jax.config import ModelConfig
 from helix_jax.layouts import Layout
 from helix_jax.limits import MAX_WHOLE_DEVICES
+from helix_jax.parallel.one_f_one_b import RUNTIME_SCOPES, STASH_SCOPE
 from helix_jax.parallel.schedule import Table, replay
 from helix_jax.parallel.schedule import build as schedule_table
 
@@ -77,15 +90,21 @@ class _Reader:
     set of computation runs (`runs_under`)."""
 
     def __init__(self, hlo: str, cfg: ModelConfig, layout: Layout, hw: Hardware,
-                 fused_attention: bool = True):
+                 fused_attention: bool = True, gpipe_steps: int = 0):
         self.hlo, self.cfg, self.layout, self.hw = hlo, cfg, layout, hw
         self.mod: HloModule = parse_module(hlo)
         where = {i.name: i for i in self.mod.instructions()}
-        self.kernels = [(where[k.name].computation, where[k.name].opcode == "copy", k)
+        prog = _Program(hlo)
+        plumbing = _plumbing(prog, self.mod) | (
+            _gpipe_plumbing(prog, self.mod, gpipe_steps) if gpipe_steps else set())
+        self.kernels = [(where[k.name].computation, where[k.name].opcode == "copy",
+                         k.kind == "memory" and k.name in plumbing, k)
                         for k in kernels(hlo, hw, DTYPE_BYTES[cfg.dtype],
                                          score_blocks(cfg, layout), True, fused_attention)]
         self.flops = matmul_flops(hlo)["items"]
         self.collectives = collectives(hlo)
+        self.moving = {c.name for c in self.collectives  # e.g. chunks sent to their stages
+                       if c.name in where and _scoped(prog, where[c.name])}
         self.node = node_of(layout, hw)
 
     def cost(self, runs: dict[str, float]) -> dict:
@@ -93,17 +112,20 @@ class _Reader:
         seconds, matmul FLOPs of these runs; `shared_seconds`: matmul + attention kernels and
         collectives, the work a composed stage also prices the same way."""
         out: dict = defaultdict(float, {f"{k}_seconds": 0.0 for k in KINDS}, comm_seconds=0.0,
-                                copy_seconds=0.0)
-        for comp, copy, k in self.kernels:
-            out[f"{k.kind}_seconds"] += k.seconds * runs.get(comp, 0.0)
-            out["copy_seconds"] += k.seconds * runs.get(comp, 0.0) if copy else 0.0
+                                copy_seconds=0.0, plumbing_seconds=0.0)
+        for comp, copy, plumbing, k in self.kernels:
+            seconds = k.seconds * runs.get(comp, 0.0)
+            out["plumbing_seconds" if plumbing else f"{k.kind}_seconds"] += seconds
+            out["copy_seconds"] += seconds if copy else 0.0
         for c in self.collectives:
             if runs.get(c.computation):
-                out["comm_seconds"] += collective_time(
-                    dataclasses.replace(c, trip_count=1), self.hw, self.node) * runs[c.computation]
+                out["plumbing_seconds" if c.name in self.moving else "comm_seconds"] += (
+                    collective_time(dataclasses.replace(c, trip_count=1), self.hw, self.node)
+                    * runs[c.computation])
         out["flops"] = sum(i["flops_each"] * runs.get(i["computation"], 0.0) for i in self.flops)
         out["compute_seconds"] = sum(out[f"{k}_seconds"] for k in KINDS)
         out["seconds"] = out["compute_seconds"] + out["comm_seconds"]
+        out["runtime_seconds"] = out["seconds"] + out["plumbing_seconds"]
         out["shared_seconds"] = (out["matmul_seconds"] + out["attention_seconds"]
                                  + out["comm_seconds"])
         return dict(out)
@@ -112,6 +134,75 @@ class _Reader:
         """The program's collectives with their executions as `runs` says."""
         return [dataclasses.replace(c, trip_count=_count(runs.get(c.computation, 0.0)))
                 for c in self.collectives if runs.get(c.computation)]
+
+
+def _scoped(prog: _Program, ins) -> bool:
+    """Whether a kernel or collective is the runtime's own data movement: some op in it runs
+    under one of `RUNTIME_SCOPES` and every other op that computes or moves data does too (ops
+    that only re-lay out what they read may carry their source's name; unnamed ops are XLA's
+    index arithmetic)."""
+    body = prog.body(ins) if ins.opcode == "fusion" else [ins]
+    named = [(i, n) for i in body if (n := prog.op_name(i))]
+    scoped = [any(scope in n for scope in RUNTIME_SCOPES) for _, n in named]
+    return any(scoped) and all(ok or i.opcode in _RELAYOUT for (i, _), ok in zip(named, scoped))
+
+
+_RELAYOUT = {"parameter", "constant", "bitcast", "copy", "reshape", "transpose",
+             "get-tuple-element"}
+
+
+def _plumbing(prog: _Program, mod: HloModule) -> set[str]:
+    """The kernels and collectives that are the runtime's own data movement around the chunks
+    (`_scoped`), and the copies and zero fills XLA makes of whole stash buffers (arrays shaped as
+    a buffer a `STASH_SCOPE` kernel writes: the zeroed stash copied into the tick loop)."""
+    instrs = [i for i in mod.instructions() if i.opcode not in _FREE_OPS]
+    scoped = {i.name for i in instrs if _scoped(prog, i)}
+    stash = {_shape(i.shape) for i in instrs if i.name in scoped and any(
+        b.opcode == "dynamic-update-slice" and STASH_SCOPE in prog.op_name(b)
+        for b in (prog.body(i) if i.opcode == "fusion" else [i]))}
+    moves = {i.name for i in instrs if _shape(i.shape) in stash and (
+        i.opcode == "copy" or (i.opcode == "fusion" and all(
+            b.opcode in ("parameter", "constant", "broadcast") for b in prog.body(i))))}
+    return scoped | moves
+
+
+_FREE_OPS = ("parameter", "constant", "tuple", "get-tuple-element", "bitcast")
+_MOVES = {"parameter", "constant", "broadcast", "copy", "bitcast", "reshape", "transpose",
+          "dynamic-slice", "slice", "dynamic-update-slice", "convert"}
+
+
+def _shape(text: str) -> str:
+    return text.split("{")[0]
+
+
+def _gpipe_plumbing(prog: _Program, mod: HloModule, steps: int) -> set[str]:
+    """GPipe's data movement around its stages (autodiff through the scan of `steps` steps): the
+    kernels of the entry and of the step loops (forward and backward) that copy or fill a
+    per-step stack (an array the step loop stacks, [steps, ...]: the residuals every step saves),
+    slice one step's residuals out of it, or add a step's weight gradients to the parameters'
+    (an add of arrays shaped as a parameter). Megatron keeps each microbatch's residuals where
+    they were made and accumulates weight gradients in the wgrad GEMM."""
+    entry = mod.computations[mod.entry]
+    loops = [i for i in entry if i.opcode == "while" and mod.trip_count(i) == steps]
+    stacks = {f"{d}[{','.join(map(str, dims))}]" for loop in loops
+              for d, dims in parse_arrays(loop.shape) if dims and dims[0] == steps}
+    params = {_shape(i.shape) for i in entry if i.opcode == "parameter"}
+    out = set()
+    for comp in [mod.entry] + [dict(mod.called(loop))["body"] for loop in loops]:
+        for ins in mod.computations[comp]:
+            if ins.opcode not in ("fusion", "copy", "broadcast", "dynamic-slice", "add"):
+                continue
+            body = prog.body(ins) if ins.opcode == "fusion" else [ins]
+            big = {b.opcode for b in body if any(math.prod(d) > 1 for _, d in
+                                                  parse_arrays(b.shape))}
+            operands = {_shape(f"{d}[{','.join(map(str, s))}]") for arrays in
+                        mod.operand_arrays(ins) for d, s in arrays}
+            if big and big <= _MOVES and (_shape(ins.shape) in stacks or operands & stacks):
+                out.add(ins.name)
+            elif (big and big <= {"add", "parameter", "bitcast"} and _shape(ins.shape) in params
+                  and all("add_any" in prog.op_name(b) for b in body if b.opcode == "add")):
+                out.add(ins.name)
+    return out
 
 
 def _count(n: float) -> float:
@@ -173,17 +264,31 @@ def read_pipelined(proj: Projection, cfg: ModelConfig, layout: Layout, hw: Hardw
     collectives and step time weighted by the tick table."""
     o = layout.options
     p, M, V = layout.size("layers"), o["microbatches"], o.get("virtual", 1)
-    r = _Reader(hlo, cfg, layout, hw, fused_attention)
-    if o.get("schedule", "gpipe") != "1f1b":
+    gpipe = o.get("schedule", "gpipe") != "1f1b"
+    r = _Reader(hlo, cfg, layout, hw, fused_attention, gpipe_steps=(M + p - 1) * gpipe)
+    if gpipe:
         whole = r.cost(r.mod.runs_under(r.mod.entry))
+        step = whole["seconds"]
+        proj.projected = dataclasses.replace(
+            proj.projected, step_seconds=step, compute_seconds=whole["compute_seconds"],
+            compute_breakdown=breakdown(whole), comm_seconds=whole["comm_seconds"],
+            exposed_comm_seconds=whole["comm_seconds"], tokens_per_s=cfg.batch * cfg.seq / step,
+            mfu=proj.projected.mfu * proj.projected.step_seconds / step,
+            tpot_ms=step / cfg.seq * 1e3)
         proj.compiled += (f"; GPipe as the runtime runs it: every stage runs all M + p - 1 = "
                           f"{M + p - 1} steps forward and backward, bubble included, with no "
-                          f"conditional, so the program is read as it is")
+                          f"conditional, so the program is read as it is, but for its per-step "
+                          f"stacks of residuals and its gradient sums over the steps, priced "
+                          f"apart ({whole['plumbing_seconds'] * 1e3:.4g} ms: Megatron keeps "
+                          f"residuals in place and accumulates weight gradients in the wgrad "
+                          f"GEMM)")
         proj.extra["pipeline"] = {
             "schedule": "gpipe", "steps": M + p - 1,
             "step_uses": "the compiled program's serial time (every stage runs the same work "
-                         "each step, so the per-step permutes' lockstep costs nothing more)",
+                         "each step, so the per-step permutes' lockstep costs nothing more) "
+                         "without the runtime's plumbing",
             "shared_seconds": whole["shared_seconds"], "copy_seconds": whole["copy_seconds"],
+            **_plumbing_fields(whole), "as_run_seconds": whole["runtime_seconds"],
             **_memory(cfg, layout, proj, remat)}
         return proj
     table = schedule_table(p, M, V)
@@ -207,7 +312,7 @@ def read_pipelined(proj: Projection, cfg: ModelConfig, layout: Layout, hw: Hardw
         bubble_seconds=d["pipe"]["seconds"] - M * mb - M * (ops["forward_head"] - ops["forward"]),
         tokens_per_s=cfg.batch * cfg.seq / step,
         mfu=proj.projected.mfu * proj.projected.step_seconds / step, tpot_ms=step / cfg.seq * 1e3)
-    lockstep = d["seconds"]["lockstep"]
+    lockstep = d["runtime"]["lockstep"]
     proj.compiled += (f"; its 1F1B tick loop ({table.ticks} ticks) read with each conditional's "
                       f"branches weighted by the table (last stage: {M * V} forwards and "
                       f"{M * V} backwards, the loss head on {M}); step = the table's "
@@ -233,8 +338,22 @@ def read_pipelined(proj: Projection, cfg: ModelConfig, layout: Layout, hw: Hardw
                          "neighbours run F and B in the same tick, so that tick lasts max(F, B)",
         "chunk_work_pipeline_seconds": d["pipe"]["shared_seconds"],
         "copy_seconds": total["copy_seconds"],
+        **_plumbing_fields(total),
         **_memory(cfg, layout, proj, remat)}
     return proj
+
+
+def _plumbing_fields(cost: dict) -> dict:
+    return {"runtime_plumbing_seconds": cost["plumbing_seconds"],
+            "runtime_plumbing_note": (
+                "what the runtime moves around the chunks, priced apart from the step: the "
+                "microbatches' residuals stashed and read back, their weight gradients summed, "
+                "the chunks' parameters gathered where they run (kernels and collectives under "
+                "parallel.one_f_one_b's RUNTIME_SCOPES; GPipe's per-step stacks and gradient "
+                "sums). Megatron's runtime keeps residuals where they were made, holds each "
+                "chunk's layers on its stage and accumulates weight gradients in the wgrad GEMM "
+                "(gradient_accumulation_fusion), as the composed projection prices it; the "
+                "lockstep time (1F1B) and as_run_seconds (GPipe) include it")}
 
 
 def _durations(r: _Reader, t: dict, table: Table, ops: int) -> dict:
@@ -260,13 +379,16 @@ def _durations(r: _Reader, t: dict, table: Table, ops: int) -> dict:
     total, tick = r.cost(runs), r.cost(mod.runs_under(t["body"], weights))
     out = {"weights": weights, "runs": runs, "costs": c, "bare": bare, "total": total,
            "outside": {k: total[k] - T * tick[k] for k in total}, "ops": {}, "pipe": {}}
-    for key in ("seconds", "shared_seconds"):
-        plumbing = key == "seconds"  # the tick's own work and the skipped branch's zeros
-        op = {"forward": plumbing * (bare[key] + c["skip_backward"][key]) + c["forward"][key],
-              "forward_head": (plumbing * (bare[key] + c["skip_backward"][key])
+    for key in ("seconds", "runtime_seconds", "shared_seconds"):
+        plumbing = key != "shared_seconds"  # the tick's own work and the skipped branch's zeros
+        # a tick sends to both neighbours (its output on, its input's cotangent back: arrays of
+        # one shape); in Megatron's order an operation sends only its own, half of that
+        tick = bare[key] - (bare["comm_seconds"] / 2 if key == "seconds" else 0.0)
+        op = {"forward": plumbing * (tick + c["skip_backward"][key]) + c["forward"][key],
+              "forward_head": (plumbing * (tick + c["skip_backward"][key])
                                + c["forward_head"][key]),
-              "backward": plumbing * (bare[key] + c["skip_forward"][key]) + c["backward"][key],
-              "idle": plumbing * (bare[key] + c["skip_forward"][key] + c["skip_backward"][key])}
+              "backward": plumbing * (tick + c["skip_forward"][key]) + c["backward"][key],
+              "idle": plumbing * (tick + c["skip_forward"][key] + c["skip_backward"][key])}
         forward = np.full((p, V), op["forward"])
         forward[p - 1, V - 1] = op["forward_head"]
         backward = np.full((p, V), op["backward"])
