@@ -2,6 +2,7 @@
 interleaved 1F1B compiled whole, `analysis/costmodel/pipelined.py`) against the composed
 projection of the same layouts (one stage compiled, the schedule by formula)."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -10,6 +11,7 @@ from helix_jax.analysis.costmodel.project import composes, project
 from helix_jax.config import resolve_model
 from helix_jax.layouts import parse_layout
 from helix_jax.parallel.schedule import build, replay
+from helix_jax.params import param_shapes
 
 HW = HARDWARE["dgx-h100"]
 # Mid-size: a chunk's work is matmul-bound (d_model 1024), 8 layers; no vocabulary, so nothing
@@ -114,6 +116,10 @@ def test_collectives_are_counted_as_the_ticks_run(projections, name):
     assert any(r["op"] == "collective-permute" and r["count"] == 2 * t.ticks for r in rows), rows
     for op in ("all-gather", "reduce-scatter"):
         assert sum(r["count"] for r in rows if r["op"] == op) == 4 * M * CFG.n_layers // P, rows
+    # interleaved: each stacked parameter moves into the run-time order and its gradient back,
+    # one all-to-all each (no all-gather of the stages' layers: counted above)
+    moves = 2 * len(jax.tree.leaves(param_shapes(CFG)["layers"])) if name == "interleaved" else 0
+    assert sum(r["count"] for r in rows if r["op"] == "all-to-all") == moves, rows
 
 
 def test_one_f_one_b_keeps_fewer_activations_than_gpipe_in_the_compiled_programs(projections):
