@@ -319,7 +319,10 @@ def read_pipelined(proj: Projection, cfg: ModelConfig, layout: Layout, hw: Hardw
                       f"asynchronous critical path (Megatron's order). The runtime's ticks end "
                       f"with collective-permutes to both neighbours, which on a GPU hold "
                       f"neighbouring stages in lockstep (a tick running F beside B lasts "
-                      f"max(F, B)): {lockstep * 1e3:.4g} ms against {step * 1e3:.4g} ms")
+                      f"max(F, B)) and with its own plumbing (stash, gradient sums, chunk "
+                      f"moves: {total['plumbing_seconds'] * 1e3:.4g} ms, which Megatron does "
+                      f"not have and the step leaves out): {lockstep * 1e3:.4g} ms against "
+                      f"{step * 1e3:.4g} ms")
     proj.extra["pipeline"] = {
         "schedule": "1f1b", "virtual": V, "ticks": table.ticks,
         "branch_weights": {k: list(v) for k, v in d["weights"].items()},
