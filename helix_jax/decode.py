@@ -109,16 +109,20 @@ def serving_params(sharded: Sharded, params):
     return sharded.serving_params(params)
 
 
+def next_token(params, h: jax.Array) -> jax.Array:
+    """The greedy next token after a step: h [B, T, D] (the step's final hidden states) -> [B]
+    int32, the argmax of the last position's logits through the LM head (serving weights; XLA
+    partitions it as the head's parameters are sharded)."""
+    logits = matmul("bd,dv->bv", h[:, -1].astype(jnp.float32), params["head"]["w"], jnp.float32)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
 def generate_fn(sharded: Sharded, prompt_len: int, n_new: int):
     """One jitted program (params, cache, prompt tokens [B, P]) -> new tokens [B, n_new] int32:
     the prefill, then n_new - 1 decode steps in a `lax.fori_loop`, each feeding back the argmax
-    of the last position's logits; the cache is updated in place inside the loop."""
+    of the last position's logits (`next_token`); the cache is updated in place inside the
+    loop."""
     step = sharded.step_fn()
-
-    def next_token(params, h: jax.Array) -> jax.Array:  # h [B, T, D] -> [B] int32
-        logits = matmul("bd,dv->bv", h[:, -1].astype(jnp.float32), params["head"]["w"],
-                        jnp.float32)
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
     def run(params, cache, prompt):
         h, cache, _ = step(params, cache, prompt, jnp.int32(0))

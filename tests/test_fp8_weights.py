@@ -105,6 +105,9 @@ class _Recording:
         self.programs.append(self.direct.step(sharded, mode))
         return self.programs[-1]
 
+    def head(self, sharded):  # the next token's LM head: its own program, not recorded
+        return self.direct.head(sharded)
+
 
 def test_the_decode_projection_reads_the_stored_float8_bytes():
     """tiny-llama on tp=2: the HBM floor's weight bytes are, per device, one byte per matmul

@@ -42,16 +42,18 @@ def test_a_matrix_vector_product_is_split_along_k_to_fill_the_sms():
 def test_a_batch_one_decode_step_projects_at_its_weight_read():
     """llama3-8b, batch 1, 2048 cached positions, one H200: every matmul reads its weights once
     (the step's compute is the weight bytes of the layers at HBM rate, within the kernels' own
-    reads of activations), and the step is the HBM floor. The decode step a projection compiles
-    ends at the last norm (the LM head is applied by the caller: `decode.generate_fn`), so its
-    matmuls are the layers'; the floor counts the head's weights too."""
+    reads of activations), and the step is the HBM floor. A decode step's projection holds the
+    layers' step and the next token (the LM head and its argmax, `decode.next_token`, compiled
+    on its own as `decode.generate_fn` runs it), so its matmuls are the layers' and the head's,
+    the weights the floor counts but the embedding table (a lookup reads one row)."""
     cfg = resolve_model("llama3-8b", batch=1, seq=2048, dtype="bfloat16")
     r = project(cfg, parse_layout("single"), HARDWARE["dgx-h200"], mode="decode").to_dict()
     p = r["projected"]
     matmul = p["compute_breakdown"]["matmul_seconds"]
     layers = cfg.n_layers * (cfg.d_model * (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim
                              + cfg.n_heads * cfg.head_dim * cfg.d_model + 3 * cfg.d_model * cfg.d_ff)
-    weights = layers * 2  # bf16
+    weights = (layers + cfg.d_model * cfg.vocab) * 2  # bf16, with the LM head
+    assert r["next_token"]["flops"] == 2 * cfg.d_model * cfg.vocab  # batch 1, one position
     assert matmul == pytest.approx(weights / HARDWARE["dgx-h200"].hbm_bytes_per_s, rel=0.05)
     assert p["hbm_bound"] and p["step_seconds"] == pytest.approx(p["hbm_floor_seconds"])
     assert math.isclose(p["tpot_ms"], p["step_seconds"] * 1e3)

@@ -19,8 +19,10 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from helix_jax import train
+from helix_jax.decode import next_token
 from helix_jax.model import Sharded
 
 
@@ -48,12 +50,25 @@ def compile_step(sharded: Sharded, mode: str) -> Any:
     return sharded.step_fn().lower(params, {"k": cache_sd, "v": cache_sd}, x, pos).compile()
 
 
+def compile_head(sharded: Sharded) -> Any:
+    """What a served step does after its layers: the LM head on the last position's hidden state
+    and the argmax (`decode.next_token`), on the serving weights, as `helix decode --generate`
+    runs it after each prefill and decode step (a model with a vocabulary)."""
+    cfg = sharded.cfg
+    h = jax.ShapeDtypeStruct((cfg.batch, 1, cfg.d_model), jnp.dtype(cfg.dtype),
+                             sharding=NamedSharding(sharded.mesh,
+                                                    P(*sharded.step_input_spec[:1], None, None)))
+    return jax.jit(next_token).lower(sharded.abstract_serving_params(), h).compile()
+
+
 class Compiler(Protocol):
     """Compiles the programs a projection reads (see the module doc)."""
 
     def program(self, sharded: Sharded, mode: str) -> Any: ...
 
     def step(self, sharded: Sharded, mode: str) -> Any: ...
+
+    def head(self, sharded: Sharded) -> Any: ...
 
     def grad(self, sharded: Sharded) -> Any: ...
 
@@ -68,6 +83,9 @@ class DirectCompiler:
 
     def step(self, sharded: Sharded, mode: str) -> Any:
         return compile_step(sharded, mode)
+
+    def head(self, sharded: Sharded) -> Any:
+        return compile_head(sharded)
 
     def grad(self, sharded: Sharded) -> Any:
         return train.compile_grad_step(sharded, params_in_compute_dtype=True)

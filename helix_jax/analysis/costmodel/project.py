@@ -411,6 +411,17 @@ def hbm_floor_seconds(sharded, hbm_bytes_per_s: float) -> float:
     return sharded.layout.size("layers") * hbm_floor_bytes(sharded) / hbm_bytes_per_s
 
 
+def _next_token(sharded, hw: Hardware, compiler: Compiler) -> dict:
+    """The next token after a served step (`compiler.compile_head`), compiled and priced: its
+    compute by kernel kind, its collectives (GSPMD's, for the head's sharding) and FLOPs."""
+    hlo = compiler.head(sharded).as_text()
+    compute = compute_time(hlo, hw, DTYPE_BYTES[sharded.cfg.dtype])
+    priced = price_collectives(hlo, sharded.cfg, sharded.layout, hw)
+    return {"compute": compute, "comm_seconds": priced["seconds"],
+            "flops": matmul_flops(hlo)["flops"], "collectives": priced["rows"],
+            "seconds": compute["seconds"] + priced["seconds"]}
+
+
 def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
                  compiler: Compiler = DIRECT, weights: str = Weights.MODEL) -> Projection:
     """A prefill of `cfg.seq` positions or one decode step at context `cfg.seq`: compiled, read,
@@ -435,6 +446,11 @@ def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
     blocks = step_blocks | score_blocks(cfg, layout)
     compute = compute_time(hlo, hw, DTYPE_BYTES[cfg.dtype], blocks)
     priced = price_collectives(hlo, cfg, layout, hw)
+    head = _next_token(sharded, hw, compiler) if cfg.vocab else None
+    if head:  # the served step's next token: its kernels and collectives join the step's
+        compute = {k: v + head["compute"].get(k, 0.0) if isinstance(v, float) else v
+                   for k, v in compute.items()}
+        priced = {**priced, "seconds": priced["seconds"] + head["comm_seconds"]}
     weight_bytes, cache_bytes = hbm_floor_parts(sharded)
     floor_bytes = weight_bytes + cache_bytes
     stored = _weights_text(weights, weight_bytes, cfg.dtype)
@@ -447,7 +463,7 @@ def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
     mfu = model_flops_per_token(cfg, "forward") * tokens / step / (
         layout.devices * hw.peak_flops_per_s)
     total, active = param_counts(cfg)
-    return Projection(
+    proj = Projection(
         params_total=total, params_active=active,
         model=cfg.name, layout=layout.spec, hardware=hw.name, mode=mode,
         partitioner=sharded.partitioner, remat=sharded.remat, devices=layout.devices,
@@ -455,13 +471,17 @@ def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
         weights=weights, batch_chunks=1, accumulation_steps=1, tokens_per_step=tokens,
         compiled=(f"the {mode} step of all {layout.devices} devices: "
                   + (f"{cfg.seq} positions into an empty cache" if mode == "prefill" else
-                     f"one new position against a cache of {cfg.seq}")),
+                     f"one new position against a cache of {cfg.seq}")
+                  + (", and the next token: the LM head on the last position and its argmax, "
+                     "as --generate runs it (its own program; the `next_token` field)"
+                     if head else "")),
         extended_by_formula=[f"HBM floor: {stored} + KV cache = "
                              f"{floor_bytes / 1e9:.2f} GB per device at "
                              f"{hw.hbm_bytes_per_s / 1e12:.2f} TB/s"
                              + (f", read by each of {stages} pipeline stages in turn"
                                 if stages > 1 else "")],
-        flops_per_device=flops["flops"], flops_note=flops_note(flops),
+        flops_per_device=flops["flops"] + (head["flops"] if head else 0.0),
+        flops_note=flops_note(flops) + ("; with the next token's LM head" if head else ""),
         model_flops_per_token=model_flops_per_token(cfg, "forward"),
         mfu_convention=mfu_convention("forward"),
         memory_bytes_per_device=memory["total_bytes"], memory=memory,
@@ -483,3 +503,12 @@ def project_step(cfg: ModelConfig, layout: Layout, hw: Hardware, mode: str,
             ttft_ms=step * 1e3 if mode == "prefill" else None),
         pricing=pricing_terms(hw), intra_node_axes=priced["intra_node_axes"],
         bytes_per_element=DTYPE_BYTES[cfg.dtype])
+    if head:
+        proj.extra["next_token"] = {
+            "what": "the LM head on the last position and its argmax (helix_jax.decode."
+                    "next_token), compiled on its own as --generate runs it after each step; "
+                    "its time is in the step, its collectives are listed here",
+            "seconds": head["seconds"], "comm_seconds": head["comm_seconds"],
+            "compute_breakdown": breakdown(head["compute"]), "flops": head["flops"],
+            "collectives": head["collectives"]}
+    return proj

@@ -236,6 +236,9 @@ class ProgramCache:
     def step(self, sharded, mode: str) -> CachedProgram:
         return self._cached("step", self._direct.step, sharded, mode)
 
+    def head(self, sharded) -> CachedProgram:
+        return self._cached("head", self._direct.head, sharded)
+
     def grad(self, sharded) -> CachedProgram:
         return self._cached("grad", self._direct.grad, sharded)
 
