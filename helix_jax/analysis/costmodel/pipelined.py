@@ -172,7 +172,13 @@ _MOVES = {"parameter", "constant", "broadcast", "copy", "bitcast", "reshape", "t
 
 
 def _shape(text: str) -> str:
+    """An HLO shape without its layout: "f32[4,8]{1,0}" -> "f32[4,8]"."""
     return text.split("{")[0]
+
+
+def _array(dtype: str, dims) -> str:
+    """A parsed array back as `_shape` writes it."""
+    return f"{dtype}[{','.join(map(str, dims))}]"
 
 
 def _gpipe_plumbing(prog: _Program, mod: HloModule, steps: int) -> set[str]:
@@ -184,7 +190,7 @@ def _gpipe_plumbing(prog: _Program, mod: HloModule, steps: int) -> set[str]:
     they were made and accumulates weight gradients in the wgrad GEMM."""
     entry = mod.computations[mod.entry]
     loops = [i for i in entry if i.opcode == "while" and mod.trip_count(i) == steps]
-    stacks = {f"{d}[{','.join(map(str, dims))}]" for loop in loops
+    stacks = {_array(d, dims) for loop in loops
               for d, dims in parse_arrays(loop.shape) if dims and dims[0] == steps}
     params = {_shape(i.shape) for i in entry if i.opcode == "parameter"}
     out = set()
@@ -195,8 +201,8 @@ def _gpipe_plumbing(prog: _Program, mod: HloModule, steps: int) -> set[str]:
             body = prog.body(ins) if ins.opcode == "fusion" else [ins]
             big = {b.opcode for b in body if any(math.prod(d) > 1 for _, d in
                                                   parse_arrays(b.shape))}
-            operands = {_shape(f"{d}[{','.join(map(str, s))}]") for arrays in
-                        mod.operand_arrays(ins) for d, s in arrays}
+            operands = {_array(d, dims) for arrays in mod.operand_arrays(ins)
+                        for d, dims in arrays}
             if big and big <= _MOVES and (_shape(ins.shape) in stacks or operands & stacks):
                 out.add(ins.name)
             elif (big and big <= {"add", "parameter", "bitcast"} and _shape(ins.shape) in params
