@@ -27,9 +27,9 @@ ONE_F_ONE_B = ["1f1b", "interleaved", "1f1b-pp4"]
 
 def _layout(name: str):
     """Sequence-parallel, as Megatron runs TP: each tensor rank then sends its own slice of a
-    microbatch's activations between stages, the bytes the composed projection prices
-    (Megatron's scatter-gather); without it helix's runtime sends the whole activation from
-    every tensor rank."""
+    microbatch's activations between stages, the bytes the composed projection prices; without
+    it helix's runtime sends the whole activation from every tensor rank, where the composed
+    formula prices Megatron-LM's scatter-gather (each rank's slice)."""
     p, options = CASES[name]
     return parse_layout(f"tp-pp:tp={TP},pp={p},microbatches={M},{options},sp=true")
 
