@@ -78,10 +78,10 @@ def markdown(report: dict) -> str:
                      f"{'yes' if abs(r['flops_compiled'] / r['flops_composed'] - 1) < 1e-9 else 'no'}"
                      f" |")
     lines += ["", "Without sequence parallelism helix's runtime sends the whole [b, S, D] "
-              "activation between stages from every tensor rank (as Megatron-Core does without "
-              "it), where the composed formula prices Megatron-LM's scatter-gather, each rank "
-              "sending its 1/tp slice. GPipe computes its bubble, so its FLOPs are (M + p - 1)/M "
-              "of the composed stage's times M."]
+              "activation between stages from every tensor rank, where the composed formula "
+              "prices Megatron-LM's scatter-gather, each rank sending its 1/tp slice. GPipe "
+              "computes its bubble, so its FLOPs are (M + p - 1)/M of the composed stage's "
+              "times M."]
     return "\n".join(lines) + "\n"
 
 
