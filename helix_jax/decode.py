@@ -111,9 +111,11 @@ def serving_params(sharded: Sharded, params):
 
 def next_token(params, h: jax.Array) -> jax.Array:
     """The greedy next token after a step: h [B, T, D] (the step's final hidden states) -> [B]
-    int32, the argmax of the last position's logits through the LM head (serving weights; XLA
-    partitions it as the head's parameters are sharded)."""
-    logits = matmul("bd,dv->bv", h[:, -1].astype(jnp.float32), params["head"]["w"], jnp.float32)
+    int32, the argmax of the last position's logits through the LM head, or the embedding table
+    transposed where the model ties them (serving weights; XLA partitions it as the weights are
+    sharded)."""
+    w = params["head"]["w"] if "head" in params else params["embed"]["table"].T  # [D, V]
+    logits = matmul("bd,dv->bv", h[:, -1].astype(jnp.float32), w, jnp.float32)
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 

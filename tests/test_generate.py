@@ -16,9 +16,11 @@ from tests.cli_run import helix_here
 PROMPT, NEW = 5, 6
 
 
-@pytest.mark.parametrize("spec", ("single", "tp-pp:tp=2,pp=2"))
-def test_generation_is_one_device_call_equal_to_the_teacher_forced_decode(spec):
-    cfg = resolve_model("tiny-llama").replace(seq=16)
+@pytest.mark.parametrize("spec, tied", [("single", False), ("tp-pp:tp=2,pp=2", False),
+                                         ("tp-pp:tp=2", True)])
+def test_generation_is_one_device_call_equal_to_the_teacher_forced_decode(spec, tied):
+    """Tied: the LM head is the embedding table transposed (no `head` parameter)."""
+    cfg = resolve_model("tiny-llama").replace(seq=16, tie_embeddings=tied)
     sharded = Sharded.build(cfg, parse_layout(spec))
     params = sharded.init(0)
     x = jax.device_put(random_input(cfg, 0), sharded.input_sharding)
@@ -34,8 +36,8 @@ def test_generation_is_one_device_call_equal_to_the_teacher_forced_decode(spec):
     fed[:, PROMPT:PROMPT + NEW - 1] = gen.tokens[:, :NEW - 1]
     run = run_decode(sharded, params, jax.device_put(jnp.asarray(fed), sharded.input_sharding),
                      PROMPT)
-    logits = run.output[:, PROMPT - 1:PROMPT + NEW - 1] @ np.asarray(params["head"]["w"],
-                                                                       np.float32)
+    head = params["embed"]["table"].T if tied else params["head"]["w"]
+    logits = run.output[:, PROMPT - 1:PROMPT + NEW - 1] @ np.asarray(head, np.float32)
     np.testing.assert_array_equal(logits.argmax(-1), gen.tokens)
     assert len(set(gen.tokens.ravel().tolist())) > 1  # not a constant token: a real check
 
@@ -60,3 +62,17 @@ def test_the_command_generates_in_one_call():
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("generate greedy"))
     assert len(line.split("->")[1].strip(" []").split(",")) == 5
     assert "one device call" in r.stdout and "ms per token" in r.stdout
+
+
+def test_a_served_step_prices_its_next_token_tied_or_not():
+    """A decode step's projection holds the LM head on the last position and its argmax
+    (`decode.next_token`), a head of its own or the embedding table transposed: 2·B·D·V matmul
+    FLOPs on one device, added to the step's."""
+    from helix_jax.analysis.costmodel.hardware import HARDWARE
+    from helix_jax.analysis.costmodel.project import project
+
+    for tied in (False, True):
+        cfg = resolve_model("tiny-llama").replace(seq=16, tie_embeddings=tied)
+        r = project(cfg, parse_layout("single"), HARDWARE["dgx-h100"], mode="decode").to_dict()
+        assert r["next_token"]["flops"] == 2 * cfg.batch * cfg.d_model * cfg.vocab
+        assert r["next_token"]["seconds"] > 0 and "next token" in r["compiled"]
