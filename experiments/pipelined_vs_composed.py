@@ -66,8 +66,9 @@ def markdown(report: dict) -> str:
              f"runs, read in Megatron's order without the runtime's own plumbing (its stash, its "
              f"gradient sums over microbatches, the interleaved order's chunk moves; GPipe's "
              f"per-step residual stacks), which is set apart; 'as run' is the step as helix's "
-             f"runtime takes it (the ticks in lockstep, plumbing included). docs/cost-model.md, "
-             f"'Pipelines compiled whole', says how each is read.", "",
+             f"runtime takes it, plumbing included (1F1B: its ticks in lockstep; GPipe: its "
+             f"serial time). docs/cost-model.md, 'Pipelines compiled whole', says how each is "
+             f"read.", "",
              "| case | sp | compiled step ms | composed step ms | difference | plumbing ms | "
              "as run ms | FLOPs equal |", "|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
@@ -80,8 +81,8 @@ def markdown(report: dict) -> str:
     lines += ["", "Without sequence parallelism helix's runtime sends the whole [b, S, D] "
               "activation between stages from every tensor rank, where the composed formula "
               "prices Megatron-LM's scatter-gather, each rank sending its 1/tp slice. GPipe "
-              "computes its bubble, so its FLOPs are (M + p - 1)/M of the composed stage's "
-              "times M."]
+              "computes its bubble, and both projections count it: M + p - 1 microbatches' "
+              "FLOPs."]
     return "\n".join(lines) + "\n"
 
 

@@ -75,10 +75,7 @@ def test_compiled_and_composed_projections_agree(projections, name):
     assert whole["projected"]["step_seconds"] == pytest.approx(c["step_seconds"], rel=0.05)
     plumbing = whole["pipeline"]["runtime_plumbing_seconds"]
     assert plumbing > 0.05 * c["step_seconds"]  # the runtime's stash and sums: read, set apart
-    if name == "gpipe":
-        as_run = whole["pipeline"]["as_run_seconds"]
-        assert as_run == pytest.approx(whole["projected"]["step_seconds"] + plumbing, rel=1e-9)
-    else:
+    if name != "gpipe":  # lockstep ticks cost more than Megatron's order, plumbing aside
         assert whole["pipeline"]["lockstep_seconds"] > whole["projected"]["step_seconds"] + plumbing
 
 

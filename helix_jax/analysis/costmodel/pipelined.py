@@ -53,7 +53,7 @@ from helix_jax.analysis.costmodel.hardware import Hardware
 from helix_jax.analysis.costmodel.memory import activation_bytes_per_layer, in_flight
 from helix_jax.analysis.costmodel.pricing import collective_time
 from helix_jax.analysis.costmodel.projection import Projection
-from helix_jax.analysis.costmodel.roofline import _Program, kernels
+from helix_jax.analysis.costmodel.roofline import Program, kernels
 from helix_jax.analysis.costmodel.terms import breakdown, price_collectives, score_blocks
 from helix_jax.analysis.costmodel.topology import node_of
 from helix_jax.analysis.hlo.collectives import collectives
@@ -94,7 +94,7 @@ class _Reader:
         self.hlo, self.cfg, self.layout, self.hw = hlo, cfg, layout, hw
         self.mod: HloModule = parse_module(hlo)
         where = {i.name: i for i in self.mod.instructions()}
-        prog = _Program(hlo)
+        prog = Program(hlo)
         plumbing = _plumbing(prog, self.mod) | (
             _gpipe_plumbing(prog, self.mod, gpipe_steps) if gpipe_steps else set())
         self.kernels = [(where[k.name].computation, where[k.name].opcode == "copy",
@@ -112,16 +112,17 @@ class _Reader:
         seconds, matmul FLOPs of these runs; `shared_seconds`: matmul + attention kernels and
         collectives, the work a composed stage also prices the same way."""
         out: dict = defaultdict(float, {f"{k}_seconds": 0.0 for k in KINDS}, comm_seconds=0.0,
-                                copy_seconds=0.0, plumbing_seconds=0.0)
+                                copy_seconds=0.0, plumbing_seconds=0.0, permute_seconds=0.0)
         for comp, copy, plumbing, k in self.kernels:
             seconds = k.seconds * runs.get(comp, 0.0)
             out["plumbing_seconds" if plumbing else f"{k.kind}_seconds"] += seconds
             out["copy_seconds"] += seconds if copy else 0.0
         for c in self.collectives:
             if runs.get(c.computation):
-                out["plumbing_seconds" if c.name in self.moving else "comm_seconds"] += (
-                    collective_time(dataclasses.replace(c, trip_count=1), self.hw, self.node)
-                    * runs[c.computation])
+                seconds = (collective_time(dataclasses.replace(c, trip_count=1), self.hw,
+                                           self.node) * runs[c.computation])
+                out["plumbing_seconds" if c.name in self.moving else "comm_seconds"] += seconds
+                out["permute_seconds"] += seconds if c.op == "collective-permute" else 0.0
         out["flops"] = sum(i["flops_each"] * runs.get(i["computation"], 0.0) for i in self.flops)
         out["compute_seconds"] = sum(out[f"{k}_seconds"] for k in KINDS)
         out["seconds"] = out["compute_seconds"] + out["comm_seconds"]
@@ -136,7 +137,7 @@ class _Reader:
                 for c in self.collectives if runs.get(c.computation)]
 
 
-def _scoped(prog: _Program, ins) -> bool:
+def _scoped(prog: Program, ins) -> bool:
     """Whether a kernel or collective is the runtime's own data movement: some op in it runs
     under one of `RUNTIME_SCOPES` and every other op that computes or moves data does too (ops
     that only re-lay out what they read may carry their source's name; unnamed ops are XLA's
@@ -151,7 +152,7 @@ _RELAYOUT = {"parameter", "constant", "bitcast", "copy", "reshape", "transpose",
              "get-tuple-element"}
 
 
-def _plumbing(prog: _Program, mod: HloModule) -> set[str]:
+def _plumbing(prog: Program, mod: HloModule) -> set[str]:
     """The kernels and collectives that are the runtime's own data movement around the chunks
     (`_scoped`), and the copies and zero fills XLA makes of whole stash buffers (arrays shaped as
     a buffer a `STASH_SCOPE` kernel writes: the zeroed stash copied into the tick loop)."""
@@ -181,18 +182,20 @@ def _array(dtype: str, dims) -> str:
     return f"{dtype}[{','.join(map(str, dims))}]"
 
 
-def _gpipe_plumbing(prog: _Program, mod: HloModule, steps: int) -> set[str]:
+def _gpipe_plumbing(prog: Program, mod: HloModule, steps: int) -> set[str]:
     """GPipe's data movement around its stages (autodiff through the scan of `steps` steps): the
     kernels of the entry and of the step loops (forward and backward) that copy or fill a
     per-step stack (an array the step loop stacks, [steps, ...]: the residuals every step saves),
     slice one step's residuals out of it, or add a step's weight gradients to the parameters'
-    (an add of arrays shaped as a parameter). Megatron keeps each microbatch's residuals where
+    (an add of arrays shaped as a parameter, in a step loop). A parameter's shape is never taken
+for a stack. Megatron keeps each microbatch's residuals where
     they were made and accumulates weight gradients in the wgrad GEMM."""
     entry = mod.computations[mod.entry]
     loops = [i for i in entry if i.opcode == "while" and mod.trip_count(i) == steps]
     stacks = {_array(d, dims) for loop in loops
               for d, dims in parse_arrays(loop.shape) if dims and dims[0] == steps}
     params = {_shape(i.shape) for i in entry if i.opcode == "parameter"}
+    stacks -= params  # a stage's layer stack whose depth happens to equal the steps
     out = set()
     for comp in [mod.entry] + [dict(mod.called(loop))["body"] for loop in loops]:
         for ins in mod.computations[comp]:
@@ -205,7 +208,8 @@ def _gpipe_plumbing(prog: _Program, mod: HloModule, steps: int) -> set[str]:
                         for d, dims in arrays}
             if big and big <= _MOVES and (_shape(ins.shape) in stacks or operands & stacks):
                 out.add(ins.name)
-            elif (big and big <= {"add", "parameter", "bitcast"} and _shape(ins.shape) in params
+            elif (comp != mod.entry and big and big <= {"add", "parameter", "bitcast"}
+                  and _shape(ins.shape) in params
                   and all("add_any" in prog.op_name(b) for b in body if b.opcode == "add")):
                 out.add(ins.name)
     return out
@@ -392,12 +396,12 @@ def _durations(r: _Reader, t: dict, table: Table, ops: int) -> dict:
         plumbing = key != "shared_seconds"  # the tick's own work and the skipped branch's zeros
         # a tick sends to both neighbours (its output on, its input's cotangent back: arrays of
         # one shape); in Megatron's order an operation sends only its own, half of that
-        tick = bare[key] - (bare["comm_seconds"] / 2 if key == "seconds" else 0.0)
-        op = {"forward": plumbing * (tick + c["skip_backward"][key]) + c["forward"][key],
-              "forward_head": (plumbing * (tick + c["skip_backward"][key])
+        own = bare[key] - (bare["permute_seconds"] / 2 if key == "seconds" else 0.0)
+        op = {"forward": plumbing * (own + c["skip_backward"][key]) + c["forward"][key],
+              "forward_head": (plumbing * (own + c["skip_backward"][key])
                                + c["forward_head"][key]),
-              "backward": plumbing * (tick + c["skip_forward"][key]) + c["backward"][key],
-              "idle": plumbing * (tick + c["skip_forward"][key] + c["skip_backward"][key])}
+              "backward": plumbing * (own + c["skip_forward"][key]) + c["backward"][key],
+              "idle": plumbing * (own + c["skip_forward"][key] + c["skip_backward"][key])}
         forward = np.full((p, V), op["forward"])
         forward[p - 1, V - 1] = op["forward_head"]
         backward = np.full((p, V), op["backward"])

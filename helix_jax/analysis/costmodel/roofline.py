@@ -118,7 +118,7 @@ def quantization_efficiency(batch: int, m: int, n: int, tile: tuple[int, int],
     return tile_eff * tiles / (waves * sm_count)
 
 
-class _Program:
+class Program:
     """The HLO module with the maps the kernel walk needs."""
 
     def __init__(self, text: str, narrow: int | None = None):
@@ -150,7 +150,7 @@ def _result_bytes(ins: Instruction, narrow: int | None = None) -> int:
     return _bytes(parse_arrays(ins.shape), narrow)
 
 
-def _io_bytes(prog: _Program, ins: Instruction) -> float:
+def _io_bytes(prog: Program, ins: Instruction) -> float:
     """Bytes a memory-bound kernel reads and writes: operands plus results, where a slice reads
     only what it takes and an in-place update writes only the update."""
     narrow = prog.narrow
@@ -198,7 +198,7 @@ _LAYOUT_OPS = {"parameter", "transpose", "copy", "convert", "bitcast", "reshape"
                "constant", "dynamic-slice", "slice"}
 
 
-def _is_layout_only(prog: _Program, ins: Instruction) -> bool:
+def _is_layout_only(prog: Program, ins: Instruction) -> bool:
     """A kernel that only moves, converts or re-lays out its input (a copy, a transpose): XLA:CPU
     emits these in front of its matmuls, cuBLAS reads the operands where they are."""
     if ins.opcode in ("copy", "transpose", "convert"):
@@ -206,13 +206,13 @@ def _is_layout_only(prog: _Program, ins: Instruction) -> bool:
     return ins.opcode == "fusion" and all(i.opcode in _LAYOUT_OPS for i in prog.body(ins))
 
 
-def _is_dequantize(prog: _Program, ins: Instruction) -> bool:
+def _is_dequantize(prog: Program, ins: Instruction) -> bool:
     """A kernel that dequantises a float8 weight (its body runs under `DEQUANT_SCOPE`)."""
     body = prog.body(ins) if ins.opcode == "fusion" else [ins]
     return any(DEQUANT_SCOPE in prog.op_name(i) for i in body)
 
 
-def _is_float8_upcast(prog: _Program, ins: Instruction) -> bool:
+def _is_float8_upcast(prog: Program, ins: Instruction) -> bool:
     """A kernel that only converts or moves a float8 array (XLA:CPU's upcast of the float8
     weights it cannot slice; a GPU slices them as they are)."""
     return _is_layout_only(prog, ins) and any(
@@ -223,12 +223,12 @@ def float8_upcast_bytes(hlo_text: str) -> int:
     """Bytes of the 16-bit copies XLA:CPU makes of float8 arrays before the program's loops
     (`_is_float8_upcast` kernels of the entry computation): all live while the layers run, so
     they sit in the temporaries of a CPU program, where a GPU program has none."""
-    prog = _Program(hlo_text)
+    prog = Program(hlo_text)
     return sum(_result_bytes(i) for i in prog.mod.computations.get(prog.mod.entry, [])
                if _is_float8_upcast(prog, i))
 
 
-def _is_w8a8_plumbing(prog: _Program, ins: Instruction) -> bool:
+def _is_w8a8_plumbing(prog: Program, ins: Instruction) -> bool:
     """A kernel that only quantises an activation (its amax, its rounding) or scales a W8A8
     product by its weight's output-channel scales: every op in it that is not a layout op runs
     under `ACTIVATION_SCOPE` or `OUTPUT_SCALE_SCOPE`. A serving GPU has none of these kernels:
@@ -240,7 +240,7 @@ def _is_w8a8_plumbing(prog: _Program, ins: Instruction) -> bool:
                               or OUTPUT_SCALE_SCOPE in prog.op_name(i) for i in work)
 
 
-def _float8_kind(prog: _Program, ins: Instruction) -> str | None:
+def _float8_kind(prog: Program, ins: Instruction) -> str | None:
     """What float8 value a kernel hands on: "activation" when it rounds its result through
     float8 under `ACTIVATION_SCOPE` (`float8.quantize_activation`, perhaps fused with the norm
     or activation function before it), "weight" when it converts a float8 array (a float8
@@ -255,7 +255,7 @@ def _float8_kind(prog: _Program, ins: Instruction) -> str | None:
         d.startswith("f8") for arrays in prog.mod.operand_arrays(ins) for d, _ in arrays) else None
 
 
-def _float8_operands(prog: _Program, ins: Instruction, by_name: dict[str, Instruction],
+def _float8_operands(prog: Program, ins: Instruction, by_name: dict[str, Instruction],
                      dequant: set[str]) -> tuple[int, int]:
     """Elements of the operands of the matmul kernel `ins` that are float8 values: (weights,
     activations). A weight is float8 when a dequantisation kernel (`DEQUANT_SCOPE`) or a
@@ -282,7 +282,7 @@ def _float8_operands(prog: _Program, ins: Instruction, by_name: dict[str, Instru
 F32_SCALE_BYTES = 4  # one float32 scale per output column of a float8 weight
 
 
-def _is_store(prog: _Program, ins: Instruction) -> bool:
+def _is_store(prog: Program, ins: Instruction) -> bool:
     """A kernel that only stores a value into a loop's stacked buffer (`lax.scan` saving an
     activation for the backward pass): on a GPU the value's producer writes it in place. Scalar
     index arithmetic aside, it may only move or convert data."""
@@ -297,7 +297,7 @@ def _is_store(prog: _Program, ins: Instruction) -> bool:
                for i in body)
 
 
-def _dot_of(prog: _Program, ins: Instruction) -> Instruction | None:
+def _dot_of(prog: Program, ins: Instruction) -> Instruction | None:
     if ins.opcode == "dot":
         return ins
     if ins.opcode == "fusion":
@@ -305,7 +305,7 @@ def _dot_of(prog: _Program, ins: Instruction) -> Instruction | None:
     return None
 
 
-def _touches_blocks(prog: _Program, ins: Instruction, blocks: set[tuple[int, ...]],
+def _touches_blocks(prog: Program, ins: Instruction, blocks: set[tuple[int, ...]],
                     flat: bool = False) -> bool:
     """Whether the kernel reads or writes an attention score block ([..., q_block, kv_block],
     with at least one batch or head dimension in front, so a weight matrix never matches; with
@@ -315,7 +315,7 @@ def _touches_blocks(prog: _Program, ins: Instruction, blocks: set[tuple[int, ...
                or (flat and len(d) == 2 and (0, *d) in blocks) for _, d in arrays)
 
 
-def _score_elements(prog: _Program, dot: Instruction, blocks: set[tuple[int, ...]],
+def _score_elements(prog: Program, dot: Instruction, blocks: set[tuple[int, ...]],
                     flat: bool) -> int:
     """Elements of the dot's operands and result that are attention score blocks (what a flash
     kernel keeps on chip); the same shape test as `_touches_blocks`."""
@@ -325,7 +325,7 @@ def _score_elements(prog: _Program, dot: Instruction, blocks: set[tuple[int, ...
                or (flat and len(d) == 2 and (0, *d) in blocks))
 
 
-def _flat_scores(prog: _Program, instrs: list[Instruction], blocks) -> bool:
+def _flat_scores(prog: Program, instrs: list[Instruction], blocks) -> bool:
     """Whether a computation is a blockwise attention body whose score blocks are plain matrices
     (one sequence and one K/V head per device): every dot in it touches a score block. A layer's
     body, whose weight matmuls touch none, never qualifies, so a weight of a block's shape is
@@ -392,7 +392,7 @@ def kernel_shapes(hlo_text: str, elem_bytes: int,
     else:
         scope = ATTENTION_SCOPE
     narrow = elem_bytes if f32_as_model_dtype and elem_bytes < 4 else None
-    prog = _Program(hlo_text, narrow)
+    prog = Program(hlo_text, narrow)
     float8_program = "f8e4m3fn" in hlo_text
     out: list[KernelShape] = []
     flats = {c: _flat_scores(prog, i, score_blocks) for c, i in prog.mod.computations.items()}
@@ -447,7 +447,7 @@ def kernel_shapes(hlo_text: str, elem_bytes: int,
     return tuple(out)
 
 
-def _fuse_memory_kernels(prog: _Program, comp: str,
+def _fuse_memory_kernels(prog: Program, comp: str,
                          found: dict[str, KernelShape]) -> list[KernelShape]:
     """Merge chains of memory-bound kernels the way a GPU compiler fuses them: a memory kernel
     whose result has a single user, itself a memory kernel, is fused into that user, so the
