@@ -230,7 +230,9 @@ def test_iota_and_literal_replica_groups():
 
 
 def test_groups_cross_nodes():
-    node = lambda d: d // 4
+    def node(d):  # four devices per node
+        return d // 4
+
     assert not device_groups_cross_nodes(DIM_GROUPS, node)
     assert device_groups_cross_nodes(HEAD_GROUPS, node)
     assert not device_groups_cross_nodes(((0, 1), (2, 3)), node)
@@ -238,7 +240,9 @@ def test_groups_cross_nodes():
 
 
 def test_payload_and_bytes_by_op():
-    mk = lambda op, res, opnd: Collective(op, "f16", res, opnd, (tuple(range(4)),))
+    def mk(op, res, opnd):
+        return Collective(op, "f16", res, opnd, (tuple(range(4)),))
+
     assert mk("all-gather", ((16, 8),), ((4, 8),)).payload_bytes == 16 * 8 * 2
     assert mk("reduce-scatter", ((4, 8),), ((16, 8),)).payload_bytes == 16 * 8 * 2
     assert mk("all-reduce", ((16, 8),), ((16, 8),)).payload_bytes == 16 * 8 * 2
