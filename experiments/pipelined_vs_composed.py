@@ -4,7 +4,7 @@ On mid-size cases (8 layers, d_model 1024, tp = 2, pp = 2 or 4, M = 8; the cases
 tests/test_pipelined_projection.py), with and without sequence parallelism: the compiled step in
 Megatron's order without the runtime's plumbing, the composed step, the plumbing set apart and
 the step as helix's runtime runs it (lockstep, plumbing included). Writes
-results/pipelined_vs_composed.{json,md}.
+results/pipelined_vs_composed.{json,md,png}.
 
     python experiments/pipelined_vs_composed.py [--out results] [--no-progress]
 """
@@ -69,6 +69,7 @@ def markdown(report: dict) -> str:
              f"runtime takes it, plumbing included (1F1B: its ticks in lockstep; GPipe: its "
              f"serial time). docs/cost-model.md, 'Pipelines compiled whole', says how each is "
              f"read.", "",
+             "![steps](pipelined_vs_composed.png)", "",
              "| case | sp | compiled step ms | composed step ms | difference | plumbing ms | "
              "as run ms | FLOPs equal |", "|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
@@ -86,12 +87,33 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def chart(report: dict, path: Path) -> None:
+    """Per case, the compiled step, the composed one and the step as the runtime runs it, one
+    panel with sequence parallelism and one without."""
+    from helix_jax.report.plots import BarPanel, bar_chart
+
+    panels = []
+    for sp in (True, False):
+        rows = [r for r in report["rows"] if r["sp"] is sp]
+        panels.append(BarPanel(
+            title=f"sequence parallelism {'on' if sp else 'off'}",
+            categories=[r["case"] for r in rows], ylabel="step, ms",
+            series={"compiled whole (Megatron's order, no plumbing)":
+                        [r["compiled_step_s"] * 1e3 for r in rows],
+                    "composed (one stage + formula)": [r["composed_step_s"] * 1e3 for r in rows],
+                    "as helix's runtime runs it": [r["as_run_s"] * 1e3 for r in rows]},
+            fmt=lambda v: "" if v is None else f"{v:.1f}"))
+    bar_chart(path, panels, "Pipelines compiled whole against the composed projection "
+              f"({report['hardware']})", ncols=2)
+
+
 def main(argv: list[str] | None = None) -> int:
     args, out = parse_args("pipelined_vs_composed", __doc__, argv)
     report = {"generated_by": generated_by("python experiments/pipelined_vs_composed.py"),
               "hardware": HARDWARE, "shapes": SHAPES, "rows": rows(args.progress)}
     (out / "pipelined_vs_composed.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "pipelined_vs_composed.md").write_text(markdown(report))
+    chart(report, out / "pipelined_vs_composed.png")
     for r in report["rows"]:
         print(f"  {r['case']:<15} sp={'on ' if r['sp'] else 'off'} compiled "
               f"{r['compiled_step_s'] * 1e3:6.2f} ms  composed {r['composed_step_s'] * 1e3:6.2f} "
